@@ -1,0 +1,3 @@
+from crammit.cli import app
+
+app()

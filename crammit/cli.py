@@ -1,0 +1,120 @@
+"""The `crammit` command: parses flags into config objects and calls library functions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crammit.config import Budget, Device, RecipeConfig, TrainConfig, model_config
+from crammit.errors import CrammitError
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def main() -> None:
+    """crammit: train a crammed BERT on a compute budget and study how loss scales with it."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "crammit"
+
+
+def _budget(hours: float | None, tokens: float | None, flops: float | None) -> Budget:
+    given = [(value, make) for value, make in
+             ((hours, Budget.hours), (tokens, Budget.tokens), (flops, Budget.flops)) if value is not None]
+    if len(given) > 1:
+        raise CrammitError("give one budget: --hours, --tokens or --flops")
+    value, make = given[0] if given else (24.0, Budget.hours)
+    return make(value)
+
+
+@app.command()
+def train(
+    gpus: Annotated[int, typer.Option(help="GPU workers (one per GPU); 0 trains on CPUs.")] = 1,
+    workers: Annotated[int | None, typer.Option(help="CPU workers when --gpus 0.")] = None,
+    hours: Annotated[float | None, typer.Option(help="Wall-clock budget (default 24).")] = None,
+    tokens: Annotated[float | None, typer.Option(help="Budget in training tokens instead.")] = None,
+    flops: Annotated[float | None, typer.Option(help="Budget in training FLOPs instead.")] = None,
+    size: Annotated[str, typer.Option(help="Model size: tiny, mini, small, medium, base, crammed, large.")]
+    = "crammed",
+    corpus: Annotated[str, typer.Option(help="'embedded', or a .txt file, directory or glob.")]
+    = "embedded",
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<time>-<size>).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")]
+    = None,
+    deepspeed_config: Annotated[Path | None, typer.Option(help="DeepSpeed JSON overriding the built one.")]
+    = None,
+    zero_stage: Annotated[int, typer.Option(help="DeepSpeed ZeRO stage (0, 1 or 2).")] = 0,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per step after the ramp (8192).")]
+    = None,
+    micro_batch: Annotated[int | None, typer.Option(help="Sequences per worker per pass (128).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (1e-3).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation, shuffling and masking.")] = 0,
+    compile: Annotated[bool | None, typer.Option(help="torch.compile the encoder (default: on GPUs).")]
+    = None,
+    deterministic: Annotated[bool, typer.Option(help="Deterministic kernels (for exact resumes).")] = False,
+    checkpoint_minutes: Annotated[float, typer.Option(help="Minutes between checkpoints.")] = 30.0,
+    eval_sequences: Annotated[int, typer.Option(help="Held-out sequences for the final MLM loss.")] = 512,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where prepared corpora are cached.")] = None,
+) -> None:
+    """Train a crammed BERT until the budget is spent, then report held-out MLM loss."""
+    from crammit.train.engine import read_deepspeed_file
+    from crammit.train.recipe import accumulation_target
+    from crammit.train.run import connect, default_run_dir, launch, prepare_run, resume_config
+
+    try:
+        if resume is not None:
+            config = resume_config(resume)
+            connect(config, address)
+        else:
+            if gpus < 0 or (workers is not None and workers < 1):
+                raise CrammitError("--gpus must be >= 0 and --workers >= 1")
+            if gpus > 0 and workers is not None and workers != gpus:
+                raise CrammitError("--workers is for CPU runs; with GPUs there is one worker per GPU")
+            overrides = read_deepspeed_file(deepspeed_config) if deepspeed_config else {}
+            defaults = RecipeConfig()
+            recipe = RecipeConfig(
+                peak_lr=lr or defaults.peak_lr,
+                batch_size=batch_size or defaults.batch_size,
+                micro_batch_size=overrides.get("train_micro_batch_size_per_gpu")
+                or micro_batch or defaults.micro_batch_size,
+                seed=seed,
+            )
+            config = TrainConfig(
+                run_dir=str(out or default_run_dir(size)),
+                model=model_config(size),
+                recipe=recipe,
+                budget=_budget(hours, tokens, flops),
+                corpus=corpus,
+                size_name=size,
+                device=Device.CUDA if gpus > 0 else Device.CPU,
+                num_workers=gpus or workers or 1,
+                zero_stage=overrides.get("zero_optimization", {}).get("stage", zero_stage),
+                compile=gpus > 0 if compile is None else compile,
+                deepspeed_overrides=overrides,
+                eval_sequences=eval_sequences,
+                checkpoint_every_s=checkpoint_minutes * 60,
+                deterministic=deterministic,
+            )
+            accumulation_target(config.recipe, config.num_workers)  # fail before any work
+            connect(config, address)
+            prepare_run(config, cache_dir or default_cache_dir())
+        results = launch(config)
+    except CrammitError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"held-out MLM loss {results['eval_loss']:.4f} (from {results['initial_eval_loss']:.4f} "
+        f"before training) after {results['steps']} steps, {results['tokens']:,} tokens, "
+        f"{results['elapsed_s']:.0f} s\nrun directory: {config.run_dir}"
+    )
+
+
+if __name__ == "__main__":
+    app()
+

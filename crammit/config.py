@@ -1,0 +1,178 @@
+"""Typed, frozen configuration: the model shape, the training recipe and the budget.
+
+Defaults reproduce the paper's final setting (crammed-bert, recipe bert-o4, 24 h on one
+GPU); every other setting is a value built from these, never a flag read deep inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from crammit.errors import CrammitError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a crammed BERT: pre-norm, bias-free, gated-GELU FFN, tied sparse MLM head."""
+
+    num_layers: int = 16
+    hidden_size: int = 768
+    num_heads: int = 12
+    intermediate_size: int = 3072  # the GLU halves this before the down-projection
+    vocab_size: int = 32768
+    seq_len: int = 128
+    norm_eps: float = 1e-12
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise CrammitError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.intermediate_size % 2:
+            raise CrammitError(f"intermediate_size {self.intermediate_size} must be even (GLU)")
+
+
+# Named sizes, smallest first; `crammed` is the paper's final architecture and `base` is
+# BERT-base's shape with the crammed block design.
+MODEL_SIZES: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(num_layers=6, hidden_size=128, num_heads=2, intermediate_size=512,
+                        vocab_size=8192),
+    "mini": ModelConfig(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
+    "small": ModelConfig(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "medium": ModelConfig(num_layers=8, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "base": ModelConfig(num_layers=12),
+    "crammed": ModelConfig(),
+    "large": ModelConfig(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
+}
+
+
+def model_config(size: str) -> ModelConfig:
+    """The named size's shape, or a CrammitError listing the names there are."""
+    if size not in MODEL_SIZES:
+        raise CrammitError(f"unknown model size {size!r}; choose one of {', '.join(MODEL_SIZES)}")
+    return MODEL_SIZES[size]
+
+
+class BudgetUnit(str, Enum):
+    HOURS = "hours"
+    TOKENS = "tokens"
+    FLOPS = "flops"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much training a run may spend: wall-clock hours, training tokens or FLOPs.
+
+    Schedules read only `progress`, so a 6 h and a 24 h run follow the same curve.
+    """
+
+    amount: float = 24.0
+    unit: BudgetUnit = BudgetUnit.HOURS
+
+    def __post_init__(self) -> None:
+        if not self.amount > 0:
+            raise CrammitError(f"budget must be positive, got {self.amount:g} {self.unit.value}")
+
+    @classmethod
+    def hours(cls, hours: float) -> Budget:
+        return cls(hours, BudgetUnit.HOURS)
+
+    @classmethod
+    def tokens(cls, tokens: float) -> Budget:
+        return cls(tokens, BudgetUnit.TOKENS)
+
+    @classmethod
+    def flops(cls, flops: float) -> Budget:
+        return cls(flops, BudgetUnit.FLOPS)
+
+    def progress(self, elapsed_s: float, tokens: float, flops: float) -> float:
+        """Fraction of the budget spent, in [0, 1]."""
+        spent = {BudgetUnit.HOURS: elapsed_s / 3600, BudgetUnit.TOKENS: tokens,
+                 BudgetUnit.FLOPS: flops}[self.unit]
+        return min(1.0, spent / self.amount)
+
+    def describe(self) -> str:
+        return f"{self.amount:g} {self.unit.value}"
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """The training recipe (paper: bert-o4): optimizer, one-cycle schedule, batch ramp, masking."""
+
+    peak_lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-12
+    weight_decay: float = 0.01
+    grad_clip: float = 0.5
+    # budget-triangle2: lr = peak * min(start + p, (1 - p) / decay_fraction)
+    lr_start_fraction: float = 0.25
+    lr_decay_fraction: float = 0.25
+    batch_size: int = 8192  # sequences per optimizer step once the ramp is done
+    micro_batch_size: int = 128  # sequences per worker per forward/backward
+    ramp_end: float = 0.6  # budget fraction at which the batch ramp reaches batch_size
+    mask_rate: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("peak_lr", "batch_size", "micro_batch_size"):
+            if not getattr(self, name) > 0:
+                raise CrammitError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.mask_rate < 1:
+            raise CrammitError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
+
+
+class Device(str, Enum):
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; saved as the run directory's config.json."""
+
+    run_dir: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    budget: Budget = field(default_factory=Budget)
+    corpus: str = "embedded"
+    size_name: str = "crammed"
+    device: Device = Device.CUDA
+    num_workers: int = 1
+    zero_stage: int = 0
+    compile: bool = True
+    deepspeed_overrides: dict[str, Any] = field(default_factory=dict)
+    eval_sequences: int = 512
+    checkpoint_every_s: float = 1800.0  # wall-clock seconds between checkpoints
+    checkpoint_every_steps: int = 0  # 0: by time only; tests checkpoint by step
+    keep_checkpoints: int = 2
+    deterministic: bool = False
+    progress_bar: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        recipe = dict(data["recipe"], betas=tuple(data["recipe"]["betas"]))
+        budget = data["budget"]
+        return cls(**{
+            **data,
+            "model": ModelConfig(**data["model"]),
+            "recipe": RecipeConfig(**recipe),
+            "budget": Budget(budget["amount"], BudgetUnit(budget["unit"])),
+            "device": Device(data["device"]),
+        })
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value

@@ -1,0 +1,83 @@
+"""MLM batches from packed sequences: per-epoch shuffling and BERT's 80/10/10 masking.
+
+A batch is a pure function of its position in the sequence stream, so data parallel
+workers agree on masks without talking, and a resumed run continues where it stopped
+from one integer: the number of sequences consumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from crammit.data.tokenizer import SpecialIds
+from crammit.model.bert import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class MaskedBatch:
+    input_ids: torch.Tensor  # (rows, seq_len) int64, masked tokens replaced
+    labels: torch.Tensor  # original token at masked positions, IGNORE_INDEX elsewhere
+    global_masked: int  # masked tokens in the whole data-parallel batch, all workers
+
+    @property
+    def num_tokens(self) -> int:
+        return self.input_ids.numel()
+
+
+def mask_tokens(
+    sequences: torch.Tensor, special: SpecialIds, vocab_size: int, mask_rate: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: pick `mask_rate` of the non-special tokens; of those 80% become
+    [MASK], 10% a random token, 10% stay. Returns (input_ids, labels)."""
+    chosen = torch.rand(sequences.shape, generator=generator) < mask_rate
+    chosen &= ~torch.isin(sequences, torch.tensor([special.pad, special.cls, special.sep]))
+    action = torch.rand(sequences.shape, generator=generator)
+    random_tokens = torch.randint(vocab_size, sequences.shape, generator=generator)
+    input_ids = torch.where(chosen & (action < 0.8), special.mask, sequences)
+    input_ids = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_tokens, input_ids)
+    labels = torch.where(chosen, sequences, IGNORE_INDEX)
+    return input_ids, labels
+
+
+class MLMBatches:
+    """Rank `rank`'s slice of each data-parallel micro-batch, read from packed sequences."""
+
+    def __init__(
+        self, sequences: np.ndarray, special: SpecialIds, vocab_size: int, mask_rate: float,
+        seed: int, shuffle: bool = True,
+    ) -> None:
+        if len(sequences) == 0:
+            raise ValueError("no packed sequences to train on")
+        self.sequences = sequences
+        self.special = special
+        self.vocab_size = vocab_size
+        self.mask_rate = mask_rate
+        self.seed = seed
+        self.shuffle = shuffle
+        self._order = lru_cache(maxsize=2)(self._epoch_order)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.sequences))
+        return np.random.default_rng((self.seed, epoch)).permutation(len(self.sequences))
+
+    def rows(self, start: int, count: int) -> np.ndarray:
+        """Sequences `start .. start+count` of the endless, per-epoch shuffled stream."""
+        index = np.arange(start, start + count)
+        epochs, offsets = np.divmod(index, len(self.sequences))
+        order = np.concatenate([self._order(int(e))[offsets[epochs == e]] for e in np.unique(epochs)])
+        return self.sequences[order]
+
+    def batch(self, start: int, micro_batch: int, rank: int, world_size: int) -> MaskedBatch:
+        """The micro-batch of global rows `start .. start + micro_batch*world_size`, masked
+        with a generator seeded by its position, and this rank's share of it."""
+        rows = torch.from_numpy(self.rows(start, micro_batch * world_size).astype(np.int64))
+        generator = torch.Generator().manual_seed((self.seed << 40) + start)
+        input_ids, labels = mask_tokens(rows, self.special, self.vocab_size, self.mask_rate, generator)
+        mine = slice(rank * micro_batch, (rank + 1) * micro_batch)
+        return MaskedBatch(input_ids[mine], labels[mine], int((labels != IGNORE_INDEX).sum()))

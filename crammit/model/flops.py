@@ -1,0 +1,59 @@
+"""Analytic parameter count, training FLOPs per token and MFU for a crammed BERT.
+
+The scaling study measures compute with these, so tests check them against the model
+(`num_parameters`) and against torch's FLOP counter.
+"""
+
+from __future__ import annotations
+
+from crammit.config import ModelConfig
+
+# Dense bf16 tensor-core peaks (FLOP/s) of the accelerators we know; MFU is reported only
+# for these, never guessed for others.
+PEAK_FLOPS_BF16: dict[str, float] = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "A10G": 125e12,
+}
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """Every parameter: embeddings, blocks, norms (weight and bias), position scale."""
+    h, i = config.hidden_size, config.intermediate_size
+    layer_norm = 2 * h
+    block = 4 * h * h + h * i + (i // 2) * h + 2 * layer_norm
+    embeddings = config.vocab_size * h + 1 + layer_norm
+    return embeddings + config.num_layers * block + layer_norm
+
+
+def non_embedding_parameter_count(config: ModelConfig) -> int:
+    """Parameters outside the token embedding: the N of scaling laws."""
+    return parameter_count(config) - config.vocab_size * config.hidden_size
+
+
+def training_flops_per_token(config: ModelConfig, mask_rate: float) -> float:
+    """Forward+backward matmul FLOPs per input token (backward = 2x forward).
+
+    Counts the projections, the attention scores and weighted sum, and the sparse decoder,
+    which runs on a `mask_rate` fraction of the tokens. Norms and softmax are left out.
+    """
+    h, i, s = config.hidden_size, config.intermediate_size, config.seq_len
+    projections = 2 * (3 * h * h + h * h + h * i + (i // 2) * h)
+    attention = 2 * 2 * s * h  # q·kᵀ and attention·v, per query token
+    decoder = 2 * h * config.vocab_size * mask_rate
+    return 3 * (config.num_layers * (projections + attention) + decoder)
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Peak bf16 FLOP/s of a known accelerator, matched by name; None when unknown."""
+    matches = [peak for name, peak in PEAK_FLOPS_BF16.items() if name in device_name]
+    return matches[0] if matches else None
+
+
+def model_flops_utilization(flops_per_s: float, peak_per_device: float | None, devices: int) -> float | None:
+    """Achieved over peak FLOP/s; None where the peak is unknown (CPUs)."""
+    if peak_per_device is None:
+        return None
+    return flops_per_s / (peak_per_device * devices)

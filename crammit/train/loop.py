@@ -1,0 +1,154 @@
+"""The training loop: one plain function per worker, run by Ray Train or called directly.
+
+Every step: read budget progress, set the recipe's batch (accumulation) and learning
+rate from it, run the micro-batches through the DeepSpeed engine, log, maybe checkpoint.
+Stops when the budget is spent, then measures held-out MLM loss and saves the model.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from crammit.config import Device, TrainConfig
+from crammit.data.loader import MaskedBatch, MLMBatches
+from crammit.data.prepare import PreparedData
+from crammit.data.tokenizer import SpecialIds
+from crammit.model.bert import IGNORE_INDEX, CrammedBert
+from crammit.model.flops import model_flops_utilization, peak_flops, training_flops_per_token
+from crammit.train import rundir
+from crammit.train.checkpoint import load_checkpoint, save_checkpoint
+from crammit.train.engine import create_engine, set_learning_rate, torch_device
+from crammit.train.progress import Progress
+from crammit.train.recipe import accumulation_steps, learning_rate
+from crammit.train.state import TrainState
+
+
+def train_loop(config_dict: dict) -> dict:
+    """Train until the budget is spent; returns (and on rank 0 saves) the final results."""
+    config = TrainConfig.from_dict(config_dict)
+    run_dir = Path(config.run_dir)
+    torch.manual_seed(config.recipe.seed)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    data = PreparedData(run_dir / rundir.DATA_DIR)
+    special = SpecialIds.of(data.tokenizer())
+    model = CrammedBert(config.model)
+    engine = create_engine(model, config)
+    device = torch_device(config.device)
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+
+    def batches(sequences, shuffle: bool) -> MLMBatches:
+        return MLMBatches(sequences, special, config.model.vocab_size, config.recipe.mask_rate,
+                          config.recipe.seed, shuffle)
+
+    train_batches = batches(data.train_sequences(), shuffle=True)
+    eval_batches = batches(data.eval_sequences()[: config.eval_sequences], shuffle=False)
+
+    state = load_checkpoint(engine, run_dir) or TrainState()
+    if state.initial_eval_loss is None:
+        state.initial_eval_loss = evaluate(engine, eval_batches, config, device)
+    metrics = rundir.MetricsTable(run_dir, up_to_step=state.step)
+    flops_per_token = training_flops_per_token(config.model, config.recipe.mask_rate)
+    peak = peak_flops(torch.cuda.get_device_name()) if config.device == Device.CUDA else None
+    progress = Progress(config.budget, enabled=config.progress_bar and rank == 0)
+    last_checkpoint_s = state.elapsed_s
+    clock_start = time.perf_counter() - state.elapsed_s
+
+    while (fraction := config.budget.progress(state.elapsed_s, state.tokens, state.flops)) < 1.0:
+        step_start = time.perf_counter()
+        accumulation = accumulation_steps(config.recipe, world_size, fraction)
+        micro_batch = config.recipe.micro_batch_size
+        engine.set_train_batch_size(accumulation * micro_batch * world_size)
+        lr = learning_rate(config.recipe, fraction)
+        set_learning_rate(engine, lr)
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(accumulation):
+            batch = train_batches.batch(state.sequences, micro_batch, rank, world_size)
+            loss = mean_masked_loss(engine, batch, world_size, device)
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.detach()
+            state.sequences += micro_batch * world_size
+        # One collective per step: the global mean loss, and an elapsed time every rank
+        # agrees on, so all ranks stop at the same step.
+        clock = torch.tensor(time.perf_counter() - clock_start, device=device)
+        shared = torch.stack([loss_sum / accumulation, clock])
+        dist.all_reduce(shared)
+        loss_value, elapsed = (shared / world_size).tolist()
+        step_tokens = accumulation * micro_batch * world_size * config.model.seq_len
+        state.step += 1
+        state.tokens += step_tokens
+        state.flops += step_tokens * flops_per_token
+        state.elapsed_s = elapsed
+        tokens_per_s = step_tokens / (time.perf_counter() - step_start)
+        row = rundir.StepMetrics(
+            step=state.step, tokens=state.tokens, flops=state.flops, elapsed_s=elapsed,
+            loss=loss_value, lr=lr, batch_size=accumulation * micro_batch * world_size,
+            tokens_per_s=tokens_per_s,
+            mfu=model_flops_utilization(tokens_per_s * flops_per_token, peak, world_size),
+        )
+        if rank == 0:
+            metrics.append(row)
+        progress.update(config.budget.progress(elapsed, state.tokens, state.flops), row)
+        if _checkpoint_due(config, state, last_checkpoint_s):
+            if rank == 0:
+                metrics.flush()
+            save_checkpoint(engine, run_dir, state, config.keep_checkpoints)
+            last_checkpoint_s = state.elapsed_s
+    progress.close()
+
+    results = {
+        "initial_eval_loss": state.initial_eval_loss,
+        "eval_loss": evaluate(engine, eval_batches, config, device),
+        "steps": state.step,
+        "tokens": state.tokens,
+        "flops": state.flops,
+        "elapsed_s": state.elapsed_s,
+        "budget": config.budget.describe(),
+        "eval_sequences": len(eval_batches.sequences),
+    }
+    save_checkpoint(engine, run_dir, state, config.keep_checkpoints)
+    if rank == 0:
+        metrics.flush()
+        rundir.save_final_model(run_dir, engine.module, config)
+        rundir.save_final(run_dir, results)
+    return results
+
+
+def mean_masked_loss(engine, batch: MaskedBatch, world_size: int, device: torch.device) -> torch.Tensor:
+    """Cross-entropy summed here, divided by the masked count of the *global* batch and
+    scaled by the world size, so that DeepSpeed's gradient averaging yields the exact
+    global mean: K workers with batch B match one worker with batch B."""
+    loss_sum = engine(batch.input_ids.to(device), batch.labels.to(device))
+    return loss_sum * world_size / max(batch.global_masked, 1)
+
+
+@torch.no_grad()
+def evaluate(engine, batches: MLMBatches, config: TrainConfig, device: torch.device) -> float:
+    """Held-out MLM loss (mean over masked tokens), with masks fixed by position so every
+    evaluation of a run sees the same inputs."""
+    engine.eval()
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    micro_batch = config.recipe.micro_batch_size
+    totals = torch.zeros(2, device=device, dtype=torch.float64)
+    per_step = micro_batch * world_size
+    for start in range(0, len(batches.sequences) - per_step + 1, per_step):
+        batch = batches.batch(start, micro_batch, rank, world_size)
+        totals[0] += engine(batch.input_ids.to(device), batch.labels.to(device)).double()
+        totals[1] += (batch.labels != IGNORE_INDEX).sum()
+    dist.all_reduce(totals)
+    engine.train()
+    if totals[1] == 0:
+        raise ValueError("held-out set smaller than one data-parallel micro-batch")
+    return (totals[0] / totals[1]).item()
+
+
+def _checkpoint_due(config: TrainConfig, state: TrainState, last_checkpoint_s: float) -> bool:
+    """Decided from the step count or the agreed elapsed time, so every rank agrees."""
+    if config.checkpoint_every_steps:
+        return state.step % config.checkpoint_every_steps == 0
+    return state.elapsed_s - last_checkpoint_s >= config.checkpoint_every_s

@@ -1,0 +1,93 @@
+"""The run directory's files: resolved config, metrics table, final model and results."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+from safetensors.torch import save_model
+from torch import nn
+
+from crammit.config import TrainConfig
+from crammit.io import atomic_path, read_json, write_json
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.parquet"
+FINAL_FILE = "final.json"
+MODEL_FILE = "model.safetensors"
+MODEL_CONFIG_FILE = "model_config.json"
+DATA_DIR = "data"
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """One row of metrics.parquet: one optimizer step."""
+
+    step: int
+    tokens: int
+    flops: float
+    elapsed_s: float
+    loss: float
+    lr: float
+    batch_size: int
+    tokens_per_s: float
+    mfu: float | None
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file()
+
+
+def save_config(run_dir: Path, config: TrainConfig) -> None:
+    write_json(run_dir / CONFIG_FILE, config.to_dict())
+
+
+def load_config(run_dir: Path) -> TrainConfig:
+    return TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE))
+
+
+class MetricsTable:
+    """Rows kept in memory and rewritten atomically every `flush_every_s` seconds and on
+    `flush()`, so the table on disk is never more than that behind (a day is ~10k rows)."""
+
+    def __init__(self, run_dir: Path, up_to_step: int, flush_every_s: float = 30.0) -> None:
+        self.path = run_dir / METRICS_FILE
+        self.flush_every_s = flush_every_s
+        self.last_flush = time.monotonic()
+        # Steps after the checkpoint we resume from are redone, so their rows go.
+        self.rows = (
+            pd.read_parquet(self.path).query("step <= @up_to_step").to_dict("records")
+            if self.path.exists() else []
+        )
+
+    def append(self, metrics: StepMetrics) -> None:
+        self.rows.append(asdict(metrics))
+        if time.monotonic() - self.last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        columns = list(StepMetrics.__dataclass_fields__)
+        with atomic_path(self.path) as tmp:
+            pd.DataFrame(self.rows, columns=columns).to_parquet(tmp, index=False)
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(run_dir / METRICS_FILE)
+
+
+def save_final_model(run_dir: Path, model: nn.Module, config: TrainConfig) -> None:
+    """HF-style layout: weights, shape and tokenizer side by side, ready to fine-tune."""
+    with atomic_path(run_dir / MODEL_FILE) as tmp:
+        save_model(model, str(tmp))
+    write_json(run_dir / MODEL_CONFIG_FILE, asdict(config.model))
+
+
+def save_final(run_dir: Path, results: dict) -> None:
+    write_json(run_dir / FINAL_FILE, results)
+
+
+def read_final(run_dir: Path) -> dict:
+    return read_json(run_dir / FINAL_FILE)

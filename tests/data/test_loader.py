@@ -1,0 +1,58 @@
+import numpy as np
+import torch
+
+from crammit.data.loader import MLMBatches, mask_tokens
+from crammit.data.tokenizer import SpecialIds
+from crammit.model.bert import IGNORE_INDEX
+
+SPECIAL = SpecialIds(pad=0, cls=2, sep=3, mask=4)
+VOCAB = 1000
+
+
+def sequences(rows: int = 40, seq_len: int = 128) -> np.ndarray:
+    data = np.random.default_rng(0).integers(5, VOCAB, size=(rows, seq_len), dtype=np.int32)
+    data[:, 0] = SPECIAL.cls
+    data[:, 60] = SPECIAL.sep
+    return data
+
+
+def test_masking_follows_bert_80_10_10_at_the_given_rate():
+    tokens = torch.from_numpy(sequences(400).astype(np.int64))
+    inputs, labels = mask_tokens(tokens, SPECIAL, VOCAB, 0.25, torch.Generator().manual_seed(0))
+    chosen = labels != IGNORE_INDEX
+    maskable = ~torch.isin(tokens, torch.tensor([SPECIAL.cls, SPECIAL.sep]))
+    assert not (chosen & ~maskable).any()  # special tokens are never masked
+    rate = (chosen.sum() / maskable.sum()).item()
+    assert abs(rate - 0.25) < 0.01
+    became_mask = (inputs == SPECIAL.mask)[chosen].float().mean().item()
+    kept = (inputs == tokens)[chosen].float().mean().item()
+    assert abs(became_mask - 0.8) < 0.01
+    assert abs(kept - 0.1) < 0.01 + 1 / VOCAB  # random replacements may hit the same token
+    assert torch.equal(labels[chosen], tokens[chosen])
+    assert torch.equal(inputs[~chosen], tokens[~chosen])
+
+
+def test_batches_are_a_function_of_position():
+    loader = MLMBatches(sequences(), SPECIAL, VOCAB, 0.25, seed=7)
+    a, b = loader.batch(16, 8, 0, 1), MLMBatches(sequences(), SPECIAL, VOCAB, 0.25, seed=7).batch(16, 8, 0, 1)
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.labels, loader.batch(24, 8, 0, 1).labels)
+
+
+def test_workers_split_the_global_batch_one_worker_would_see():
+    loader = MLMBatches(sequences(), SPECIAL, VOCAB, 0.25, seed=1)
+    whole = loader.batch(8, 8, rank=0, world_size=1)
+    halves = [loader.batch(8, 4, rank=r, world_size=2) for r in range(2)]
+    assert torch.equal(torch.cat([h.input_ids for h in halves]), whole.input_ids)
+    assert torch.equal(torch.cat([h.labels for h in halves]), whole.labels)
+    assert halves[0].global_masked == halves[1].global_masked == whole.global_masked
+
+
+def test_each_epoch_visits_every_sequence_once_in_a_new_order():
+    data = sequences(rows=10)
+    loader = MLMBatches(data, SPECIAL, VOCAB, 0.25, seed=3)
+    first, second = loader.rows(0, 10), loader.rows(10, 10)
+    as_set = lambda rows: sorted(map(bytes, rows))  # noqa: E731
+    assert as_set(first) == as_set(second) == as_set(data)
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(loader.rows(5, 10), np.concatenate([first[5:], second[:5]]))

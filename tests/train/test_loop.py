@@ -1,0 +1,74 @@
+"""The training loop in one process (the seam Ray Train calls), on a tiny model."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from crammit.config import Budget
+from crammit.train import rundir
+from crammit.train.checkpoint import latest_tag
+from crammit.train.loop import train_loop
+from crammit.train.run import prepare_run
+from tests.helpers import tiny_train_config
+
+
+def test_hours_budget_stops_the_run_within_five_percent(tmp_path, corpus_file, cache_dir):
+    budget_s = 6.0
+    config = tiny_train_config(tmp_path / "run", corpus_file, budget=Budget.hours(budget_s / 3600))
+    prepare_run(config, cache_dir)
+    results = train_loop(config.to_dict())
+    assert budget_s <= results["elapsed_s"] <= 1.05 * budget_s
+    metrics = rundir.read_metrics(tmp_path / "run")
+    assert (metrics["elapsed_s"].iloc[:-1] < budget_s).all()  # no step started after the budget
+
+
+def test_run_directory_holds_metrics_final_model_and_results(tmp_path, corpus_file, cache_dir):
+    config = tiny_train_config(tmp_path / "run", corpus_file)
+    run_dir = prepare_run(config, cache_dir)
+    results = train_loop(config.to_dict())
+    metrics = rundir.read_metrics(run_dir)
+    for column in ("step", "tokens", "flops", "elapsed_s", "loss", "lr", "batch_size", "tokens_per_s"):
+        assert column in metrics.columns
+    assert metrics["step"].tolist() == list(range(1, results["steps"] + 1))
+    assert metrics["tokens"].iloc[-1] == results["tokens"] >= 10 * 16 * 128
+    assert metrics["batch_size"].is_monotonic_increasing
+    final = rundir.read_final(run_dir)
+    assert final["eval_loss"] < final["initial_eval_loss"]
+    assert set(load_file(run_dir / rundir.MODEL_FILE)) >= {"embeddings.tokens.weight"}
+    assert (run_dir / "tokenizer.json").exists() and (run_dir / rundir.MODEL_CONFIG_FILE).exists()
+    assert rundir.load_config(run_dir) == config
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_ends_with_the_same_parameters(tmp_path, corpus_file, cache_dir):
+    budget = Budget.tokens(120 * 16 * 128)
+    common = dict(budget=budget, checkpoint_every_steps=5, deterministic=True)
+    straight = tiny_train_config(tmp_path / "straight", corpus_file, **common)
+    interrupted = tiny_train_config(tmp_path / "interrupted", corpus_file, **common)
+    for config in (straight, interrupted):
+        prepare_run(config, cache_dir)
+
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import sys, json; from crammit.train.loop import train_loop; "
+         "train_loop(json.loads(sys.argv[1]))", __import__("json").dumps(interrupted.to_dict())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while latest_tag(tmp_path / "interrupted") in (None, "step-00000005") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker.kill()  # SIGKILL: no chance to clean up, as in a preemption
+    worker.wait()
+    assert not (tmp_path / "interrupted" / rundir.FINAL_FILE).exists(), "run ended before the kill"
+    assert latest_tag(tmp_path / "interrupted") is not None
+
+    resumed = train_loop(interrupted.to_dict())
+    uninterrupted = train_loop(straight.to_dict())
+    assert resumed["steps"] == uninterrupted["steps"] and resumed["tokens"] == uninterrupted["tokens"]
+    a = load_file(tmp_path / "straight" / rundir.MODEL_FILE)
+    b = load_file(tmp_path / "interrupted" / rundir.MODEL_FILE)
+    assert all((a[name] == b[name]).all() for name in a)
+    losses = [rundir.read_metrics(tmp_path / name)["loss"].tolist() for name in ("straight", "interrupted")]
+    assert losses[0] == losses[1]
