@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-from safetensors.torch import save_model
+from safetensors.torch import save_file
 from torch import nn
 
 from crammit.config import TrainConfig
@@ -80,8 +80,10 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
 
 def save_final_model(run_dir: Path, model: nn.Module, config: TrainConfig) -> None:
     """HF-style layout: weights, shape and tokenizer side by side, ready to fine-tune."""
+    # Cloned: ZeRO keeps parameters as views into flat buffers, which safetensors refuses.
+    weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     with atomic_path(run_dir / MODEL_FILE) as tmp:
-        save_model(model, str(tmp))
+        save_file(weights, str(tmp))
     write_json(run_dir / MODEL_CONFIG_FILE, asdict(config.model))
 
 
