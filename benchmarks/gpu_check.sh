@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU rows of benchmarks/RESULTS.md: throughput against HF BERT, then a short
 # `crammit train --gpus 1` through Ray Train + DeepSpeed (bf16, torch.compile).
+# `gpu_check.sh resume` instead kills a GPU run (SIGKILL) after its first checkpoints and
+# resumes it, checking the bf16 ZeRO checkpoint round trip that CI cannot.
 # Written for an offline GPU machine that has torch but not ray/deepspeed: wheels for
 # those come in .whl/ (see RESULTS.md). Output goes to $OUT (default ./gpu-out).
 set -uo pipefail
@@ -14,6 +16,26 @@ fi
 export PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, deepspeed, ray; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'ray', ray.__version__)" | tee -a "$OUT/gpu.txt"
+
+if [ "${1:-}" = resume ]; then
+  timeout -s KILL 100 python3 -m crammit train --gpus 1 --tokens 4e7 --size crammed --checkpoint-minutes 0.15 \
+    --out "$OUT/resume" --cache-dir /tmp/crammit-cache > "$OUT/killed.log" 2>&1
+  echo "killed run exit $? (137 = SIGKILL); latest checkpoint: $(cat "$OUT/resume/checkpoints/latest")"
+  ls "$OUT/resume"
+  timeout 200 python3 -m crammit train --resume "$OUT/resume" > "$OUT/resumed.log" 2>&1
+  echo "resumed run exit $?"; grep -a "held-out" "$OUT/resumed.log"
+  python3 - "$OUT/resume" <<'PY'
+import sys, json, pandas as pd
+m = pd.read_parquet(f"{sys.argv[1]}/metrics.parquet")
+final = json.load(open(f"{sys.argv[1]}/final.json"))
+print(final)
+print("steps contiguous:", m.step.tolist() == list(range(1, len(m) + 1)), "rows", len(m),
+      "tokens", m.tokens.iloc[-1], ">= budget 4e7:", m.tokens.iloc[-1] >= 4e7)
+print(m[["step", "elapsed_s", "tokens", "loss", "lr", "batch_size"]].iloc[:: max(1, len(m) // 10)].to_string())
+PY
+  rm -rf "$OUT/resume/checkpoints" "$OUT/resume/data" "$OUT/resume/ray" "$OUT/resume/model.safetensors"
+  exit 0
+fi
 
 timeout 200 python3 benchmarks/throughput.py --size crammed --device cuda --batch 128 --steps 20 --warmup 5 \
   2>&1 | tee "$OUT/throughput.log" | grep -v "^\[" | tail -6

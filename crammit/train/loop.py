@@ -65,20 +65,18 @@ def train_loop(config_dict: dict) -> dict:
         engine.set_train_batch_size(accumulation * micro_batch * world_size)
         lr = learning_rate(config.recipe, fraction)
         set_learning_rate(engine, lr)
-        loss_sum = torch.zeros((), device=device)
-        for _ in range(accumulation):
-            batch = train_batches.batch(state.sequences, micro_batch, rank, world_size)
-            loss = mean_masked_loss(engine, batch, world_size, device)
-            engine.backward(loss)
-            engine.step()
-            loss_sum += loss.detach()
-            state.sequences += micro_batch * world_size
+        step_batches = [
+            train_batches.batch(state.sequences + i * micro_batch * world_size, micro_batch, rank, world_size)
+            for i in range(accumulation)
+        ]
+        loss_share = train_step(engine, step_batches, world_size, device)
+        state.sequences += accumulation * micro_batch * world_size
         # One collective per step: the global mean loss, and an elapsed time every rank
         # agrees on, so all ranks stop at the same step.
-        clock = torch.tensor(time.perf_counter() - clock_start, device=device)
-        shared = torch.stack([loss_sum / accumulation, clock])
+        clock = torch.tensor((time.perf_counter() - clock_start) / world_size, device=device)
+        shared = torch.stack([loss_share, clock])
         dist.all_reduce(shared)
-        loss_value, elapsed = (shared / world_size).tolist()
+        loss_value, elapsed = shared.tolist()
         step_tokens = accumulation * micro_batch * world_size * config.model.seq_len
         state.step += 1
         state.tokens += step_tokens
@@ -119,12 +117,26 @@ def train_loop(config_dict: dict) -> dict:
     return results
 
 
-def mean_masked_loss(engine, batch: MaskedBatch, world_size: int, device: torch.device) -> torch.Tensor:
-    """Cross-entropy summed here, divided by the masked count of the *global* batch and
-    scaled by the world size, so that DeepSpeed's gradient averaging yields the exact
-    global mean: K workers with batch B match one worker with batch B."""
-    loss_sum = engine(batch.input_ids.to(device), batch.labels.to(device))
-    return loss_sum * world_size / max(batch.global_masked, 1)
+def train_step(engine, batches: list[MaskedBatch], world_size: int, device: torch.device) -> torch.Tensor:
+    """One optimizer step over this rank's micro-batches; returns this rank's share of the
+    step's loss (summed over ranks: the mean cross-entropy over all masked tokens).
+
+    Each micro-batch's summed cross-entropy is divided by the masked-token count of the
+    whole step, all workers included, and scaled to undo DeepSpeed's averaging over
+    micro-batches and workers: the gradient is that of the exact global mean, so K workers
+    with batch B, or B accumulated from micro-batches, match one worker with B at once.
+    The accumulation boundary is set explicitly, as the ramp changes accumulation each step.
+    """
+    step_masked = max(sum(batch.global_masked for batch in batches), 1)
+    scale = len(batches) * world_size / step_masked
+    loss_sum = torch.zeros((), device=device)
+    for index, batch in enumerate(batches):
+        engine.set_gradient_accumulation_boundary(index == len(batches) - 1)
+        summed = engine(batch.input_ids.to(device), batch.labels.to(device))
+        engine.backward(summed * scale)
+        loss_sum += summed.detach()
+    engine.step()
+    return loss_sum / step_masked
 
 
 @torch.no_grad()

@@ -5,12 +5,18 @@ import sys
 import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from crammit.config import Budget
+from crammit.data.loader import MaskedBatch, MLMBatches
+from crammit.data.prepare import PreparedData
+from crammit.data.tokenizer import SpecialIds
+from crammit.model.bert import CrammedBert
 from crammit.train import rundir
 from crammit.train.checkpoint import latest_tag
-from crammit.train.loop import train_loop
+from crammit.train.engine import create_engine
+from crammit.train.loop import train_loop, train_step
 from crammit.train.run import prepare_run
 from tests.helpers import tiny_train_config
 
@@ -72,3 +78,35 @@ def test_interrupted_and_resumed_run_ends_with_the_same_parameters(tmp_path, cor
     assert all((a[name] == b[name]).all() for name in a)
     losses = [rundir.read_metrics(tmp_path / name)["loss"].tolist() for name in ("straight", "interrupted")]
     assert losses[0] == losses[1]
+
+
+def test_accumulated_micro_batches_make_the_same_steps_as_whole_batches(tmp_path, corpus_file, cache_dir):
+    """The ramp changes accumulation every step; each step must still be one optimizer
+    update over exactly its micro-batches (DeepSpeed's own counter would misalign)."""
+    config = tiny_train_config(tmp_path / "run", corpus_file)
+    prepare_run(config, cache_dir)
+    data = PreparedData(tmp_path / "run" / rundir.DATA_DIR)
+    stream = MLMBatches(data.train_sequences(), SpecialIds.of(data.tokenizer()), config.model.vocab_size,
+                        config.recipe.mask_rate, seed=0)
+    micro, device = 8, torch.device("cpu")
+
+    def train(whole: bool) -> tuple[list[float], dict]:
+        torch.manual_seed(0)
+        engine = create_engine(CrammedBert(config.model), config)
+        losses, position = [], 0
+        for accumulation in (1, 3, 2, 4):
+            parts = [stream.batch(position + i * micro, micro, 0, 1) for i in range(accumulation)]
+            position += accumulation * micro
+            if whole:
+                parts = [MaskedBatch(torch.cat([p.input_ids for p in parts]),
+                                     torch.cat([p.labels for p in parts]),
+                                     sum(p.global_masked for p in parts))]
+            engine.set_train_batch_size(len(parts) * micro)
+            losses.append(train_step(engine, parts, 1, device).item())
+        assert engine.global_steps == 4
+        return losses, {name: p.detach().clone() for name, p in engine.module.named_parameters()}
+
+    (split_losses, split), (whole_losses, whole) = train(whole=False), train(whole=True)
+    assert split_losses == pytest.approx(whole_losses, abs=1e-5)
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], atol=1e-5, rtol=0, msg=name)
