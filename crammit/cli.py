@@ -11,7 +11,10 @@ import typer
 from crammit.config import Budget, Device, RecipeConfig, TrainConfig, model_config
 from crammit.errors import CrammitError
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Train a crammed BERT on a compute budget, and study how its loss scales with compute.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
 
 
 @app.callback()
@@ -21,6 +24,17 @@ def main() -> None:
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "crammit"
+
+
+def _refuse_settings_with_resume(ctx: typer.Context) -> None:
+    """A resumed run keeps its config.json; a flag that would change it is a mistake."""
+    allowed = {"resume", "address"}
+    given = [name for name in ctx.params if name not in allowed
+             and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise CrammitError(f"--resume continues a run with its saved config; drop {flags} "
+                           "(only --address may be given)")
 
 
 def _budget(hours: float | None, tokens: float | None, flops: float | None) -> Budget:
@@ -34,6 +48,7 @@ def _budget(hours: float | None, tokens: float | None, flops: float | None) -> B
 
 @app.command()
 def train(
+    ctx: typer.Context,
     gpus: Annotated[int, typer.Option(help="GPU workers (one per GPU); 0 trains on CPUs.")] = 1,
     workers: Annotated[int | None, typer.Option(help="CPU workers when --gpus 0.")] = None,
     hours: Annotated[float | None, typer.Option(help="Wall-clock budget (default 24).")] = None,
@@ -69,6 +84,7 @@ def train(
 
     try:
         if resume is not None:
+            _refuse_settings_with_resume(ctx)
             config = resume_config(resume)
             connect(config, address)
         else:

@@ -69,6 +69,11 @@ def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
     assert result.exit_code == 2 and "not a crammit run directory" in result.output
 
 
+def test_resume_refuses_flags_that_would_change_the_run(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path), "--hours", "48", "--size", "tiny"])
+    assert result.exit_code == 2 and "drop --hours, --size" in result.output
+
+
 @pytest.mark.slow
 def test_more_gpus_than_the_cluster_has(tmp_path):
     result = crammit("train", "--gpus", "64", "--size", "tiny", "--out", str(tmp_path / "run"))
