@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from crammit.config import Budget, Device, RecipeConfig, TrainConfig, model_config
+from crammit.config import Budget, Device, RecipeConfig, TrainConfig
 from crammit.errors import CrammitError
 
 app = typer.Typer(
@@ -17,9 +17,19 @@ app = typer.Typer(
 )
 
 
+data_app = typer.Typer(help="Prepare corpora on Ray Data and inspect prepared directories.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
 @app.callback()
 def main() -> None:
     """crammit: train a crammed BERT on a compute budget and study how loss scales with it."""
+
+
+def _fail(error: CrammitError) -> typer.Exit:
+    typer.echo(f"error: {error}", err=True)
+    return typer.Exit(2)
 
 
 def default_cache_dir() -> Path:
@@ -58,6 +68,8 @@ def train(
     = "crammed",
     corpus: Annotated[str, typer.Option(help="'embedded', or a .txt file, directory or glob.")]
     = "embedded",
+    data: Annotated[Path | None, typer.Option(help="A `crammit data prepare` directory (replaces --corpus).")]
+    = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<time>-<size>).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")]
@@ -80,7 +92,7 @@ def train(
     """Train a crammed BERT until the budget is spent, then report held-out MLM loss."""
     from crammit.train.engine import read_deepspeed_file
     from crammit.train.recipe import accumulation_target
-    from crammit.train.run import connect, default_run_dir, launch, prepare_run, resume_config
+    from crammit.train.run import connect, default_run_dir, launch, model_for, prepare_run, resume_config
 
     try:
         if resume is not None:
@@ -103,10 +115,11 @@ def train(
             )
             config = TrainConfig(
                 run_dir=str(out or default_run_dir(size)),
-                model=model_config(size),
+                model=model_for(size, data),
                 recipe=recipe,
                 budget=_budget(hours, tokens, flops),
                 corpus=corpus,
+                data=str(data.resolve()) if data else "",
                 size_name=size,
                 device=Device.CUDA if gpus > 0 else Device.CPU,
                 num_workers=gpus or workers or 1,
@@ -122,8 +135,7 @@ def train(
             prepare_run(config, cache_dir or default_cache_dir())
         results = launch(config)
     except CrammitError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(error) from None
     typer.echo(
         f"held-out MLM loss {results['eval_loss']:.4f} (from {results['initial_eval_loss']:.4f} "
         f"before training) after {results['steps']} steps, {results['tokens']:,} tokens, "
@@ -131,6 +143,47 @@ def train(
     )
 
 
-if __name__ == "__main__":
-    app()
 
+@data_app.command("prepare")
+def data_prepare(
+    out: Annotated[Path, typer.Option(help="Directory for shards, tokenizer and manifest.")],
+    corpus: Annotated[str, typer.Option(help="'embedded', hf:NAME[:CONFIG][@SPLIT], files, a glob or a URI.")]
+    = "embedded",
+    text_field: Annotated[str, typer.Option(help="Text column of JSON/Parquet/HF sources.")] = "text",
+    vocab_size: Annotated[int, typer.Option(help="WordPiece vocabulary size.")] = 32768,
+    seq_len: Annotated[int, typer.Option(help="Tokens per packed sequence.")] = 128,
+    max_tokens_per_char: Annotated[float, typer.Option(help="Compression filter threshold.")] = 0.3,
+    order: Annotated[str, typer.Option(help="'prevalence' (paper) or 'shuffle'.")] = "prevalence",
+    seed: Annotated[int, typer.Option(help="Seed of the shuffle order and tie-breaks.")] = 0,
+    tokenizer: Annotated[Path | None, typer.Option(help="Use this tokenizer.json instead of training one.")]
+    = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")] = None,
+) -> None:
+    """Clean, deduplicate, filter, tokenize, pack and order a corpus into Parquet shards."""
+    from crammit.cluster import start_ray
+    from crammit.data.pipeline import Order, PrepareConfig, prepare_corpus
+
+    try:
+        if order not in {o.value for o in Order}:
+            raise CrammitError(f"unknown --order {order!r}; use one of {', '.join(o.value for o in Order)}")
+        config = PrepareConfig(corpus=corpus, text_field=text_field, vocab_size=vocab_size, seq_len=seq_len,
+                               max_tokens_per_char=max_tokens_per_char, order=Order(order), seed=seed,
+                               tokenizer=str(tokenizer or ""))
+        start_ray(address)
+        manifest = prepare_corpus(config, out, cache_dir or default_cache_dir())
+    except CrammitError as error:
+        raise _fail(error) from None
+    typer.echo(f"{manifest['train_sequences']:,} training and {manifest['eval_sequences']:,} held-out "
+               f"sequences of {seq_len} tokens in {len(manifest['shards'])} shards: {out}")
+
+
+@data_app.command("inspect")
+def data_inspect(directory: Annotated[Path, typer.Argument(help="A prepared directory.")]) -> None:
+    """Print the manifest, a histogram of document lengths and the most common tokens."""
+    from crammit.data.inspect import describe
+
+    try:
+        typer.echo(describe(directory))
+    except CrammitError as error:
+        raise _fail(error) from None

@@ -139,6 +139,7 @@ class TrainConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     budget: Budget = field(default_factory=Budget)
     corpus: str = "embedded"
+    data: str = ""  # a `crammit data prepare` directory; replaces `corpus` when set
     size_name: str = "crammed"
     device: Device = Device.CUDA
     num_workers: int = 1

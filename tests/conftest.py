@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import write_corpus
+from tests.helpers import prepare_config, write_corpus, write_jsonl_corpus
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +18,23 @@ def corpus_file(tmp_path_factory) -> Path:
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray cluster (2 CPUs) shared by every test that needs Ray."""
+    ray = pytest.importorskip("ray")
+    ray.shutdown()  # a CLI test may have started a default cluster in this process
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prepared_corpus(tmp_path_factory, ray_session):
+    """A corpus prepared once by `crammit data prepare`'s pipeline: (out, corpus, manifest)."""
+    from crammit.data.pipeline import prepare_corpus
+
+    root = tmp_path_factory.mktemp("prepared")
+    corpus = write_jsonl_corpus(root / "corpus.jsonl")
+    return root / "out", corpus, prepare_corpus(prepare_config(corpus), root / "out", root / "cache")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from pathlib import Path
 
 from crammit.config import Budget, Device, RecipeConfig, TrainConfig, model_config
+from crammit.data.pipeline import PrepareConfig
 
 SUBJECTS = ["the model", "a researcher", "the optimizer", "each worker", "the tokenizer", "our budget"]
 VERBS = ["reads", "writes", "predicts", "counts", "masks", "packs", "trains", "measures"]
@@ -36,3 +38,29 @@ def tiny_train_config(run_dir: Path, corpus: Path, **changes) -> TrainConfig:
     )
     return TrainConfig(**{**defaults, **changes})
 
+
+
+PROSE, DUPLICATES, EMPTY, NOISE = 3000, 40, 5, 30
+
+
+def write_jsonl_corpus(path: Path) -> Path:
+    """Prose plus what preparation must remove: duplicates, empty documents, character
+    noise, and one giant line."""
+    rng = random.Random(0)
+    prose = [" ".join(f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}."
+                      for _ in range(rng.randint(3, 8))) for _ in range(PROSE)]
+    noise = ["".join(rng.choice("qxzj0123456789$#@!") for _ in range(400)) for _ in range(NOISE)]
+    giant = " ".join(prose[:400])  # one enormous line: must be chunked, not kept whole
+    documents = prose + prose[:DUPLICATES] + [""] * EMPTY + noise + [giant]
+    rng.shuffle(documents)
+    with path.open("w") as out:
+        for document in documents:
+            out.write(json.dumps({"body": document}) + "\n")
+    return path
+
+
+def prepare_config(corpus: Path, **changes) -> PrepareConfig:
+    """Small settings for the JSONL test corpus: several shards of 32-token sequences."""
+    settings = dict(corpus=str(corpus), text_field="body", vocab_size=400, seq_len=32,
+                    max_document_chars=2000, sequences_per_shard=300, documents_per_pack=256)
+    return PrepareConfig(**{**settings, **changes})

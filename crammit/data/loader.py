@@ -1,12 +1,16 @@
-"""MLM batches from packed sequences: per-epoch shuffling and BERT's 80/10/10 masking.
+"""MLM batches from packed sequences: BERT's 80/10/10 masking, and two sources.
 
-A batch is a pure function of its position in the sequence stream, so data parallel
-workers agree on masks without talking, and a resumed run continues where it stopped
-from one integer: the number of sequences consumed.
+`MLMBatches` reads in-memory sequences; a batch is a pure function of its position in the
+stream, so data-parallel workers agree on masks without talking and any worker count
+sees the same global batches. `shard_batches` streams a worker's Ray Data shard of a
+prepared directory. Either way a resumed run continues from one integer: the number of
+sequences consumed.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -21,11 +25,10 @@ from crammit.model.bert import IGNORE_INDEX
 class MaskedBatch:
     input_ids: torch.Tensor  # (rows, seq_len) int64, masked tokens replaced
     labels: torch.Tensor  # original token at masked positions, IGNORE_INDEX elsewhere
-    global_masked: int  # masked tokens in the whole data-parallel batch, all workers
 
     @property
-    def num_tokens(self) -> int:
-        return self.input_ids.numel()
+    def num_masked(self) -> int:
+        return int((self.labels != IGNORE_INDEX).sum())
 
 
 def mask_tokens(
@@ -80,4 +83,31 @@ class MLMBatches:
         generator = torch.Generator().manual_seed((self.seed << 40) + start)
         input_ids, labels = mask_tokens(rows, self.special, self.vocab_size, self.mask_rate, generator)
         mine = slice(rank * micro_batch, (rank + 1) * micro_batch)
-        return MaskedBatch(input_ids[mine], labels[mine], int((labels != IGNORE_INDEX).sum()))
+        return MaskedBatch(input_ids[mine], labels[mine])
+
+    def stream(self, start: int, micro_batch: int, rank: int, world_size: int) -> Iterator[MaskedBatch]:
+        """This rank's micro-batches from global position `start` on, endlessly."""
+        for position in itertools.count(start, micro_batch * world_size):
+            yield self.batch(position, micro_batch, rank, world_size)
+
+
+def shard_batches(
+    shard, micro_batch: int, special: SpecialIds, vocab_size: int, mask_rate: float, seed: int,
+    rank: int, skip: int = 0,
+) -> Iterator[MaskedBatch]:
+    """A worker's micro-batches from its Ray Data shard (`ray.train.get_dataset_shard`),
+    epoch after epoch; the first `skip` micro-batches are read and dropped (resume).
+    Masks are seeded by (seed, rank, micro-batch index), so a resume reproduces them."""
+    index = 0
+    while True:
+        produced = False
+        for table in shard.iter_batches(batch_size=micro_batch, batch_format="pyarrow", drop_last=True):
+            produced = True
+            if index >= skip:
+                rows = np.asarray(table["input_ids"].combine_chunks().flatten()).reshape(micro_batch, -1)
+                generator = torch.Generator().manual_seed((seed << 40) + (rank << 32) + index)
+                yield MaskedBatch(*mask_tokens(torch.from_numpy(rows.astype(np.int64)), special,
+                                               vocab_size, mask_rate, generator))
+            index += 1
+        if not produced:
+            raise ValueError("this worker's data shard is smaller than one micro-batch")

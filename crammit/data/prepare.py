@@ -16,11 +16,12 @@ from tokenizers import Tokenizer
 
 from crammit.data.corpus import load_documents
 from crammit.data.packing import pack_documents
+from crammit.data.stages import content_hash, is_held_out
 from crammit.data.tokenizer import train_tokenizer
 from crammit.errors import CrammitError
 from crammit.io import atomic_path
 
-PREPARED_FORMAT_VERSION = 1
+PREPARED_FORMAT_VERSION = 2
 TRAIN_FILE, EVAL_FILE, TOKENIZER_FILE = "train.npy", "eval.npy", "tokenizer.json"
 
 
@@ -38,12 +39,6 @@ class PreparedData:
 
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
-
-
-def is_eval_document(document: str, eval_fraction: float) -> bool:
-    """A stable, content-keyed split: the same document is held out on every machine."""
-    digest = int.from_bytes(hashlib.blake2b(document.encode(), digest_size=8).digest(), "big")
-    return digest % 1_000_000 < eval_fraction * 1_000_000
 
 
 def prepare_data(
@@ -69,7 +64,7 @@ def prepare_data(
 def _build(documents: list[str], vocab_size: int, seq_len: int, eval_fraction: float, out: Path) -> None:
     train, evaluation = [], []
     for document in documents:
-        (evaluation if is_eval_document(document, eval_fraction) else train).append(document)
+        (evaluation if is_held_out(content_hash(document), eval_fraction) else train).append(document)
     tokenizer = train_tokenizer(train, vocab_size)
     train_rows = pack_documents(tokenizer, train, seq_len)
     eval_rows = pack_documents(tokenizer, evaluation, seq_len)

@@ -15,12 +15,11 @@ import torch.distributed as dist
 
 from crammit.config import Device, TrainConfig
 from crammit.data.loader import MaskedBatch, MLMBatches
-from crammit.data.prepare import PreparedData
-from crammit.data.tokenizer import SpecialIds
 from crammit.model.bert import IGNORE_INDEX, CrammedBert
 from crammit.model.flops import model_flops_utilization, peak_flops, training_flops_per_token
 from crammit.train import rundir
 from crammit.train.checkpoint import load_checkpoint, save_checkpoint
+from crammit.train.data import training_data
 from crammit.train.engine import create_engine, set_learning_rate, torch_device
 from crammit.train.progress import Progress
 from crammit.train.recipe import accumulation_steps, learning_rate
@@ -34,21 +33,13 @@ def train_loop(config_dict: dict) -> dict:
     torch.manual_seed(config.recipe.seed)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
-    data = PreparedData(run_dir / rundir.DATA_DIR)
-    special = SpecialIds.of(data.tokenizer())
     model = CrammedBert(config.model)
     engine = create_engine(model, config)
     device = torch_device(config.device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
 
-    def batches(sequences, shuffle: bool) -> MLMBatches:
-        return MLMBatches(sequences, special, config.model.vocab_size, config.recipe.mask_rate,
-                          config.recipe.seed, shuffle)
-
-    train_batches = batches(data.train_sequences(), shuffle=True)
-    eval_batches = batches(data.eval_sequences()[: config.eval_sequences], shuffle=False)
-
     state = load_checkpoint(engine, run_dir) or TrainState()
+    train_batches, eval_batches = training_data(config, rank, world_size, state.sequences)
     if state.initial_eval_loss is None:
         state.initial_eval_loss = evaluate(engine, eval_batches, config, device)
     metrics = rundir.MetricsTable(run_dir, up_to_step=state.step)
@@ -65,10 +56,7 @@ def train_loop(config_dict: dict) -> dict:
         engine.set_train_batch_size(accumulation * micro_batch * world_size)
         lr = learning_rate(config.recipe, fraction)
         set_learning_rate(engine, lr)
-        step_batches = [
-            train_batches.batch(state.sequences + i * micro_batch * world_size, micro_batch, rank, world_size)
-            for i in range(accumulation)
-        ]
+        step_batches = [next(train_batches) for _ in range(accumulation)]
         loss_share = train_step(engine, step_batches, world_size, device)
         state.sequences += accumulation * micro_batch * world_size
         # One collective per step: the global mean loss, and an elapsed time every rank
@@ -127,7 +115,9 @@ def train_step(engine, batches: list[MaskedBatch], world_size: int, device: torc
     with batch B, or B accumulated from micro-batches, match one worker with B at once.
     The accumulation boundary is set explicitly, as the ramp changes accumulation each step.
     """
-    step_masked = max(sum(batch.global_masked for batch in batches), 1)
+    step_masked = torch.tensor(float(sum(batch.num_masked for batch in batches)), device=device)
+    dist.all_reduce(step_masked)
+    step_masked.clamp_(min=1)
     scale = len(batches) * world_size / step_masked
     loss_sum = torch.zeros((), device=device)
     for index, batch in enumerate(batches):

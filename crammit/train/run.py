@@ -6,15 +6,18 @@ workers only read; `launch` runs `train_loop` on a Ray Train `TorchTrainer`.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from crammit.config import Device, TrainConfig
-from crammit.data.prepare import TOKENIZER_FILE, prepare_data
+from crammit.cluster import start_ray
+from crammit.config import Device, ModelConfig, TrainConfig, model_config
+from crammit.data.pipeline import read_manifest, shard_paths
+from crammit.data.prepare import TOKENIZER_FILE, PreparedData, prepare_data
 from crammit.errors import CrammitError
 from crammit.train import rundir
+from crammit.train.data import TRAIN_DATASET
 from crammit.train.loop import train_loop
 
 
@@ -22,18 +25,34 @@ def default_run_dir(size_name: str, root: Path = Path("runs")) -> Path:
     return root / f"{time.strftime('%Y%m%d-%H%M%S')}-{size_name}"
 
 
+def model_for(size: str, data: Path | None) -> ModelConfig:
+    """The named size, with the vocabulary and sequence length of a prepared directory."""
+    model = model_config(size)
+    if data is None:
+        return model
+    prepared = read_manifest(data)["config"]
+    return replace(model, vocab_size=prepared["vocab_size"], seq_len=prepared["seq_len"])
+
+
 def prepare_run(config: TrainConfig, cache_dir: Path) -> Path:
-    """A new run directory holding the resolved config, packed data and tokenizer."""
+    """A new run directory holding the resolved config and tokenizer (and, without a
+    prepared directory, the run's packed data)."""
     run_dir = Path(config.run_dir)
     if rundir.is_run_dir(run_dir):
         raise CrammitError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
-    data = prepare_data(config.corpus, config.model.vocab_size, config.model.seq_len,
-                        run_dir / rundir.DATA_DIR, cache_dir)
-    shutil.copyfile(data.path / TOKENIZER_FILE, run_dir / TOKENIZER_FILE)
-    if len(data.eval_sequences()) < config.recipe.micro_batch_size * config.num_workers:
+    if config.data:
+        source = Path(config.data)
+        held_out = read_manifest(source)["eval_sequences"]
+    else:
+        source = prepare_data(config.corpus, config.model.vocab_size, config.model.seq_len,
+                              run_dir / rundir.DATA_DIR, cache_dir).path
+        held_out = len(PreparedData(source).eval_sequences())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / TOKENIZER_FILE, run_dir / TOKENIZER_FILE)
+    if held_out < config.recipe.micro_batch_size * config.num_workers:
         raise CrammitError(
-            f"the corpus holds out only {len(data.eval_sequences())} sequences, fewer than one "
-            f"micro-batch per worker; use a larger --corpus or a smaller --micro-batch"
+            f"the corpus holds out only {held_out} sequences, fewer than one micro-batch per "
+            "worker; use a larger corpus or a smaller --micro-batch"
         )
     rundir.save_config(run_dir, config)  # last: its presence marks a complete run directory
     return run_dir
@@ -51,9 +70,7 @@ def connect(config: TrainConfig, address: str | None = None) -> None:
     it has the workers the run asks for, before any work is done."""
     import ray
 
-    # Workers log through the driver; keep Ray's own chatter to errors.
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-             logging_config=ray.LoggingConfig(log_level="ERROR"), ignore_reinit_error=True)
+    start_ray(address)
     _check_resources(ray.cluster_resources(), config.num_workers, config.device == Device.CUDA)
 
 
@@ -66,11 +83,17 @@ def launch(config: TrainConfig) -> dict:
     run_dir = Path(config.run_dir).resolve()
     config = TrainConfig.from_dict({**config.to_dict(), "run_dir": str(run_dir)})
     use_gpu = config.device == Device.CUDA
-    # CPU workers split the machine's cores; Ray sets each worker's thread count from this.
-    cpus = max(1, int(ray.cluster_resources()["CPU"]) // config.num_workers)
+    # CPU workers split the machine's cores (Ray sets each worker's thread count from
+    # this), leaving one to Ray Data's readers when a prepared directory streams in.
+    spare = 1 if config.data else 0
+    cpus = max((ray.cluster_resources()["CPU"] - spare) / config.num_workers, 0.5)
+    # A prepared directory streams through Ray Data: each worker gets a disjoint shard.
+    datasets = ({TRAIN_DATASET: ray.data.read_parquet([str(p) for p in shard_paths(Path(config.data))])}
+                if config.data else None)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config.to_dict(),
+        datasets=datasets,
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": cpus}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

@@ -1,28 +1,30 @@
-"""Ray Train end to end: 2 CPU workers (gloo) against 1, sharing one local Ray cluster."""
+"""Ray Train end to end on 2 CPU workers (gloo), sharing one local Ray cluster."""
+
+import dataclasses
+from collections import Counter
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import ray
+import torch
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
-from crammit.config import Budget, RecipeConfig
+from crammit.config import Budget, RecipeConfig, TrainConfig
+from crammit.data.pipeline import shard_paths
+from crammit.model.bert import IGNORE_INDEX
 from crammit.train import rundir
-from crammit.train.run import connect, launch, prepare_run
+from crammit.train.data import TRAIN_DATASET, training_data
+from crammit.train.run import connect, launch, model_for, prepare_run
 from tests.helpers import tiny_train_config
 
 STEPS = 20
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.shutdown()  # a CLI test may have started a default cluster in this process
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_two_workers_follow_the_loss_curve_of_one_with_the_same_global_batch(
-    tmp_path, corpus_file, cache_dir, ray_cluster
+    tmp_path, corpus_file, cache_dir, ray_session
 ):
     curves = {}
     for workers, micro_batch in ((1, 16), (2, 8)):
@@ -39,3 +41,51 @@ def test_two_workers_follow_the_loss_curve_of_one_with_the_same_global_batch(
     assert len(curves[1]) == len(curves[2]) == STEPS
     assert curves[1][-1] < curves[1][0] - 0.5  # it learned something
     np.testing.assert_allclose(curves[2], curves[1], rtol=0, atol=1e-4)
+
+
+def _originals(batch) -> np.ndarray:
+    """The sequence before masking: labels hold the masked positions' true tokens."""
+    return torch.where(batch.labels != IGNORE_INDEX, batch.labels, batch.input_ids).numpy()
+
+
+def _prepared_run_config(run_dir, prepared_corpus, **changes):
+    out, corpus, _ = prepared_corpus
+    model = dataclasses.replace(model_for("tiny", out), num_layers=2)
+    return tiny_train_config(run_dir, corpus, data=str(out), model=model, **changes)
+
+
+@pytest.mark.slow
+def test_two_workers_read_disjoint_shards_of_a_prepared_directory(tmp_path, prepared_corpus):
+    out, _, manifest = prepared_corpus
+    micro = 8
+    config = _prepared_run_config(tmp_path / "run", prepared_corpus, num_workers=2)
+    per_worker = manifest["train_sequences"] // (2 * micro)  # one epoch, drop_last aside
+
+    def read_one_epoch(config_dict):
+        rank = ray.train.get_context().get_world_rank()
+        train, _ = training_data(TrainConfig.from_dict(config_dict), rank, 2, sequences_done=0)
+        rows = [_originals(next(train)) for _ in range(per_worker)]
+        np.save(tmp_path / f"rank{rank}.npy", np.concatenate(rows))
+
+    TorchTrainer(read_one_epoch, train_loop_config=config.to_dict(),
+                 datasets={TRAIN_DATASET: ray.data.read_parquet([str(p) for p in shard_paths(out)])},
+                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+                 run_config=RunConfig(storage_path=str(tmp_path / "ray"))).fit()
+    seen = [np.load(tmp_path / f"rank{rank}.npy") for rank in (0, 1)]
+    shards = [pq.read_table(path)["input_ids"].combine_chunks().flatten() for path in shard_paths(out)]
+    available = Counter(map(bytes, np.concatenate(shards).astype(np.int64).reshape(-1, 32)))
+    read = Counter(map(bytes, np.concatenate(seen)))
+    assert sum(read.values()) == 2 * per_worker * micro
+    assert all(count <= available[row] for row, count in read.items())  # nothing read twice
+
+
+@pytest.mark.slow
+def test_training_on_a_prepared_directory_with_two_workers(tmp_path, prepared_corpus, cache_dir, ray_session):
+    config = _prepared_run_config(tmp_path / "run", prepared_corpus, num_workers=2,
+                                  budget=Budget.tokens(30 * 16 * 32))
+    connect(config)
+    prepare_run(config, cache_dir)
+    final = launch(config)
+    assert final["steps"] == 30 and final["eval_loss"] < final["initial_eval_loss"]
+    tokenizer = (tmp_path / "run" / "tokenizer.json").read_bytes()
+    assert tokenizer == (prepared_corpus[0] / "tokenizer.json").read_bytes()

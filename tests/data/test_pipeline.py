@@ -1,0 +1,86 @@
+"""`crammit data prepare` end to end on Ray Data, on a JSONL corpus the test writes."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from tokenizers import Tokenizer
+
+from crammit.data.inspect import describe
+from crammit.data.pipeline import INPUT_IDS, MANIFEST, Order, prepare_corpus, shard_paths
+from crammit.data.stages import prevalence_scores
+from crammit.data.tokenizer import SpecialIds
+from tests.helpers import DUPLICATES, EMPTY, NOISE, PROSE, prepare_config
+
+
+def read_rows(path) -> np.ndarray:
+    return np.asarray(pq.read_table(path)[INPUT_IDS].combine_chunks().flatten()).reshape(-1, 32)
+
+
+@pytest.fixture(scope="module")
+def prepared(prepared_corpus):
+    out, corpus, manifest = prepared_corpus
+    return out.parent, corpus, manifest  # (root, corpus, manifest): outputs in root / 'out'
+
+
+@pytest.mark.slow
+def test_stages_count_what_they_drop(prepared):
+    _, _, manifest = prepared
+    counts = manifest["counts"]
+    assert counts["documents_read"] == PROSE + DUPLICATES + EMPTY + NOISE + 1
+    assert counts["dropped_empty"] == EMPTY
+    assert counts["chunks_added"] >= 5  # the giant line became several documents
+    assert counts["dropped_duplicates"] >= DUPLICATES  # toy prose repeats itself beyond those
+    assert counts["dropped_compression"] >= NOISE  # character noise tokenizes badly
+    assert counts["documents_tokenized"] > 0.5 * PROSE  # normal prose is kept
+    assert manifest["train_sequences"] > 600 and manifest["eval_sequences"] > 0
+
+
+@pytest.mark.slow
+def test_shards_hold_fixed_length_int32_sequences_starting_with_cls(prepared):
+    root, _, manifest = prepared
+    out = root / "out"
+    tokenizer_cls = SpecialIds.of(Tokenizer.from_file(str(out / "tokenizer.json"))).cls
+    assert len(manifest["shards"]) >= 2
+    for path in shard_paths(out):
+        table = pq.read_table(path)
+        assert table.schema.field(INPUT_IDS).type.list_size == 32
+        assert str(table.schema.field(INPUT_IDS).type.value_type) == "int32"
+        rows = read_rows(path)
+        assert (rows[:, 0] == tokenizer_cls).all()
+
+
+@pytest.mark.slow
+def test_prevalence_order_puts_common_token_sequences_first(prepared):
+    root, _, _ = prepared
+    rows = np.concatenate([read_rows(path) for path in shard_paths(root / "out")])
+    scores = prevalence_scores(rows, np.log1p(np.bincount(rows.ravel(), minlength=400)))
+    assert (np.diff(scores) <= 1e-9).all()
+
+
+@pytest.mark.slow
+def test_preparing_twice_gives_identical_shards_and_resume_redoes_only_missing_ones(prepared, tmp_path):
+    root, corpus, manifest = prepared
+    again = tmp_path / "again"
+    same = prepare_config(corpus, tokenizer=str(root / "out" / "tokenizer.json"))
+    prepare_corpus(same, again, root / "cache")
+    for name in [*manifest["shards"], "eval.parquet", "tokenizer.json"]:
+        assert (again / name).read_bytes() == (root / "out" / name).read_bytes(), name
+
+    kept = again / manifest["shards"][0]
+    kept_mtime = kept.stat().st_mtime_ns
+    (again / manifest["shards"][-1]).unlink()
+    (again / MANIFEST).unlink()
+    prepare_corpus(same, again, root / "cache")
+    assert kept.stat().st_mtime_ns == kept_mtime
+    last = manifest["shards"][-1]
+    assert (again / last).read_bytes() == (root / "out" / last).read_bytes()
+
+
+@pytest.mark.slow
+def test_shuffle_order_and_inspect(prepared, tmp_path):
+    root, corpus, _ = prepared
+    shuffled = prepare_corpus(prepare_config(corpus, order=Order.SHUFFLE), tmp_path / "shuffled",
+                              root / "cache")
+    assert shuffled["train_sequences"] == prepared[2]["train_sequences"]
+    text = describe(root / "out")
+    assert "training sequences" in text and "top 20 tokens" in text and "dropped_duplicates" in text

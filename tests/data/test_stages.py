@@ -1,0 +1,64 @@
+import numpy as np
+
+from crammit.data.stages import (
+    chunk,
+    content_hash,
+    is_held_out,
+    normalize,
+    pack,
+    prevalence_scores,
+    shuffle_keys,
+    tokens_per_char,
+)
+
+
+def test_normalize_applies_nfkc_whitespace_and_case():
+    assert normalize("  Ｆｕｌｌ\u00a0width\n\tﬁle  ", lowercase=True) == "full width file"
+    assert normalize("Keep Case", lowercase=False) == "Keep Case"
+    assert normalize(" \n\t ", lowercase=True) == ""
+
+
+def test_chunk_splits_giant_lines_at_spaces_and_keeps_every_character():
+    text = " ".join(f"word{i}" for i in range(10_000))
+    pieces = chunk(text, max_chars=1000)
+    assert all(len(piece) <= 1000 for piece in pieces) and len(pieces) > 50
+    assert " ".join(pieces) == text
+    assert chunk("x" * 2500, max_chars=1000) == ["x" * 1000, "x" * 1000, "x" * 500]  # no space: hard cut
+    assert chunk("", 10) == [] and chunk("short", 10) == ["short"]
+
+
+def test_exact_duplicates_share_a_hash_and_the_split_is_stable():
+    assert content_hash("same text") == content_hash("same text") != content_hash("same text!")
+    digests = [content_hash(f"document {i}") for i in range(20_000)]
+    held = [is_held_out(d, 0.02) for d in digests]
+    assert 0.015 < sum(held) / len(held) < 0.025
+    assert held == [is_held_out(d, 0.02) for d in digests]
+
+
+def test_compression_statistic_separates_prose_from_noise():
+    assert tokens_per_char(20, "a" * 100) == 0.2
+    assert tokens_per_char(0, "") == 0.0
+
+
+def test_pack_concatenates_documents_with_separators():
+    rows = pack([[5, 6, 7], [8], [9, 10, 11, 12]], seq_len=4, cls_id=1, sep_id=2)
+    # stream: 5 6 7 2 8 2 9 10 11 12 2 -> rows of 3 after [CLS], tail of 2 dropped
+    np.testing.assert_array_equal(rows, [[1, 5, 6, 7], [1, 2, 8, 2], [1, 9, 10, 11]])
+    assert rows.dtype == np.int32
+    assert pack([], seq_len=4, cls_id=1, sep_id=2).shape == (0, 4)
+
+
+def test_prevalence_puts_sequences_of_common_tokens_first():
+    log_counts = np.log1p(np.array([0, 1000, 500, 3, 1]))
+    sequences = np.array([[3, 4, 3], [1, 1, 2], [1, 2, 4]])
+    order = np.argsort(-prevalence_scores(sequences, log_counts), kind="stable")
+    assert order.tolist() == [1, 2, 0]
+
+
+def test_shuffle_keys_are_seeded_and_content_based():
+    sequences = np.arange(40, dtype=np.int32).reshape(10, 4)
+    keys = shuffle_keys(sequences, seed=1)
+    assert (keys >= 0).all() and len(set(keys.tolist())) == 10
+    np.testing.assert_array_equal(keys, shuffle_keys(sequences.copy(), seed=1))
+    assert not np.array_equal(keys, shuffle_keys(sequences, seed=2))
+    np.testing.assert_array_equal(shuffle_keys(sequences[::-1], seed=1), keys[::-1])
