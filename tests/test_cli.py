@@ -79,3 +79,23 @@ def test_more_gpus_than_the_cluster_has(tmp_path):
     result = crammit("train", "--gpus", "64", "--size", "tiny", "--out", str(tmp_path / "run"))
     assert_one_line_error(result, "asked for 64 GPU workers", "GPUs")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("corpus", "extra", "fragment"),
+    [
+        ("{tmp}/missing.jsonl", [], "does not exist"),
+        ("{tmp}/nothing-*.jsonl", [], "matches no"),
+        ("{tmp}/docs.jsonl", ["--text-field", "body"], "no field 'body'"),
+    ],
+)
+def test_data_prepare_bad_input(tmp_path, corpus, extra, fragment):
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"text": "hello world"}) + "\n")
+    result = crammit("data", "prepare", "--corpus", corpus.format(tmp=tmp_path), "--out",
+                     str(tmp_path / "out"), *extra)
+    assert_one_line_error(result, fragment)
+
+
+def test_data_inspect_of_a_directory_that_is_not_prepared(tmp_path):
+    result = CliRunner().invoke(app, ["data", "inspect", str(tmp_path)])
+    assert result.exit_code == 2 and "not a prepared corpus" in result.output

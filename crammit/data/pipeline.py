@@ -91,7 +91,14 @@ class StageCounts:
 
 
 def prepare_corpus(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
-    """Prepare `config.corpus` into `out`; returns the manifest."""
+    """Prepare `config.corpus` into `out`; returns the manifest (at once, if `out` is
+    already complete with these settings)."""
+    if (out / MANIFEST).exists():
+        manifest = read_manifest(out)
+        if manifest["source"] != config.corpus:
+            raise CrammitError(f"{out} already holds a corpus prepared from {manifest['source']!r}; "
+                               "choose another --out")
+        return manifest
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # packing batches must not depend on timing
     work = out / ".work"
@@ -103,6 +110,8 @@ def prepare_corpus(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
                 shutil.copyfile(config.tokenizer, tmp)
             else:
                 _train_tokenizer(clean_dir, config).save(str(tmp))
+    # The vocabulary is the tokenizer's: a given one, or a trained one smaller than asked.
+    config = replace(config, vocab_size=Tokenizer.from_file(str(tokenizer_path)).get_vocab_size())
     sequences_dir = _stage(work / "sequences", lambda tmp: _tokenize_and_pack(clean_dir, tokenizer_path,
                                                                               config, tmp))
     sequences = ray.data.read_parquet(str(sequences_dir))

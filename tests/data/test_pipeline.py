@@ -82,5 +82,6 @@ def test_shuffle_order_and_inspect(prepared, tmp_path):
     shuffled = prepare_corpus(prepare_config(corpus, order=Order.SHUFFLE), tmp_path / "shuffled",
                               root / "cache")
     assert shuffled["train_sequences"] == prepared[2]["train_sequences"]
+    assert prepare_corpus(prepare_config(corpus), root / "out", root / "cache") == prepared[2]  # complete
     text = describe(root / "out")
     assert "training sequences" in text and "top 20 tokens" in text and "dropped_duplicates" in text

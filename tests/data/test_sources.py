@@ -180,3 +180,17 @@ def test_hf_reads_shards_in_parallel_tasks(ray_session, tmp_path, monkeypatch):
 def test_embedded_documents_become_rows(ray_session, tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "embedded_documents", lambda cache_dir: ["one doc.", "two\ndocs."])
     assert documents(read_corpus("embedded", tmp_path)) == [("one doc.", 0), ("two\ndocs.", 0)]
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="no ../shared/data on this machine")
+def test_real_corpora_in_shared_data_read_as_documents(ray_session, tmp_path):
+    readable = {".txt", ".jsonl", ".parquet", ".gz", ".zst"}
+    files = sorted(path for path in SHARED_DATA.rglob("*") if path.suffix in readable)
+    if not files:
+        pytest.skip("../shared/data holds no corpus files crammit reads")
+    dataset = read_corpus(str(files[0]), tmp_path)
+    first = dataset.take(5)
+    assert first and all(isinstance(row[TEXT], str) for row in first)
