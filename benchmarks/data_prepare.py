@@ -7,7 +7,7 @@ of that subprocess's whole tree. The table gives packed tokens per wall second, 
 memory, and the ratio crammit / datasets (the baseline).
 
     python benchmarks/data_prepare.py
-    python benchmarks/data_prepare.py --sizes half,full --workdir /tmp/crammit-data-prepare
+    python benchmarks/data_prepare.py --sizes full,x8 --repeats 2 --workdir /tmp/crammit-data-prepare
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -33,21 +34,24 @@ RSS_EVERY_S = 0.1  # memory sampling interval; RSS is cheap to read (/proc/PID/s
 PSS_DUTY = 0.05  # PSS is not (smaps: ~50 ms a sweep of a Ray tree): at most this share of a core
 PSS_KEYS = ("Pss", "Pss_Anon", "Pss_File", "Pss_Shmem")
 QUIET_PERCENT = 10.0  # CPU busy % under which a run may start
-SIZES = ("half", "full", "double")
+SIZES = "half, full or xN (N copies)"
 APPROACHES = ("datasets", "crammit")
 
 
 # ---------------------------------------------------------------- the common input
 
 def corpus_documents(size: str, documents: list[str]) -> list[str]:
-    """half: every second document; full: all; double: all, then all again with a
-    sentence naming the document appended (still prose, and not a duplicate)."""
+    """half: every second document; full: all; xN: all, then N-1 more copies with a
+    sentence naming the copy and document appended (still prose, and not a duplicate)."""
     if size == "half":
         return documents[::2]
-    if size == "full":
-        return documents
-    return documents + [f"{doc} This paragraph is entry {i} of the corpus's second copy."
-                        for i, doc in enumerate(documents)]
+    copies = 1 if size == "full" else int(size[1:])
+    return documents + [f"{doc} This paragraph is entry {i} of copy {copy} of the corpus."
+                        for copy in range(2, copies + 1) for i, doc in enumerate(documents)]
+
+
+def valid_size(size: str) -> bool:
+    return size in ("half", "full") or (size.startswith("x") and size[1:].isdigit() and int(size[1:]) >= 1)
 
 
 def write_jsonl(path: Path, documents: list[str]) -> None:
@@ -234,7 +238,7 @@ def summarize(runs: list[dict]) -> dict:
     if len({run["tokens"] for run in runs}) != 1:
         raise SystemExit(f"{runs[0]['approach']} packed different token counts across repeats")
     worst = max(runs, key=lambda run: run["peak_pss"]["Pss"])
-    return {**worst, "seconds": seconds[len(seconds) // 2], "seconds_range": (seconds[0], seconds[-1]),
+    return {**worst, "seconds": statistics.median(seconds), "seconds_range": (seconds[0], seconds[-1]),
             "peak_rss": max(run["peak_rss"] for run in runs),
             "busy_before": max(run["busy_before"] for run in runs)}
 
@@ -259,9 +263,9 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="half,full,double", help=f"comma-separated, of {', '.join(SIZES)}")
+    parser.add_argument("--sizes", default="full,x8", help=f"comma-separated corpus sizes: {SIZES}")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/crammit-data-prepare"))
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each approach per size (median time)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each approach per size (median time)")
     parser.add_argument("--run", choices=APPROACHES, help=argparse.SUPPRESS)  # the subprocess side
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", type=Path, help=argparse.SUPPRESS)
@@ -278,8 +282,8 @@ def main() -> None:
     from crammit.data.corpus import embedded_documents
 
     sizes = args.sizes.split(",")
-    if unknown := set(sizes) - set(SIZES):
-        parser.error(f"unknown --sizes {', '.join(sorted(unknown))}; use {', '.join(SIZES)}")
+    if unknown := [size for size in sizes if not valid_size(size)]:
+        parser.error(f"unknown --sizes {', '.join(unknown)}; use {SIZES}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     documents = embedded_documents(default_cache_dir())
     tokenizer = args.workdir / "tokenizer.json"

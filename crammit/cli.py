@@ -153,6 +153,8 @@ def data_prepare(
     vocab_size: Annotated[int, typer.Option(help="WordPiece vocabulary size.")] = 32768,
     seq_len: Annotated[int, typer.Option(help="Tokens per packed sequence.")] = 128,
     max_tokens_per_char: Annotated[float, typer.Option(help="Compression filter threshold.")] = 0.3,
+    near_duplicates: Annotated[float, typer.Option(
+        help="Drop MinHash near-duplicates above this Jaccard similarity, e.g. 0.8 (0: off).")] = 0.0,
     order: Annotated[str, typer.Option(help="'prevalence' (paper) or 'shuffle'.")] = "prevalence",
     seed: Annotated[int, typer.Option(help="Seed of the shuffle order and tie-breaks.")] = 0,
     tokenizer: Annotated[Path | None, typer.Option(help="Use this tokenizer.json instead of training one.")]
@@ -167,9 +169,12 @@ def data_prepare(
     try:
         if order not in {o.value for o in Order}:
             raise CrammitError(f"unknown --order {order!r}; use one of {', '.join(o.value for o in Order)}")
+        if not 0 <= near_duplicates < 1:
+            raise CrammitError(f"--near-duplicates {near_duplicates} is not a similarity in [0, 1); "
+                               "use e.g. 0.8, or 0 to keep near-duplicates")
         config = PrepareConfig(corpus=corpus, text_field=text_field, vocab_size=vocab_size, seq_len=seq_len,
                                max_tokens_per_char=max_tokens_per_char, order=Order(order), seed=seed,
-                               tokenizer=str(tokenizer or ""))
+                               near_duplicate_threshold=near_duplicates, tokenizer=str(tokenizer or ""))
         start_ray(address)
         manifest = prepare_corpus(config, out, cache_dir or default_cache_dir())
     except CrammitError as error:

@@ -64,3 +64,17 @@ def prepare_config(corpus: Path, **changes) -> PrepareConfig:
     settings = dict(corpus=str(corpus), text_field="body", vocab_size=400, seq_len=32,
                     max_document_chars=2000, sequences_per_shard=300, documents_per_pack=256)
     return PrepareConfig(**{**settings, **changes})
+
+
+def near_duplicate_documents(distinct: int, copies: int) -> tuple[list[str], list[str]]:
+    """`distinct` documents of 200 random words, and near-copies of the first `copies`
+    (one word changed: word 5-gram Jaccard similarity about 0.95)."""
+    rng = random.Random(1)
+    vocabulary = [f"{rng.choice('bcdfg')}{rng.choice('aeiou')}{rng.choice('lmnrst')}{i}" for i in range(3000)]
+    originals = [" ".join(rng.choice(vocabulary) for _ in range(200)) for _ in range(distinct)]
+    near_copies = []
+    for original in originals[:copies]:
+        words = original.split()
+        words[rng.randrange(len(words))] = "changed"
+        near_copies.append(" ".join(words))
+    return originals, near_copies

@@ -87,6 +87,7 @@ def test_more_gpus_than_the_cluster_has(tmp_path):
         ("{tmp}/missing.jsonl", [], "does not exist"),
         ("{tmp}/nothing-*.jsonl", [], "matches no"),
         ("{tmp}/docs.jsonl", ["--text-field", "body"], "no field 'body'"),
+        ("{tmp}/docs.jsonl", ["--near-duplicates", "1.5"], "not a similarity"),
     ],
 )
 def test_data_prepare_bad_input(tmp_path, corpus, extra, fragment):

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
-from crammit.data.pipeline import INPUT_IDS, LENGTH_BUCKET, TOKENIZER, read_manifest, shard_paths
+from crammit.data.layout import INPUT_IDS, LENGTH_BUCKET, TOKENIZER, read_manifest, sequence_rows, shard_paths
 
 BAR_WIDTH = 40
 
@@ -18,8 +18,8 @@ def token_counts(directory: Path, vocab_size: int) -> np.ndarray:
     """Token frequencies over every training shard, one shard in memory at a time."""
     totals = np.zeros(vocab_size, dtype=np.int64)
     for path in shard_paths(directory):
-        ids = pq.read_table(path, columns=[INPUT_IDS])[INPUT_IDS].combine_chunks().flatten()
-        totals += np.bincount(np.asarray(ids), minlength=vocab_size)
+        rows = sequence_rows(pq.read_table(path, columns=[INPUT_IDS]))
+        totals += np.bincount(rows.ravel(), minlength=vocab_size)
     return totals
 
 

@@ -17,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from crammit.data.layout import sequence_rows
 from crammit.data.tokenizer import SpecialIds
 from crammit.model.bert import IGNORE_INDEX
 
@@ -104,7 +105,7 @@ def shard_batches(
         for table in shard.iter_batches(batch_size=micro_batch, batch_format="pyarrow", drop_last=True):
             produced = True
             if index >= skip:
-                rows = np.asarray(table["input_ids"].combine_chunks().flatten()).reshape(micro_batch, -1)
+                rows = sequence_rows(table)
                 generator = torch.Generator().manual_seed((seed << 40) + (rank << 32) + index)
                 yield MaskedBatch(*mask_tokens(torch.from_numpy(rows.astype(np.int64)), special,
                                                vocab_size, mask_rate, generator))

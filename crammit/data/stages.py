@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
+from datasketch import MinHash, MinHashLSH
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -38,6 +39,38 @@ def chunk(text: str, max_chars: int) -> list[str]:
 def content_hash(text: str) -> str:
     """Exact-duplicate key (and a stable document id)."""
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def shingles(text: str, width: int) -> list[bytes]:
+    """Word `width`-grams: what near-duplicate detection compares (a document shorter than
+    `width` words is one shingle)."""
+    words = text.split()
+    return [" ".join(words[i: i + width]).encode() for i in range(max(len(words) - width + 1, 1))]
+
+
+def lsh_band_keys(texts: Sequence[str], threshold: float, num_perm: int, shingle_width: int,
+                  seed: int) -> list[list[bytes]]:
+    """Each document's locality-sensitive buckets: MinHash signatures cut into bands as
+    datasketch's `MinHashLSH` cuts them for `threshold` (documents whose shingle Jaccard
+    similarity is above it share a bucket with high probability). A key names band and
+    values, so keys from different bands never collide."""
+    bands = MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges
+    signatures = MinHash.bulk([shingles(text, shingle_width) for text in texts], num_perm=num_perm,
+                              seed=seed)
+    return [[hashlib.blake2b(signature.hashvalues[start:end].tobytes(), digest_size=16,
+                             person=band.to_bytes(8, "little")).digest()
+             for band, (start, end) in enumerate(bands)]
+            for signature in signatures]
+
+
+def duplicate_members(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The ids that share a key with a smaller id: everything but the first (smallest id)
+    of each bucket. The smallest id of a group of near-duplicates is never dropped, so each
+    group keeps at least one document."""
+    order = np.lexsort((ids, keys))
+    keys, ids = keys[order], ids[order]
+    first_of_bucket = np.r_[True, keys[1:] != keys[:-1]] if len(keys) else np.zeros(0, bool)
+    return np.unique(ids[~first_of_bucket])
 
 
 def is_held_out(digest: str, eval_fraction: float) -> bool:

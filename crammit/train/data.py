@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
 from crammit.config import TrainConfig
+from crammit.data.layout import EVAL_FILE, INPUT_IDS, TOKENIZER, sequence_rows
 from crammit.data.loader import MaskedBatch, MLMBatches, shard_batches
-from crammit.data.pipeline import EVAL_FILE, INPUT_IDS, TOKENIZER
 from crammit.data.prepare import PreparedData
 from crammit.data.tokenizer import SpecialIds
 from crammit.train import rundir
@@ -54,6 +55,5 @@ def training_data(
 def _read_rows(path: Path, limit: int) -> np.ndarray:
     """The first `limit` held-out sequences, without reading the rest of the file."""
     for batch in pq.ParquetFile(path).iter_batches(batch_size=limit, columns=[INPUT_IDS]):
-        ids = batch.column(0)
-        return np.asarray(ids.flatten()).reshape(len(ids), -1)
+        return sequence_rows(pa.Table.from_batches([batch]))
     raise ValueError(f"{path} holds no held-out sequences")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from crammit.cluster import start_ray
 from crammit.config import Device, ModelConfig, TrainConfig, model_config
-from crammit.data.pipeline import read_manifest, shard_paths
+from crammit.data.layout import read_manifest, shard_paths
 from crammit.data.prepare import TOKENIZER_FILE, PreparedData, prepare_data
 from crammit.errors import CrammitError
 from crammit.train import rundir
@@ -87,13 +87,10 @@ def launch(config: TrainConfig) -> dict:
     # this), leaving one to Ray Data's readers when a prepared directory streams in.
     spare = 1 if config.data else 0
     cpus = max((ray.cluster_resources()["CPU"] - spare) / config.num_workers, 0.5)
-    # A prepared directory streams through Ray Data: each worker gets a disjoint shard.
-    datasets = ({TRAIN_DATASET: ray.data.read_parquet([str(p) for p in shard_paths(Path(config.data))])}
-                if config.data else None)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config.to_dict(),
-        datasets=datasets,
+        **(ingest(Path(config.data)) if config.data else {}),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": cpus}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -102,6 +99,19 @@ def launch(config: TrainConfig) -> dict:
     )
     trainer.fit()
     return rundir.read_final(run_dir)
+
+
+def ingest(data: Path) -> dict:
+    """TorchTrainer arguments that stream a prepared directory: each worker reads a
+    disjoint shard (`get_dataset_shard`), in the same order on every execution, so a
+    resumed run that skips the micro-batches it consumed continues where it stopped."""
+    import ray
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True  # the splitter then hands out blocks in order, ignoring locality
+    return {"datasets": {TRAIN_DATASET: ray.data.read_parquet([str(path) for path in shard_paths(data)])},
+            "dataset_config": DataConfig(execution_options=options)}
 
 
 def _check_resources(resources: dict, workers: int, use_gpu: bool) -> None:

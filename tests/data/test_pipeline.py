@@ -1,15 +1,18 @@
 """`crammit data prepare` end to end on Ray Data, on a JSONL corpus the test writes."""
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
 from crammit.data.inspect import describe
-from crammit.data.pipeline import INPUT_IDS, MANIFEST, Order, prepare_corpus, shard_paths
+from crammit.data.layout import INPUT_IDS, MANIFEST, shard_paths
+from crammit.data.pipeline import Order, prepare_corpus
 from crammit.data.stages import prevalence_scores
 from crammit.data.tokenizer import SpecialIds
-from tests.helpers import DUPLICATES, EMPTY, NOISE, PROSE, prepare_config
+from tests.helpers import DUPLICATES, EMPTY, NOISE, PROSE, near_duplicate_documents, prepare_config
 
 
 def read_rows(path) -> np.ndarray:
@@ -85,3 +88,14 @@ def test_shuffle_order_and_inspect(prepared, tmp_path):
     assert prepare_corpus(prepare_config(corpus), root / "out", root / "cache") == prepared[2]  # complete
     text = describe(root / "out")
     assert "training sequences" in text and "top 20 tokens" in text and "dropped_duplicates" in text
+
+
+@pytest.mark.slow
+def test_near_duplicates_are_removed_when_asked(tmp_path, ray_session):
+    originals, near_copies = near_duplicate_documents(distinct=300, copies=30)
+    corpus = tmp_path / "near.jsonl"
+    corpus.write_text("".join(json.dumps({"body": text}) + "\n" for text in originals + near_copies))
+    config = prepare_config(corpus, near_duplicate_threshold=0.8, max_tokens_per_char=1.0)
+    counts = prepare_corpus(config, tmp_path / "out", tmp_path / "cache")["counts"]
+    assert counts["dropped_near_duplicates"] == len(near_copies)
+    assert counts["documents_tokenized"] == len(originals)

@@ -3,13 +3,17 @@ import numpy as np
 from crammit.data.stages import (
     chunk,
     content_hash,
+    duplicate_members,
     is_held_out,
+    lsh_band_keys,
     normalize,
     pack,
     prevalence_scores,
+    shingles,
     shuffle_keys,
     tokens_per_char,
 )
+from tests.helpers import near_duplicate_documents
 
 
 def test_normalize_applies_nfkc_whitespace_and_case():
@@ -62,3 +66,24 @@ def test_shuffle_keys_are_seeded_and_content_based():
     np.testing.assert_array_equal(keys, shuffle_keys(sequences.copy(), seed=1))
     assert not np.array_equal(keys, shuffle_keys(sequences, seed=2))
     np.testing.assert_array_equal(shuffle_keys(sequences[::-1], seed=1), keys[::-1])
+
+
+def test_shingles_are_word_ngrams():
+    assert shingles("a b c d", 3) == [b"a b c", b"b c d"]
+    assert shingles("short", 3) == [b"short"]
+
+
+def test_near_duplicates_share_a_bucket_and_unrelated_documents_do_not():
+    originals, near_copies = near_duplicate_documents(distinct=40, copies=10)
+    keys = lsh_band_keys(originals + near_copies, threshold=0.8, num_perm=128, shingle_width=5, seed=0)
+    shares = [bool(set(keys[i]) & set(keys[len(originals) + i])) for i in range(len(near_copies))]
+    assert all(shares)
+    unrelated = [bool(set(keys[i]) & set(keys[j])) for i in range(len(originals)) for j in range(i)]
+    assert not any(unrelated)
+
+
+def test_duplicate_members_keep_the_smallest_id_of_each_bucket():
+    keys = np.array([b"k1", b"k2", b"k1", b"k3", b"k2", b"k1"], dtype="S2")
+    ids = np.array(["c", "b", "a", "d", "e", "b"])
+    assert duplicate_members(keys, ids).tolist() == ["b", "c", "e"]  # k1 keeps a, k2 keeps b
+    assert duplicate_members(keys[:0], ids[:0]).tolist() == []

@@ -12,11 +12,11 @@ from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from crammit.config import Budget, RecipeConfig, TrainConfig
-from crammit.data.pipeline import shard_paths
+from crammit.data.layout import shard_paths
 from crammit.model.bert import IGNORE_INDEX
 from crammit.train import rundir
-from crammit.train.data import TRAIN_DATASET, training_data
-from crammit.train.run import connect, launch, model_for, prepare_run
+from crammit.train.data import training_data
+from crammit.train.run import connect, ingest, launch, model_for, prepare_run
 from tests.helpers import tiny_train_config
 
 STEPS = 20
@@ -68,7 +68,7 @@ def test_two_workers_read_disjoint_shards_of_a_prepared_directory(tmp_path, prep
         np.save(tmp_path / f"rank{rank}.npy", np.concatenate(rows))
 
     TorchTrainer(read_one_epoch, train_loop_config=config.to_dict(),
-                 datasets={TRAIN_DATASET: ray.data.read_parquet([str(p) for p in shard_paths(out)])},
+                 **ingest(out),
                  scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
                  run_config=RunConfig(storage_path=str(tmp_path / "ray"))).fit()
     seen = [np.load(tmp_path / f"rank{rank}.npy") for rank in (0, 1)]
@@ -89,3 +89,30 @@ def test_training_on_a_prepared_directory_with_two_workers(tmp_path, prepared_co
     assert final["steps"] == 30 and final["eval_loss"] < final["initial_eval_loss"]
     tokenizer = (tmp_path / "run" / "tokenizer.json").read_bytes()
     assert tokenizer == (prepared_corpus[0] / "tokenizer.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_resuming_a_prepared_directory_run_continues_each_workers_stream(tmp_path, prepared_corpus):
+    """A resumed run skips the micro-batches its checkpoint says were consumed: each
+    worker's stream from `sequences_done` equals the rest of the stream from 0."""
+    out, _, _ = prepared_corpus
+    micro, consumed = 8, 5
+    config = _prepared_run_config(tmp_path / "run", prepared_corpus, num_workers=2)
+
+    def read_twice(config_dict):
+        rank = ray.train.get_context().get_world_rank()
+        config = TrainConfig.from_dict(config_dict)
+        whole, _ = training_data(config, rank, 2, sequences_done=0)
+        first = [next(whole) for _ in range(consumed + 3)]
+        resumed, _ = training_data(config, rank, 2, sequences_done=consumed * micro * 2)
+        again = [next(resumed) for _ in range(3)]
+        for before, after in zip(first[consumed:], again, strict=True):
+            torch.testing.assert_close(after.input_ids, before.input_ids, rtol=0, atol=0)
+            torch.testing.assert_close(after.labels, before.labels, rtol=0, atol=0)
+        (tmp_path / f"rank{rank}.ok").touch()
+
+    TorchTrainer(read_twice, train_loop_config=config.to_dict(),
+                 **ingest(out),
+                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+                 run_config=RunConfig(storage_path=str(tmp_path / "ray"))).fit()
+    assert (tmp_path / "rank0.ok").exists() and (tmp_path / "rank1.ok").exists()

@@ -1,0 +1,49 @@
+"""The prepared-directory format that `crammit data prepare` writes and training reads.
+
+    DIR/shard-00000.parquet ...   training sequences: an `input_ids` column of fixed-length int32 lists
+    DIR/eval.parquet              held-out sequences, same schema
+    DIR/tokenizer.json            the HF `tokenizers` tokenizer they were made with
+    DIR/manifest.json             source, config, counts per stage; written last
+
+Ray-free, so readers (the training loop, `inspect`) need not import the pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from crammit.errors import CrammitError
+from crammit.io import read_json
+
+INPUT_IDS = "input_ids"
+MANIFEST, TOKENIZER, EVAL_FILE = "manifest.json", "tokenizer.json", "eval.parquet"
+SHARD_PATTERN = "shard-{:05d}.parquet"
+LENGTH_BUCKET = "document_tokens_log2_"  # counts key prefix: documents with 2^k..2^(k+1)-1 tokens
+
+
+def read_manifest(directory: Path) -> dict:
+    """The manifest of a prepared directory, or a CrammitError saying it is not one."""
+    if not (directory / MANIFEST).is_file():
+        raise CrammitError(f"{directory} is not a prepared corpus (no {MANIFEST}); "
+                           "run `crammit data prepare --out DIR` first")
+    return read_json(directory / MANIFEST)
+
+
+def shard_paths(directory: Path) -> list[Path]:
+    return [directory / name for name in read_manifest(directory)["shards"]]
+
+
+def sequence_table(rows: np.ndarray) -> pa.Table:
+    """Packed rows (n, seq_len) as a table with a fixed-length int32 list column."""
+    seq_len = rows.shape[1] if rows.ndim == 2 else 0
+    return pa.table({INPUT_IDS: pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1), pa.int32()),
+                                                                  seq_len)})
+
+
+def sequence_rows(table: pa.Table) -> np.ndarray:
+    """The inverse of `sequence_table`: int32 (n, seq_len)."""
+    ids = table[INPUT_IDS].combine_chunks()
+    return np.asarray(ids.flatten()).reshape(len(ids), -1)
