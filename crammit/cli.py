@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -28,7 +29,11 @@ def main() -> None:
 
 
 def _fail(error: CrammitError) -> typer.Exit:
-    typer.echo(f"error: {error}", err=True)
+    # An error raised in a Ray task arrives wrapped in Ray's report of the task: the
+    # original is its cause.
+    cause = getattr(error, "cause", None)
+    message = str(cause if isinstance(cause, CrammitError) else error).splitlines()[0]
+    typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
 
 
@@ -176,6 +181,8 @@ def data_prepare(
                                max_tokens_per_char=max_tokens_per_char, order=Order(order), seed=seed,
                                near_duplicate_threshold=near_duplicates, tokenizer=str(tokenizer or ""))
         start_ray(address)
+        # A task's failure reaches us as an exception; Ray Data's log of its stack is noise.
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         manifest = prepare_corpus(config, out, cache_dir or default_cache_dir())
     except CrammitError as error:
         raise _fail(error) from None

@@ -88,10 +88,12 @@ def test_more_gpus_than_the_cluster_has(tmp_path):
         ("{tmp}/nothing-*.jsonl", [], "matches no"),
         ("{tmp}/docs.jsonl", ["--text-field", "body"], "no field 'body'"),
         ("{tmp}/docs.jsonl", ["--near-duplicates", "1.5"], "not a similarity"),
+        ("{tmp}/broken.jsonl", [], "line 3 is not a JSON object"),
     ],
 )
 def test_data_prepare_bad_input(tmp_path, corpus, extra, fragment):
     (tmp_path / "docs.jsonl").write_text(json.dumps({"text": "hello world"}) + "\n")
+    (tmp_path / "broken.jsonl").write_text(json.dumps({"text": "hello world"}) + "\n\n{not json\n")
     result = crammit("data", "prepare", "--corpus", corpus.format(tmp=tmp_path), "--out",
                      str(tmp_path / "out"), *extra)
     assert_one_line_error(result, fragment)

@@ -119,8 +119,11 @@ def prepare_corpus(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
     already complete with these settings)."""
     if (out / MANIFEST).exists():
         manifest = read_manifest(out)
-        if manifest["source"] != config.corpus:
-            raise CrammitError(f"{out} already holds a corpus prepared from {manifest['source']!r}; "
+        # The vocabulary is the tokenizer's, which may be smaller than asked: not compared.
+        differing = [name for name, value in _settings(config).items()
+                     if name != "vocab_size" and manifest["config"].get(name) != value]
+        if differing:
+            raise CrammitError(f"{out} already holds a corpus prepared with other {', '.join(differing)}; "
                                "choose another --out")
         return manifest
     context = ray.data.DataContext.get_current().copy()
@@ -129,12 +132,16 @@ def prepare_corpus(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
         return _prepare(config, out, cache_dir)
 
 
+def _settings(config: PrepareConfig) -> dict:
+    return {**asdict(config), "order": config.order.value}
+
+
 def _prepare(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
     work = out / ".work"
-    stages = [_stage(work / "clean", lambda tmp: _clean(config, cache_dir, tmp))]
+    clean_dir = documents_dir = _stage(work / "clean", lambda tmp: _clean(config, cache_dir, tmp))
     if config.near_duplicate_threshold > 0:
-        stages.append(_stage(work / "near-unique", lambda tmp: _drop_near_duplicates(stages[0], config, tmp)))
-    documents_dir = stages[-1]
+        documents_dir = _stage(work / "near-unique",
+                               lambda tmp: _drop_near_duplicates(clean_dir, config, tmp))
     tokenizer_path = out / TOKENIZER
     if not tokenizer_path.exists():
         with atomic_path(tokenizer_path) as tmp:
@@ -144,13 +151,14 @@ def _prepare(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
                 _train_tokenizer(documents_dir, config).save(str(tmp))
     # The vocabulary is the tokenizer's: a given one, or a trained one smaller than asked.
     config = replace(config, vocab_size=Tokenizer.from_file(str(tokenizer_path)).get_vocab_size())
-    stages.append(_stage(work / "sequences", lambda tmp: _tokenize_and_pack(documents_dir, tokenizer_path,
-                                                                            config, tmp)))
-    counts = {name: value for stage in stages for name, value in read_json(stage / COUNTS_FILE).items()}
-    shards = _write_outputs(stages[-1], counts[f"sequences_{EVAL}"], config, out)
+    sequences_dir = _stage(work / "sequences", lambda tmp: _tokenize_and_pack(documents_dir, tokenizer_path,
+                                                                              config, tmp))
+    counts = {name: value for stage in dict.fromkeys([clean_dir, documents_dir, sequences_dir])
+              for name, value in read_json(stage / COUNTS_FILE).items()}
+    shards = _write_outputs(sequences_dir, counts[f"sequences_{EVAL}"], config, out)
     manifest = {
         "source": config.corpus,
-        "config": {**asdict(config), "order": config.order.value},
+        "config": _settings(config),
         "tokenizer_sha256": hashlib.sha256(tokenizer_path.read_bytes()).hexdigest(),
         "counts": counts,
         "shards": shards,
@@ -268,18 +276,18 @@ def _tokenize_and_pack_batch(batch: dict, tokenizer_path: str, config: PrepareCo
     not an actor pool: on a small machine actors would hold every CPU the reader needs."""
     tokenizer, special = _load_tokenizer(tokenizer_path)
     texts = [str(text) for text in batch[TEXT]]
-    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+    token_ids = [encoding.ids for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]
     splits: dict[str, list] = {TRAIN: [], EVAL: []}
     dropped = 0
-    for text, digest, encoding in zip(texts, batch[HASH], encodings, strict=True):
-        if tokens_per_char(len(encoding.ids), text) > config.max_tokens_per_char:
+    for text, digest, ids in zip(texts, batch[HASH], token_ids, strict=True):
+        if tokens_per_char(len(ids), text) > config.max_tokens_per_char:
             dropped += 1
             continue
-        splits[EVAL if is_held_out(digest, config.eval_fraction) else TRAIN].append(encoding.ids)
+        splits[EVAL if is_held_out(digest, config.eval_fraction) else TRAIN].append(ids)
     rows = {split: pack(token_lists, config.seq_len, special.cls, special.sep)
             for split, token_lists in splits.items()}
     kept_tokens = sum(len(ids) + 1 for ids in splits[TRAIN] + splits[EVAL])
-    lengths = Counter(f"{LENGTH_BUCKET}{int(np.log2(max(len(encoding.ids), 1)))}" for encoding in encodings)
+    lengths = Counter(f"{LENGTH_BUCKET}{int(np.log2(max(len(ids), 1)))}" for ids in token_ids)
     packed_tokens = sum(len(split_rows) for split_rows in rows.values()) * (config.seq_len - 1)
     counts.add.remote({**lengths, "dropped_compression": dropped,
                        "documents_tokenized": len(texts) - dropped, "tokens_tokenized": kept_tokens,

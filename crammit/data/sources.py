@@ -1,8 +1,8 @@
 """Corpus specs to Ray Datasets of documents: the first stage of corpus preparation.
 
 Every source is read by Ray Data tasks across the cluster, never gathered in one process:
-text, parquet and hf sources stream a block at a time, a JSON file is parsed whole by one
-task, and only the small embedded corpus passes through the driver. Each dataset has
+text, JSON-lines, parquet and hf sources stream a block at a time (memory bounded whatever
+a file's size), and only the small embedded corpus passes through the driver. Each dataset has
 exactly the columns TEXT (string) and REPLACED (int64).
 """
 
@@ -159,11 +159,10 @@ def _read_format(filesystem: pafs.FileSystem, fmt: str, paths: list[str],
         return ray.data.read_datasource(_TextDocuments(paths, filesystem=filesystem))
     _check_text_field(filesystem, paths[0], fmt, text_field)
     if fmt == JSON:
-        # Arrow's reader (lines=False) parses each file whole but keeps strings as written;
-        # lines=True streams through pandas, which turns a text of "007" into the number 7.
-        dataset = ray.data.read_json(paths, filesystem=filesystem)
-    else:
-        dataset = ray.data.read_parquet(paths, filesystem=filesystem, columns=[text_field])
+        # Not ray.data.read_json: Arrow's reader parses a file whole in one task, and
+        # lines=True goes through pandas, which turns a text of "007" into the number 7.
+        return ray.data.read_datasource(_JsonLinesDocuments(paths, text_field, filesystem=filesystem))
+    dataset = ray.data.read_parquet(paths, filesystem=filesystem, columns=[text_field])
     return dataset.map_batches(functools.partial(_documents, text_field=text_field), batch_format="pyarrow")
 
 
@@ -263,6 +262,40 @@ class _TextDocuments(FileBasedDatasource):
 
 
 def _text_table(paragraphs: list[str]) -> pa.Table:
-    documents = [doc for doc in (" ".join(p.split()) for p in paragraphs) if doc]
+    return _document_table([doc for doc in (" ".join(p.split()) for p in paragraphs) if doc])
+
+
+def _document_table(documents: list[str]) -> pa.Table:
     return pa.table({TEXT: pa.array(documents, pa.string()),
                      REPLACED: pa.array([doc.count("\ufffd") for doc in documents], pa.int64())})
+
+
+class _JsonLinesDocuments(FileBasedDatasource):
+    """Streams JSON-lines files, decompressed by extension, `_ROWS` documents at a time.
+
+    Bytes that are not UTF-8 decode to U+FFFD, counted per document in REPLACED; a row
+    without the text field (or with a null) becomes an empty document, dropped and counted
+    downstream; a line that is not JSON stops the read with its file and line number.
+    """
+
+    _ROWS = 4096
+
+    def __init__(self, paths: list[str], text_field: str, **kwargs) -> None:
+        super().__init__(paths, **kwargs)
+        self.text_field = text_field
+
+    def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
+        documents = []
+        for number, line in enumerate(io.TextIOWrapper(f, encoding="utf-8", errors="replace"), start=1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line).get(self.text_field)
+            except (json.JSONDecodeError, AttributeError) as error:
+                raise CrammitError(f"corpus file {path!r} line {number} is not a JSON object; "
+                                   "write one JSON object per line") from error
+            documents.append("" if text is None else str(text))
+            if len(documents) == self._ROWS:
+                yield _document_table(documents)
+                documents = []
+        yield _document_table(documents)

@@ -12,6 +12,7 @@ from crammit.data.layout import INPUT_IDS, MANIFEST, shard_paths
 from crammit.data.pipeline import Order, prepare_corpus
 from crammit.data.stages import prevalence_scores
 from crammit.data.tokenizer import SpecialIds
+from crammit.errors import CrammitError
 from tests.helpers import DUPLICATES, EMPTY, NOISE, PROSE, near_duplicate_documents, prepare_config
 
 
@@ -86,6 +87,8 @@ def test_shuffle_order_and_inspect(prepared, tmp_path):
                               root / "cache")
     assert shuffled["train_sequences"] == prepared[2]["train_sequences"]
     assert prepare_corpus(prepare_config(corpus), root / "out", root / "cache") == prepared[2]  # complete
+    with pytest.raises(CrammitError, match="other order"):
+        prepare_corpus(prepare_config(corpus, order=Order.SHUFFLE), root / "out", root / "cache")
     text = describe(root / "out")
     assert "training sequences" in text and "top 20 tokens" in text and "dropped_duplicates" in text
 
