@@ -20,7 +20,7 @@ from transformers import BertConfig, BertForMaskedLM
 from crammit.config import Device, RecipeConfig, TrainConfig, model_config
 from crammit.model.bert import IGNORE_INDEX, CrammedBert
 from crammit.model.flops import model_flops_utilization, peak_flops, training_flops_per_token
-from crammit.train.engine import create_engine
+from crammit.train.engine import create_engine, process_group
 
 MASK_RATE = 0.25
 
@@ -86,19 +86,20 @@ def main() -> None:
     compile_models = device_kind == Device.CUDA and not args.no_compile
     config = TrainConfig(run_dir="", model=shape, device=device_kind, compile=compile_models,
                          recipe=RecipeConfig(batch_size=args.batch, micro_batch_size=args.batch))
-    torch.manual_seed(0)
-    ours = create_engine(CrammedBert(shape), config)
-    device = next(ours.module.parameters()).device
-    baseline_model = hf_bert(shape)
-    if compile_models:
-        baseline_model.bert.encoder.compile()
-    theirs = create_engine(baseline_model, dataclasses.replace(config, compile=False))
+    with process_group(device_kind):
+        torch.manual_seed(0)
+        ours = create_engine(CrammedBert(shape), config)
+        device = next(ours.module.parameters()).device
+        baseline_model = hf_bert(shape)
+        if compile_models:
+            baseline_model.bert.encoder.compile()
+        theirs = create_engine(baseline_model, dataclasses.replace(config, compile=False))
 
-    count = args.warmup + args.steps
-    ours_rate = tokens_per_second(ours, crammit_loss, mlm_batches(shape, args.batch, count, device),
-                                  args.warmup, device)
-    theirs_rate = tokens_per_second(theirs, hf_loss, mlm_batches(shape, args.batch, count, device),
-                                    args.warmup, device)
+        count = args.warmup + args.steps
+        ours_rate = tokens_per_second(ours, crammit_loss, mlm_batches(shape, args.batch, count, device),
+                                      args.warmup, device)
+        theirs_rate = tokens_per_second(theirs, hf_loss, mlm_batches(shape, args.batch, count, device),
+                                        args.warmup, device)
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     peak = peak_flops(name) if device.type == "cuda" else None

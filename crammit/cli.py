@@ -137,7 +137,7 @@ def train(
             )
             accumulation_target(config.recipe, config.num_workers)  # fail before any work
             connect(config, address)
-            prepare_run(config, cache_dir or default_cache_dir())
+            config = prepare_run(config, cache_dir or default_cache_dir())
         results = launch(config)
     except CrammitError as error:
         raise _fail(error) from None

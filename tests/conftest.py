@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import prepare_config, write_corpus, write_jsonl_corpus
+from tests.helpers import TINY_VOCAB, prepare_config, write_corpus, write_jsonl_corpus
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +19,6 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray cluster (2 CPUs) shared by every test that needs Ray."""
@@ -28,6 +27,16 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory, corpus_file, cache_dir, ray_session) -> Path:
+    """`corpus_file` prepared as `crammit train` prepares a corpus, for the tiny test model."""
+    from crammit.data.pipeline import PrepareConfig, prepare_corpus
+
+    out = tmp_path_factory.mktemp("toy") / "data"
+    prepare_corpus(PrepareConfig(corpus=str(corpus_file), vocab_size=TINY_VOCAB, seq_len=128), out, cache_dir)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -27,9 +27,12 @@ def write_corpus(path: Path, documents: int = 6000, seed: int = 0) -> Path:
     return path
 
 
+TINY_VOCAB = 256
+
+
 def tiny_train_config(run_dir: Path, corpus: Path, **changes) -> TrainConfig:
     """A tiny CPU run: small vocabulary and batches, a token budget, no compile."""
-    model = dataclasses.replace(model_config("tiny"), vocab_size=256, num_layers=2)
+    model = dataclasses.replace(model_config("tiny"), vocab_size=TINY_VOCAB, num_layers=2)
     defaults = dict(
         run_dir=str(run_dir), model=model, corpus=str(corpus), size_name="tiny",
         recipe=RecipeConfig(batch_size=16, micro_batch_size=8),
@@ -37,7 +40,6 @@ def tiny_train_config(run_dir: Path, corpus: Path, **changes) -> TrainConfig:
         eval_sequences=32, progress_bar=False,
     )
     return TrainConfig(**{**defaults, **changes})
-
 
 
 PROSE, DUPLICATES, EMPTY, NOISE = 3000, 40, 5, 30

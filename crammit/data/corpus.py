@@ -1,13 +1,9 @@
-"""Raw text documents: what the tokenizer is trained on and what gets packed into sequences.
-
-A corpus spec is either EMBEDDED, a built-in corpus of English prose that needs no
-download, or text files named by a path, a directory or a glob.
-"""
+"""The embedded corpus: English prose that needs no download (`--corpus embedded`),
+built from the docstrings of the installed standard library and packages, and cached."""
 
 from __future__ import annotations
 
 import ast
-import glob
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -35,47 +31,6 @@ DOC_PACKAGES = (
 )
 # Tests are code-heavy and idlelib/lib2to3 are legacy tools; site-packages is third-party.
 SKIPPED_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages"}
-
-
-def load_documents(spec: str, cache_dir: Path) -> list[str]:
-    """The documents of a corpus spec: EMBEDDED, a .txt file, a directory or a glob.
-
-    Text files split into documents at blank lines, with whitespace collapsed.
-    """
-    if spec == EMBEDDED:
-        return embedded_documents(cache_dir)
-    documents = [doc for path in _text_files(spec) for doc in _split_text(path)]
-    if not documents:
-        raise CrammitError(f"corpus {spec!r} has no non-empty documents; "
-                           "pass --corpus PATH naming text files with content")
-    return documents
-
-
-def _text_files(spec: str) -> list[Path]:
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise CrammitError(f"corpus directory {spec!r} has no .txt files below it; "
-                               "pass --corpus naming a directory of .txt files")
-        return files
-    if any(c in spec for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-        files = [p for p in files if p.is_file()]
-        if not files:
-            raise CrammitError(f"corpus glob {spec!r} matches no files; pass --corpus a "
-                               "quoted pattern that matches .txt files")
-        return files
-    raise CrammitError(f"corpus path {spec!r} does not exist; pass --corpus PATH to "
-                       f"a .txt file, directory or glob, or --corpus {EMBEDDED}")
-
-
-def _split_text(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    paragraphs = re.split(r"\n[ \t\f\v]*\n", text)
-    return [doc for doc in (" ".join(p.split()) for p in paragraphs) if doc]
 
 
 def embedded_documents(cache_dir: Path) -> list[str]:

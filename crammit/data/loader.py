@@ -1,18 +1,15 @@
 """MLM batches from packed sequences: BERT's 80/10/10 masking, and two sources.
 
-`MLMBatches` reads in-memory sequences; a batch is a pure function of its position in the
-stream, so data-parallel workers agree on masks without talking and any worker count
-sees the same global batches. `shard_batches` streams a worker's Ray Data shard of a
-prepared directory. Either way a resumed run continues from one integer: the number of
-sequences consumed.
+`shard_batches` streams a worker's Ray Data shard of a prepared directory; a resumed run
+continues from one integer, the micro-batches consumed. `HeldOutBatches` serves the
+held-out sequences from memory: a batch is a pure function of its position, so every
+worker count evaluates the same global batches with the same masks.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -48,48 +45,29 @@ def mask_tokens(
     return input_ids, labels
 
 
-class MLMBatches:
-    """Rank `rank`'s slice of each data-parallel micro-batch, read from packed sequences."""
+class HeldOutBatches:
+    """Rank `rank`'s slice of each data-parallel micro-batch of in-memory sequences, in
+    order (wrapping around)."""
 
-    def __init__(
-        self, sequences: np.ndarray, special: SpecialIds, vocab_size: int, mask_rate: float,
-        seed: int, shuffle: bool = True,
-    ) -> None:
+    def __init__(self, sequences: np.ndarray, special: SpecialIds, vocab_size: int, mask_rate: float,
+                 seed: int) -> None:
         if len(sequences) == 0:
-            raise ValueError("no packed sequences to train on")
+            raise ValueError("no held-out sequences to evaluate on")
         self.sequences = sequences
         self.special = special
         self.vocab_size = vocab_size
         self.mask_rate = mask_rate
         self.seed = seed
-        self.shuffle = shuffle
-        self._order = lru_cache(maxsize=2)(self._epoch_order)
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(len(self.sequences))
-        return np.random.default_rng((self.seed, epoch)).permutation(len(self.sequences))
-
-    def rows(self, start: int, count: int) -> np.ndarray:
-        """Sequences `start .. start+count` of the endless, per-epoch shuffled stream."""
-        index = np.arange(start, start + count)
-        epochs, offsets = np.divmod(index, len(self.sequences))
-        order = np.concatenate([self._order(int(e))[offsets[epochs == e]] for e in np.unique(epochs)])
-        return self.sequences[order]
 
     def batch(self, start: int, micro_batch: int, rank: int, world_size: int) -> MaskedBatch:
         """The micro-batch of global rows `start .. start + micro_batch*world_size`, masked
         with a generator seeded by its position, and this rank's share of it."""
-        rows = torch.from_numpy(self.rows(start, micro_batch * world_size).astype(np.int64))
+        index = np.arange(start, start + micro_batch * world_size) % len(self.sequences)
+        rows = torch.from_numpy(np.asarray(self.sequences[index], dtype=np.int64))
         generator = torch.Generator().manual_seed((self.seed << 40) + start)
         input_ids, labels = mask_tokens(rows, self.special, self.vocab_size, self.mask_rate, generator)
         mine = slice(rank * micro_batch, (rank + 1) * micro_batch)
         return MaskedBatch(input_ids[mine], labels[mine])
-
-    def stream(self, start: int, micro_batch: int, rank: int, world_size: int) -> Iterator[MaskedBatch]:
-        """This rank's micro-batches from global position `start` on, endlessly."""
-        for position in itertools.count(start, micro_batch * world_size):
-            yield self.batch(position, micro_batch, rank, world_size)
 
 
 def shard_batches(

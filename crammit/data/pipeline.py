@@ -61,7 +61,7 @@ from crammit.io import atomic_path, read_json, write_json
 
 HASH, SPLIT, BUCKET, ORDER_KEY, TIE_KEY = "hash", "split", "bucket", "order_key", "tie_key"
 TRAIN, EVAL = "train", "eval"
-COUNTS_FILE, TOKEN_COUNTS_FILE = "counts.json", "token_counts.npy"
+COUNTS_FILE, TOKEN_COUNTS_FILE, SETTINGS_FILE = "counts.json", "token_counts.npy", "settings.json"
 
 
 class Order(str, Enum):
@@ -138,7 +138,14 @@ def _settings(config: PrepareConfig) -> dict:
 
 def _prepare(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
     work = out / ".work"
+    # Work an interrupted prepare left behind is reused only under the same settings.
+    record = work / SETTINGS_FILE
+    if record.exists() and read_json(record) != _settings(config):
+        raise CrammitError(f"{out} holds an unfinished prepare with other settings; delete it or "
+                           "choose another --out")
     clean_dir = documents_dir = _stage(work / "clean", lambda tmp: _clean(config, cache_dir, tmp))
+    if not record.exists():
+        write_json(record, _settings(config))
     if config.near_duplicate_threshold > 0:
         documents_dir = _stage(work / "near-unique",
                                lambda tmp: _drop_near_duplicates(clean_dir, config, tmp))

@@ -43,7 +43,7 @@ _FORMATS = {".txt": TXT, ".json": JSON, ".jsonl": JSON, ".parquet": PARQUET}
 _COMPRESSIONS = {".gz", ".zst"}  # outer compression Arrow streams; parquet compresses inside
 _FORMS = ("pass --corpus embedded, hf:NAME[:CONFIG][@SPLIT], or a .txt/.jsonl/.json/.parquet "
           "file (text and JSON may end in .gz or .zst), directory, glob or URI")
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t\f\v]*\n")  # a blank line, as corpus.load_documents splits
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\f\v]*\n")  # a blank line: the end of a document
 _HF_BATCH_ROWS = 4096
 
 

@@ -12,7 +12,6 @@ import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -54,6 +53,9 @@ def lsh_band_keys(texts: Sequence[str], threshold: float, num_perm: int, shingle
     datasketch's `MinHashLSH` cuts them for `threshold` (documents whose shingle Jaccard
     similarity is above it share a bucket with high probability). A key names band and
     values, so keys from different bands never collide."""
+    # Imported here: datasketch pulls in scipy, ~60 MB in every worker that imports stages.
+    from datasketch import MinHash, MinHashLSH
+
     bands = MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges
     signatures = MinHash.bulk([shingles(text, shingle_width) for text in texts], num_perm=num_perm,
                               seed=seed)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +71,14 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def ensure_process_group(device: Device) -> None:
-    """Ray Train sets up the process group; a plain process (tests, notebooks,
-    benchmarks) gets a one-member group so the engine is the same everywhere."""
+@contextmanager
+def process_group(device: Device) -> Iterator[None]:
+    """Ray Train workers come with a process group; a plain process (Ray Train's local
+    mode, tests, notebooks, benchmarks) gets a one-member group for the duration, so the
+    engine is the same everywhere. It is torn down through DeepSpeed, which releases the
+    groups it derived from it (a later group in the same process starts clean)."""
     if dist.is_initialized():
+        yield
         return
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -81,6 +87,12 @@ def ensure_process_group(device: Device) -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     dist.init_process_group("nccl" if device == Device.CUDA else "gloo", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        import deepspeed.comm
+
+        deepspeed.comm.destroy_process_group()
 
 
 def torch_device(device: Device) -> torch.device:
@@ -91,13 +103,12 @@ def torch_device(device: Device) -> torch.device:
 
 def create_engine(model: nn.Module, config: TrainConfig):
     """Wrap the model in a DeepSpeed engine with the recipe's AdamW (compiling
-    `model.encoder` when the config asks)."""
+    `model.encoder` when the config asks), inside a `process_group`."""
     import deepspeed  # imported late: it probes accelerators and logs on import
 
     if config.device == Device.CUDA:
         # Launchers (Ray Train, torchrun) give each process its GPU through LOCAL_RANK.
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    ensure_process_group(config.device)
     if config.compile:
         model.encoder.compile()
     model.to(torch_device(config.device))

@@ -14,13 +14,13 @@ import torch
 import torch.distributed as dist
 
 from crammit.config import Device, TrainConfig
-from crammit.data.loader import MaskedBatch, MLMBatches
+from crammit.data.loader import HeldOutBatches, MaskedBatch
 from crammit.model.bert import IGNORE_INDEX, CrammedBert
 from crammit.model.flops import model_flops_utilization, peak_flops, training_flops_per_token
 from crammit.train import rundir
 from crammit.train.checkpoint import load_checkpoint, save_checkpoint
 from crammit.train.data import training_data
-from crammit.train.engine import create_engine, set_learning_rate, torch_device
+from crammit.train.engine import create_engine, process_group, set_learning_rate, torch_device
 from crammit.train.progress import Progress
 from crammit.train.recipe import accumulation_steps, learning_rate
 from crammit.train.state import TrainState
@@ -29,6 +29,11 @@ from crammit.train.state import TrainState
 def train_loop(config_dict: dict) -> dict:
     """Train until the budget is spent; returns (and on rank 0 saves) the final results."""
     config = TrainConfig.from_dict(config_dict)
+    with process_group(config.device):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> dict:
     run_dir = Path(config.run_dir)
     torch.manual_seed(config.recipe.seed)
     if config.deterministic:
@@ -130,7 +135,7 @@ def train_step(engine, batches: list[MaskedBatch], world_size: int, device: torc
 
 
 @torch.no_grad()
-def evaluate(engine, batches: MLMBatches, config: TrainConfig, device: torch.device) -> float:
+def evaluate(engine, batches: HeldOutBatches, config: TrainConfig, device: torch.device) -> float:
     """Held-out MLM loss (mean over masked tokens), with masks fixed by position so every
     evaluation of a run sees the same inputs."""
     engine.eval()

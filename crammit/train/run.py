@@ -1,7 +1,8 @@
 """Start, resume and launch runs: the driver side, where Ray appears.
 
-`prepare_run` lays out a run directory (config, data, tokenizer) on the driver, so
-workers only read; `launch` runs `train_loop` on a Ray Train `TorchTrainer`.
+`prepare_run` lays out a run directory (config, tokenizer, and the prepared corpus when
+none is given) on the driver, so workers only read; `launch` runs `train_loop` on a Ray
+Train `TorchTrainer`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from pathlib import Path
 
 from crammit.cluster import start_ray
 from crammit.config import Device, ModelConfig, TrainConfig, model_config
-from crammit.data.layout import read_manifest, shard_paths
-from crammit.data.prepare import TOKENIZER_FILE, PreparedData, prepare_data
+from crammit.data.layout import TOKENIZER, read_manifest, shard_paths
 from crammit.errors import CrammitError
 from crammit.train import rundir
 from crammit.train.data import TRAIN_DATASET
@@ -34,28 +34,31 @@ def model_for(size: str, data: Path | None) -> ModelConfig:
     return replace(model, vocab_size=prepared["vocab_size"], seq_len=prepared["seq_len"])
 
 
-def prepare_run(config: TrainConfig, cache_dir: Path) -> Path:
-    """A new run directory holding the resolved config and tokenizer (and, without a
-    prepared directory, the run's packed data)."""
+def prepare_run(config: TrainConfig, cache_dir: Path) -> TrainConfig:
+    """A new run directory holding the resolved config and tokenizer. Without a prepared
+    directory (`config.data`), `config.corpus` is prepared into the run directory first,
+    by `crammit data prepare`'s pipeline. Returns the config the run trains with."""
     run_dir = Path(config.run_dir)
     if rundir.is_run_dir(run_dir):
         raise CrammitError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
-    if config.data:
-        source = Path(config.data)
-        held_out = read_manifest(source)["eval_sequences"]
-    else:
-        source = prepare_data(config.corpus, config.model.vocab_size, config.model.seq_len,
-                              run_dir / rundir.DATA_DIR, cache_dir).path
-        held_out = len(PreparedData(source).eval_sequences())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source / TOKENIZER_FILE, run_dir / TOKENIZER_FILE)
+    if not config.data:
+        from crammit.data.pipeline import PrepareConfig, prepare_corpus
+
+        data = run_dir / rundir.DATA_DIR
+        prepare_corpus(PrepareConfig(corpus=config.corpus, vocab_size=config.model.vocab_size,
+                                     seq_len=config.model.seq_len), data, cache_dir)
+        config = replace(config, data=str(data.resolve()))
+    source = Path(config.data)
+    held_out = read_manifest(source)["eval_sequences"]
     if held_out < config.recipe.micro_batch_size * config.num_workers:
         raise CrammitError(
             f"the corpus holds out only {held_out} sequences, fewer than one micro-batch per "
             "worker; use a larger corpus or a smaller --micro-batch"
         )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / TOKENIZER, run_dir / TOKENIZER)
     rundir.save_config(run_dir, config)  # last: its presence marks a complete run directory
-    return run_dir
+    return config
 
 
 def resume_config(run_dir: Path) -> TrainConfig:
@@ -74,8 +77,9 @@ def connect(config: TrainConfig, address: str | None = None) -> None:
     _check_resources(ray.cluster_resources(), config.num_workers, config.device == Device.CUDA)
 
 
-def launch(config: TrainConfig) -> dict:
-    """Run `train_loop` on `config.num_workers` Ray Train workers; returns final.json."""
+def launch(config: TrainConfig, in_process: bool = False) -> dict:
+    """Run `train_loop` on `config.num_workers` Ray Train workers, or with `in_process` in
+    this process (Ray Train's local mode: notebooks, tests, debugging); returns final.json."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -84,14 +88,14 @@ def launch(config: TrainConfig) -> dict:
     config = TrainConfig.from_dict({**config.to_dict(), "run_dir": str(run_dir)})
     use_gpu = config.device == Device.CUDA
     # CPU workers split the machine's cores (Ray sets each worker's thread count from
-    # this), leaving one to Ray Data's readers when a prepared directory streams in.
-    spare = 1 if config.data else 0
-    cpus = max((ray.cluster_resources()["CPU"] - spare) / config.num_workers, 0.5)
+    # this), leaving one to Ray Data's readers.
+    cpus = max((ray.cluster_resources()["CPU"] - 1) / config.num_workers, 0.5)
+    workers = 0 if in_process else config.num_workers
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config.to_dict(),
-        **(ingest(Path(config.data)) if config.data else {}),
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
+        **ingest(Path(config.data)),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": cpus}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -110,8 +114,9 @@ def ingest(data: Path) -> dict:
 
     options = DataConfig.default_ingest_options()
     options.preserve_order = True  # the splitter then hands out blocks in order, ignoring locality
-    return {"datasets": {TRAIN_DATASET: ray.data.read_parquet([str(path) for path in shard_paths(data)])},
-            "dataset_config": DataConfig(execution_options=options)}
+    sequences = ray.data.read_parquet([str(path) for path in shard_paths(data)])
+    sequences.context.execution_options.preserve_order = True  # local mode reads it unsplit
+    return {"datasets": {TRAIN_DATASET: sequences}, "dataset_config": DataConfig(execution_options=options)}
 
 
 def _check_resources(resources: dict, workers: int, use_gpu: bool) -> None:

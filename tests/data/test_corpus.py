@@ -1,11 +1,10 @@
 import hashlib
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from crammit.data import corpus
-from crammit.data.corpus import EMBEDDED, embedded_documents, load_documents
+from crammit.data.corpus import embedded_documents
 from crammit.errors import CrammitError
 
 # The 100 most common English words: about 40% of prose tokens, far fewer of code tokens.
@@ -19,53 +18,6 @@ COMMON_WORDS = {
     "could", "people", "my", "than", "first", "water", "been", "call", "who", "oil", "its", "now",
     "find", "long", "down", "day", "did", "get", "come", "made", "may", "part",
 }
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def test_text_file_splits_at_blank_lines_and_collapses_whitespace(tmp_path):
-    path = write(tmp_path / "a.txt",
-                 "First  paragraph\nwraps here.\n\n\n  Second\tone.\n \nThird.\n")
-    assert load_documents(str(path), tmp_path / "cache") == [
-        "First paragraph wraps here.", "Second one.", "Third."]
-
-
-def test_directory_reads_all_txt_files_below_it_sorted(tmp_path):
-    write(tmp_path / "docs" / "b.txt", "bee")
-    write(tmp_path / "docs" / "sub" / "c.txt", "sea")
-    write(tmp_path / "docs" / "a.txt", "ay\n\nay two")
-    write(tmp_path / "docs" / "ignored.md", "not text")
-    assert load_documents(str(tmp_path / "docs"), tmp_path / "cache") == [
-        "ay", "ay two", "bee", "sea"]
-
-
-def test_glob_reads_matching_files(tmp_path):
-    write(tmp_path / "x1.txt", "one")
-    write(tmp_path / "x2.txt", "two")
-    write(tmp_path / "y.txt", "other")
-    assert load_documents(str(tmp_path / "x*.txt"), tmp_path / "cache") == ["one", "two"]
-
-
-def test_non_utf8_bytes_are_replaced(tmp_path):
-    path = tmp_path / "latin1.txt"
-    path.write_bytes(b"caf\xe9 au lait\n\nna\xefve")
-    assert load_documents(str(path), tmp_path) == ["caf\ufffd au lait", "na\ufffdve"]
-
-
-@pytest.mark.parametrize("make_spec, message", [
-    (lambda d: str(d / "missing.txt"), "does not exist"),
-    (lambda d: str(d / "*.txt"), "matches no files"),
-    (lambda d: str(write(d / "empty.txt", " \n\n \t\n")), "no non-empty documents"),
-    (lambda d: str(write(d / "dir" / "notes.md", "text").parent), "no .txt files"),
-])
-def test_bad_specs_raise_one_clear_error(tmp_path, make_spec, message):
-    with pytest.raises(CrammitError, match=message) as error:
-        load_documents(make_spec(tmp_path), tmp_path / "cache")
-    assert "\n" not in str(error.value) and "--corpus" in str(error.value)
 
 
 def test_too_small_embedded_corpus_raises_instead_of_falling_back(tmp_path, monkeypatch):
@@ -96,7 +48,7 @@ def test_embedded_second_call_hits_the_cache(embedded, monkeypatch):
         raise AssertionError("rebuilt despite a cache file")
 
     monkeypatch.setattr(corpus, "_build_embedded", no_build)
-    assert load_documents(EMBEDDED, cache_dir) == documents
+    assert embedded_documents(cache_dir) == documents
 
 
 def test_embedded_build_is_deterministic(embedded, tmp_path):

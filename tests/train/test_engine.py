@@ -7,8 +7,7 @@ from crammit.errors import CrammitError
 from crammit.train import rundir
 from crammit.train.checkpoint import checkpoint_dir, latest_tag
 from crammit.train.engine import deepspeed_config, read_deepspeed_file
-from crammit.train.loop import train_loop
-from crammit.train.run import prepare_run
+from crammit.train.run import launch, prepare_run
 from tests.helpers import tiny_train_config
 
 
@@ -35,11 +34,10 @@ def test_unsupported_zero_stage_is_refused(tmp_path):
         read_deepspeed_file(path)
 
 
-def test_zero_stage_two_trains_and_keeps_only_recent_checkpoints(tmp_path, corpus_file, cache_dir):
+def test_zero_stage_two_trains_and_keeps_only_recent_checkpoints(tmp_path, corpus_file, cache_dir, toy_data):
     config = tiny_train_config(tmp_path / "run", corpus_file, zero_stage=2, checkpoint_every_steps=3,
-                               keep_checkpoints=2)
-    prepare_run(config, cache_dir)
-    results = train_loop(config.to_dict())
+                               keep_checkpoints=2, data=str(toy_data))
+    results = launch(prepare_run(config, cache_dir), in_process=True)
     assert results["eval_loss"] < results["initial_eval_loss"]
     tags = sorted(p.name for p in checkpoint_dir(tmp_path / "run").glob("step-*"))
     assert len(tags) == 2 and latest_tag(tmp_path / "run") == tags[-1] == f"step-{results['steps']:08d}"

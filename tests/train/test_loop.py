@@ -1,40 +1,46 @@
-"""The training loop in one process (the seam Ray Train calls), on a tiny model."""
+"""The training loop in one process (Ray Train's local mode), on a tiny model."""
 
+import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 from safetensors.torch import load_file
+from tokenizers import Tokenizer
 
 from crammit.config import Budget
-from crammit.data.loader import MaskedBatch, MLMBatches
-from crammit.data.prepare import PreparedData
+from crammit.data.layout import TOKENIZER, sequence_rows, shard_paths
+from crammit.data.loader import HeldOutBatches, MaskedBatch
 from crammit.data.tokenizer import SpecialIds
 from crammit.model.bert import CrammedBert
 from crammit.train import rundir
 from crammit.train.checkpoint import latest_tag
-from crammit.train.engine import create_engine
-from crammit.train.loop import train_loop, train_step
-from crammit.train.run import prepare_run
+from crammit.train.engine import create_engine, process_group
+from crammit.train.loop import train_step
+from crammit.train.run import launch, prepare_run
 from tests.helpers import tiny_train_config
 
 
-def test_hours_budget_stops_the_run_within_five_percent(tmp_path, corpus_file, cache_dir):
+def test_hours_budget_stops_the_run_within_five_percent(tmp_path, corpus_file, cache_dir, toy_data):
     budget_s = 10.0  # long enough that one slow step on a busy machine stays within 5 %
-    config = tiny_train_config(tmp_path / "run", corpus_file, budget=Budget.hours(budget_s / 3600))
-    prepare_run(config, cache_dir)
-    results = train_loop(config.to_dict())
+    config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data),
+                               budget=Budget.hours(budget_s / 3600))
+    config = prepare_run(config, cache_dir)
+    results = launch(config, in_process=True)
     assert budget_s <= results["elapsed_s"] <= 1.05 * budget_s
     metrics = rundir.read_metrics(tmp_path / "run")
     assert (metrics["elapsed_s"].iloc[:-1] < budget_s).all()  # no step started after the budget
 
 
-def test_run_directory_holds_metrics_final_model_and_results(tmp_path, corpus_file, cache_dir):
-    config = tiny_train_config(tmp_path / "run", corpus_file)
-    run_dir = prepare_run(config, cache_dir)
-    results = train_loop(config.to_dict())
+def test_run_directory_holds_metrics_final_model_and_results(tmp_path, corpus_file, cache_dir, toy_data):
+    config = prepare_run(tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data)), cache_dir)
+    run_dir = Path(config.run_dir)
+    results = launch(config, in_process=True)
     metrics = rundir.read_metrics(run_dir)
     for column in ("step", "tokens", "flops", "elapsed_s", "loss", "lr", "batch_size", "tokens_per_s"):
         assert column in metrics.columns
@@ -49,17 +55,19 @@ def test_run_directory_holds_metrics_final_model_and_results(tmp_path, corpus_fi
 
 
 @pytest.mark.slow
-def test_interrupted_and_resumed_run_ends_with_the_same_parameters(tmp_path, corpus_file, cache_dir):
+def test_interrupted_and_resumed_run_ends_with_the_same_parameters(tmp_path, corpus_file, cache_dir,
+                                                                   toy_data):
     budget = Budget.tokens(120 * 16 * 128)
-    common = dict(budget=budget, checkpoint_every_steps=5, deterministic=True)
-    straight = tiny_train_config(tmp_path / "straight", corpus_file, **common)
-    interrupted = tiny_train_config(tmp_path / "interrupted", corpus_file, **common)
-    for config in (straight, interrupted):
-        prepare_run(config, cache_dir)
+    common = dict(budget=budget, checkpoint_every_steps=5, deterministic=True, data=str(toy_data))
+    straight = prepare_run(tiny_train_config(tmp_path / "straight", corpus_file, **common), cache_dir)
+    interrupted = prepare_run(tiny_train_config(tmp_path / "interrupted", corpus_file, **common), cache_dir)
 
+    # A second driver on this session's cluster runs the loop in its own process, to be killed.
     worker = subprocess.Popen(
-        [sys.executable, "-c", "import sys, json; from crammit.train.loop import train_loop; "
-         "train_loop(json.loads(sys.argv[1]))", __import__("json").dumps(interrupted.to_dict())],
+        [sys.executable, "-c", "import sys, json, ray; from crammit.config import TrainConfig; "
+         "from crammit.train.run import launch; ray.init(address=sys.argv[2]); "
+         "launch(TrainConfig.from_dict(json.loads(sys.argv[1])), in_process=True)",
+         json.dumps(interrupted.to_dict()), ray.get_runtime_context().gcs_address],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
@@ -70,8 +78,8 @@ def test_interrupted_and_resumed_run_ends_with_the_same_parameters(tmp_path, cor
     assert not (tmp_path / "interrupted" / rundir.FINAL_FILE).exists(), "run ended before the kill"
     assert latest_tag(tmp_path / "interrupted") is not None
 
-    resumed = train_loop(interrupted.to_dict())
-    uninterrupted = train_loop(straight.to_dict())
+    resumed = launch(interrupted, in_process=True)
+    uninterrupted = launch(straight, in_process=True)
     assert resumed["steps"] == uninterrupted["steps"] and resumed["tokens"] == uninterrupted["tokens"]
     a = load_file(tmp_path / "straight" / rundir.MODEL_FILE)
     b = load_file(tmp_path / "interrupted" / rundir.MODEL_FILE)
@@ -80,14 +88,13 @@ def test_interrupted_and_resumed_run_ends_with_the_same_parameters(tmp_path, cor
     assert losses[0] == losses[1]
 
 
-def test_accumulated_micro_batches_make_the_same_steps_as_whole_batches(tmp_path, corpus_file, cache_dir):
+def test_accumulated_micro_batches_make_the_same_steps_as_whole_batches(tmp_path, corpus_file, toy_data):
     """The ramp changes accumulation every step; each step must still be one optimizer
     update over exactly its micro-batches (DeepSpeed's own counter would misalign)."""
-    config = tiny_train_config(tmp_path / "run", corpus_file)
-    prepare_run(config, cache_dir)
-    data = PreparedData(tmp_path / "run" / rundir.DATA_DIR)
-    stream = MLMBatches(data.train_sequences(), SpecialIds.of(data.tokenizer()), config.model.vocab_size,
-                        config.recipe.mask_rate, seed=0)
+    config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data))
+    special = SpecialIds.of(Tokenizer.from_file(str(toy_data / TOKENIZER)))
+    stream = HeldOutBatches(sequence_rows(pq.read_table(shard_paths(toy_data)[0])), special,
+                            config.model.vocab_size, config.recipe.mask_rate, seed=0)
     micro, device = 8, torch.device("cpu")
 
     def train(whole: bool) -> tuple[list[float], dict]:
@@ -105,7 +112,8 @@ def test_accumulated_micro_batches_make_the_same_steps_as_whole_batches(tmp_path
         assert engine.global_steps == 4
         return losses, {name: p.detach().clone() for name, p in engine.module.named_parameters()}
 
-    (split_losses, split), (whole_losses, whole) = train(whole=False), train(whole=True)
+    with process_group(config.device):
+        (split_losses, split), (whole_losses, whole) = train(whole=False), train(whole=True)
     assert split_losses == pytest.approx(whole_losses, abs=1e-5)
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], atol=1e-5, rtol=0, msg=name)

@@ -2,45 +2,85 @@
 
 import dataclasses
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
+import torch.distributed as dist
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from tokenizers import Tokenizer
 
 from crammit.config import Budget, RecipeConfig, TrainConfig
-from crammit.data.layout import shard_paths
-from crammit.model.bert import IGNORE_INDEX
+from crammit.data.layout import TOKENIZER, read_manifest, sequence_rows, shard_paths
+from crammit.data.loader import HeldOutBatches
+from crammit.data.tokenizer import SpecialIds
+from crammit.model.bert import IGNORE_INDEX, CrammedBert
 from crammit.train import rundir
 from crammit.train.data import training_data
+from crammit.train.engine import create_engine, set_learning_rate
+from crammit.train.loop import train_step
 from crammit.train.run import connect, ingest, launch, model_for, prepare_run
 from tests.helpers import tiny_train_config
 
 STEPS = 20
 
 
+def _steps_on_fixed_global_batches(config_dict):
+    """STEPS optimizer steps over the same global batches whatever the worker count (each
+    rank takes its slice); rank 0 saves the global loss of each step."""
+    config = TrainConfig.from_dict(config_dict)
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    data = Path(config.data)
+    batches = HeldOutBatches(sequence_rows(pq.read_table(shard_paths(data)[0])),
+                             SpecialIds.of(Tokenizer.from_file(str(data / TOKENIZER))),
+                             config.model.vocab_size, config.recipe.mask_rate, seed=0)
+    torch.manual_seed(0)
+    engine = create_engine(CrammedBert(config.model), config)
+    set_learning_rate(engine, config.recipe.peak_lr)
+    micro, losses = config.recipe.micro_batch_size, []
+    for step in range(STEPS):
+        engine.set_train_batch_size(micro * world_size)
+        batch = batches.batch(step * micro * world_size, micro, rank, world_size)
+        share = train_step(engine, [batch], world_size, torch.device("cpu"))
+        dist.all_reduce(share)
+        losses.append(share.item())
+    if rank == 0:
+        np.save(Path(config.run_dir) / "losses.npy", np.array(losses))
+
+
 @pytest.mark.slow
-def test_two_workers_follow_the_loss_curve_of_one_with_the_same_global_batch(
-    tmp_path, corpus_file, cache_dir, ray_session
-):
+def test_two_workers_make_the_steps_of_one_with_the_same_global_batch(tmp_path, corpus_file, toy_data):
     curves = {}
     for workers, micro_batch in ((1, 16), (2, 8)):
-        config = tiny_train_config(
-            tmp_path / f"workers-{workers}", corpus_file, num_workers=workers,
-            recipe=RecipeConfig(batch_size=16, micro_batch_size=micro_batch),
-            budget=Budget.tokens(STEPS * 16 * 128),
-        )
-        connect(config)
-        prepare_run(config, cache_dir)
-        final = launch(config)
-        curves[workers] = rundir.read_metrics(tmp_path / f"workers-{workers}")["loss"].to_numpy()
-        assert final["steps"] == STEPS
+        run_dir = tmp_path / f"workers-{workers}"
+        run_dir.mkdir()
+        config = tiny_train_config(run_dir, corpus_file, data=str(toy_data), num_workers=workers,
+                                   recipe=RecipeConfig(batch_size=16, micro_batch_size=micro_batch))
+        TorchTrainer(_steps_on_fixed_global_batches, train_loop_config=config.to_dict(),
+                     scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}),
+                     run_config=RunConfig(storage_path=str(tmp_path / "ray"))).fit()
+        curves[workers] = np.load(run_dir / "losses.npy")
     assert len(curves[1]) == len(curves[2]) == STEPS
     assert curves[1][-1] < curves[1][0] - 0.5  # it learned something
     np.testing.assert_allclose(curves[2], curves[1], rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_run_without_a_prepared_directory_prepares_its_corpus(tmp_path, corpus_file, cache_dir,
+                                                                ray_session):
+    budget = 10 * 16 * 128
+    config = tiny_train_config(tmp_path / "run", corpus_file, budget=Budget.tokens(budget))
+    connect(config)
+    config = prepare_run(config, cache_dir)
+    assert Path(config.data) == (tmp_path / "run" / rundir.DATA_DIR).resolve()
+    assert read_manifest(Path(config.data))["source"] == str(corpus_file)
+    final = launch(config)
+    assert final["tokens"] >= budget and final["eval_loss"] < final["initial_eval_loss"]
 
 
 def _originals(batch) -> np.ndarray:
