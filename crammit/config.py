@@ -143,6 +143,7 @@ class TrainConfig:
     size_name: str = "crammed"
     device: Device = Device.CUDA
     num_workers: int = 1
+    cpu_threads: int = 0  # torch threads of each CPU worker; 0: as many as its Ray CPUs
     zero_stage: int = 0
     compile: bool = True
     deepspeed_overrides: dict[str, Any] = field(default_factory=dict)

@@ -36,6 +36,8 @@ def train_loop(config_dict: dict) -> dict:
 def _train(config: TrainConfig) -> dict:
     run_dir = Path(config.run_dir)
     torch.manual_seed(config.recipe.seed)
+    if config.device == Device.CPU and config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
     model = CrammedBert(config.model)

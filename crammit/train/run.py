@@ -85,11 +85,13 @@ def launch(config: TrainConfig, in_process: bool = False) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     run_dir = Path(config.run_dir).resolve()
-    config = TrainConfig.from_dict({**config.to_dict(), "run_dir": str(run_dir)})
     use_gpu = config.device == Device.CUDA
-    # CPU workers split the machine's cores (Ray sets each worker's thread count from
-    # this), leaving one to Ray Data's readers.
-    cpus = max((ray.cluster_resources()["CPU"] - 1) / config.num_workers, 0.5)
+    # CPU workers leave one logical CPU to Ray Data's readers (without it they are never
+    # scheduled), but reading takes little compute: torch still gets every core.
+    total_cpus = ray.cluster_resources()["CPU"]
+    cpus = max((total_cpus - 1) / config.num_workers, 0.5)
+    config = TrainConfig.from_dict({**config.to_dict(), "run_dir": str(run_dir),
+                                    "cpu_threads": max(int(total_cpus // config.num_workers), 1)})
     workers = 0 if in_process else config.num_workers
     trainer = TorchTrainer(
         train_loop,
