@@ -8,8 +8,11 @@ worker count evaluates the same global batches with the same masks.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +20,9 @@ import torch
 from crammit.data.layout import sequence_rows
 from crammit.data.tokenizer import SpecialIds
 from crammit.model.bert import IGNORE_INDEX
+
+T = TypeVar("T")
+PREFETCH_MICRO_BATCHES = 64  # hides an epoch change's pause behind this many micro-batches of work
 
 
 @dataclass(frozen=True)
@@ -77,16 +83,62 @@ def shard_batches(
     """A worker's micro-batches from its Ray Data shard (`ray.train.get_dataset_shard`),
     epoch after epoch; the first `skip` micro-batches are read and dropped (resume).
     Masks are seeded by (seed, rank, micro-batch index), so a resume reproduces them."""
-    index = 0
+    tables = prefetched(_epochs(shard, micro_batch), PREFETCH_MICRO_BATCHES)
+    for index, table in enumerate(tables):
+        if index >= skip:
+            rows = sequence_rows(table)
+            generator = torch.Generator().manual_seed((seed << 40) + (rank << 32) + index)
+            yield MaskedBatch(*mask_tokens(torch.from_numpy(rows.astype(np.int64)), special,
+                                           vocab_size, mask_rate, generator))
+
+
+def _epochs(shard, micro_batch: int) -> Iterator:
     while True:
         produced = False
         for table in shard.iter_batches(batch_size=micro_batch, batch_format="pyarrow", drop_last=True):
             produced = True
-            if index >= skip:
-                rows = sequence_rows(table)
-                generator = torch.Generator().manual_seed((seed << 40) + (rank << 32) + index)
-                yield MaskedBatch(*mask_tokens(torch.from_numpy(rows.astype(np.int64)), special,
-                                               vocab_size, mask_rate, generator))
-            index += 1
+            yield table
         if not produced:
             raise ValueError("this worker's data shard is smaller than one micro-batch")
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
+    """`items`, produced by a background thread up to `depth` ahead, so a pause in the
+    producer (Ray Data starting the next epoch's execution takes a second or more) does
+    not stall the consumer. Closing this iterator stops the thread and closes `items`."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+        except BaseException as error:  # handed to the consumer, which raises it
+            buffer.put(_Failure(error))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    producer = threading.Thread(target=produce, name="prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = buffer.get()
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()

@@ -1,7 +1,11 @@
+import itertools
+import threading
+
 import numpy as np
+import pytest
 import torch
 
-from crammit.data.loader import HeldOutBatches, mask_tokens
+from crammit.data.loader import HeldOutBatches, mask_tokens, prefetched
 from crammit.data.tokenizer import SpecialIds
 from crammit.model.bert import IGNORE_INDEX
 
@@ -54,3 +58,29 @@ def test_held_out_batches_run_in_order_and_wrap_around():
     originals = lambda batch: torch.where(batch.labels != IGNORE_INDEX, batch.labels, batch.input_ids)  # noqa: E731
     np.testing.assert_array_equal(originals(loader.batch(0, 4, 0, 1)).numpy(), data[:4])
     np.testing.assert_array_equal(originals(loader.batch(8, 4, 0, 1)).numpy(), data[[8, 9, 0, 1]])
+
+
+def test_prefetched_keeps_order_raises_the_producers_error_and_closes_its_source():
+    assert list(itertools.islice(prefetched(iter(range(1000)), depth=4), 1000)) == list(range(1000))
+
+    def failing():
+        yield 1
+        raise RuntimeError("read failed")
+
+    stream = prefetched(failing(), depth=4)
+    assert next(stream) == 1
+    with pytest.raises(RuntimeError, match="read failed"):
+        next(stream)
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            yield from itertools.count()
+        finally:
+            closed.set()
+
+    stream = prefetched(endless(), depth=4)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()
+    assert closed.wait(timeout=5)
