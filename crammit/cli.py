@@ -71,7 +71,7 @@ def train(
     flops: Annotated[float | None, typer.Option(help="Budget in training FLOPs instead.")] = None,
     size: Annotated[str, typer.Option(help="Model size: tiny, mini, small, medium, base, crammed, large.")]
     = "crammed",
-    corpus: Annotated[str, typer.Option(help="'embedded', or a .txt file, directory or glob.")]
+    corpus: Annotated[str, typer.Option(help="Prepared into the run directory: any `data prepare --corpus`.")]
     = "embedded",
     data: Annotated[Path | None, typer.Option(help="A `crammit data prepare` directory (replaces --corpus).")]
     = None,
@@ -92,7 +92,7 @@ def train(
     deterministic: Annotated[bool, typer.Option(help="Deterministic kernels (for exact resumes).")] = False,
     checkpoint_minutes: Annotated[float, typer.Option(help="Minutes between checkpoints.")] = 30.0,
     eval_sequences: Annotated[int, typer.Option(help="Held-out sequences for the final MLM loss.")] = 512,
-    cache_dir: Annotated[Path | None, typer.Option(help="Where prepared corpora are cached.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")] = None,
 ) -> None:
     """Train a crammed BERT until the budget is spent, then report held-out MLM loss."""
     from crammit.train.engine import read_deepspeed_file

@@ -6,21 +6,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
-from crammit.data.layout import INPUT_IDS, LENGTH_BUCKET, TOKENIZER, read_manifest, sequence_rows, shard_paths
+from crammit.data.layout import LENGTH_BUCKET, TOKEN_COUNTS, TOKENIZER, read_manifest
 
 BAR_WIDTH = 40
-
-
-def token_counts(directory: Path, vocab_size: int) -> np.ndarray:
-    """Token frequencies over every training shard, one shard in memory at a time."""
-    totals = np.zeros(vocab_size, dtype=np.int64)
-    for path in shard_paths(directory):
-        rows = sequence_rows(pq.read_table(path, columns=[INPUT_IDS]))
-        totals += np.bincount(rows.ravel(), minlength=vocab_size)
-    return totals
 
 
 def describe(directory: Path, top: int = 20) -> str:
@@ -43,7 +33,7 @@ def describe(directory: Path, top: int = 20) -> str:
         bar = "#" * round(BAR_WIDTH * buckets[bucket] / widest)
         lines.append(f"  {label:>13} {buckets[bucket]:>10,} {bar}")
     tokenizer = Tokenizer.from_file(str(directory / TOKENIZER))
-    frequencies = token_counts(directory, tokenizer.get_vocab_size())
+    frequencies = np.load(directory / TOKEN_COUNTS)
     total = frequencies.sum()
     lines += ["", f"top {top} tokens:"]
     for token_id, count in Counter(dict(enumerate(frequencies.tolist()))).most_common(top):

@@ -3,6 +3,7 @@
     DIR/shard-00000.parquet ...   training sequences: an `input_ids` column of fixed-length int32 lists
     DIR/eval.parquet              held-out sequences, same schema
     DIR/tokenizer.json            the HF `tokenizers` tokenizer they were made with
+    DIR/token_counts.npy          how often each token id occurs in the training shards
     DIR/manifest.json             source, config, counts per stage; written last
 
 Ray-free, so readers (the training loop, `inspect`) need not import the pipeline.
@@ -20,6 +21,7 @@ from crammit.io import read_json
 
 INPUT_IDS = "input_ids"
 MANIFEST, TOKENIZER, EVAL_FILE = "manifest.json", "tokenizer.json", "eval.parquet"
+TOKEN_COUNTS = "token_counts.npy"
 SHARD_PATTERN = "shard-{:05d}.parquet"
 LENGTH_BUCKET = "document_tokens_log2_"  # counts key prefix: documents with 2^k..2^(k+1)-1 tokens
 

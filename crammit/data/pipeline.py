@@ -37,6 +37,7 @@ from crammit.data.layout import (
     LENGTH_BUCKET,
     MANIFEST,
     SHARD_PATTERN,
+    TOKEN_COUNTS,
     TOKENIZER,
     read_manifest,
     sequence_rows,
@@ -61,7 +62,8 @@ from crammit.io import atomic_path, read_json, write_json
 
 HASH, SPLIT, BUCKET, ORDER_KEY, TIE_KEY = "hash", "split", "bucket", "order_key", "tie_key"
 TRAIN, EVAL = "train", "eval"
-COUNTS_FILE, TOKEN_COUNTS_FILE, SETTINGS_FILE = "counts.json", "token_counts.npy", "settings.json"
+HASH_DTYPE = "S32"  # a content hash's 32 hex digits as bytes: a quarter of numpy's str size
+COUNTS_FILE, SETTINGS_FILE = "counts.json", "settings.json"
 
 
 class Order(str, Enum):
@@ -162,6 +164,9 @@ def _prepare(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
                                                                               config, tmp))
     counts = {name: value for stage in dict.fromkeys([clean_dir, documents_dir, sequences_dir])
               for name, value in read_json(stage / COUNTS_FILE).items()}
+    if not (out / TOKEN_COUNTS).exists():
+        with atomic_path(out / TOKEN_COUNTS) as tmp:
+            shutil.copyfile(sequences_dir / TOKEN_COUNTS, tmp)
     shards = _write_outputs(sequences_dir, counts[f"sequences_{EVAL}"], config, out)
     manifest = {
         "source": config.corpus,
@@ -225,7 +230,7 @@ def _drop_duplicates(block: dict, counts) -> dict:
 
 def _drop_near_duplicates(documents_dir: Path, config: PrepareConfig, out: Path) -> None:
     """MinHash LSH: documents sharing a bucket with a smaller hash are dropped. Buckets
-    meet in the blocks of a keyed shuffle; the dropped hashes (16 bytes each, not the
+    meet in the blocks of a keyed shuffle; the dropped hashes (32 bytes each, not the
     documents) are gathered and every filter task reads them from the object store."""
     documents = ray.data.read_parquet(str(documents_dir))
     buckets = documents.map_batches(_bucket_rows, fn_kwargs={"config": config}, batch_format="numpy",
@@ -233,7 +238,7 @@ def _drop_near_duplicates(documents_dir: Path, config: PrepareConfig, out: Path)
     members = buckets.repartition(config.partitions, keys=[BUCKET]).map_batches(
         _bucket_duplicates, batch_size=None, batch_format="numpy")
     found = [batch[HASH] for batch in members.iter_batches(batch_format="numpy")]
-    dropped = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype="U32")
+    dropped = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=HASH_DTYPE)
     counts = StageCounts.remote()
     documents.map_batches(_keep_unlisted, fn_kwargs={"dropped": ray.put(dropped), "counts": counts},
                           batch_format="numpy").write_parquet(str(out))
@@ -248,12 +253,12 @@ def _bucket_rows(batch: dict, config: PrepareConfig) -> dict:
 
 
 def _bucket_duplicates(block: dict) -> dict:
-    members = duplicate_members(block[BUCKET].astype("S"), block[HASH].astype("U32"))
+    members = duplicate_members(block[BUCKET].astype("S"), block[HASH].astype(HASH_DTYPE))
     return {HASH: members}
 
 
 def _keep_unlisted(batch: dict, dropped, counts) -> dict:
-    keep = ~np.isin(batch[HASH].astype("U32"), ray.get(dropped))
+    keep = ~np.isin(batch[HASH].astype(HASH_DTYPE), ray.get(dropped))
     counts.add.remote({"dropped_near_duplicates": int((~keep).sum())})
     return {column: values[keep] for column, values in batch.items()}
 
@@ -316,7 +321,7 @@ def _tokenize_and_pack(documents_dir: Path, tokenizer_path: Path, config: Prepar
     )
     sequences.write_parquet(str(out))
     write_json(out / COUNTS_FILE, ray.get(counts.get.remote()))
-    np.save(out / TOKEN_COUNTS_FILE, ray.get(counts.get_tokens.remote()))
+    np.save(out / TOKEN_COUNTS, ray.get(counts.get_tokens.remote()))
 
 
 def _ordered(sequences: ray.data.Dataset, config: PrepareConfig,
@@ -341,7 +346,7 @@ def _write_outputs(sequences_dir: Path, eval_sequences: int, config: PrepareConf
     """`eval.parquet`, then shards of `sequences_per_shard` in order; files already there
     are kept (resume)."""
     ordered = _ordered(ray.data.read_parquet(str(sequences_dir)), config,
-                       np.load(sequences_dir / TOKEN_COUNTS_FILE))
+                       np.load(out / TOKEN_COUNTS))
     sizes = itertools.chain([eval_sequences], itertools.repeat(config.sequences_per_shard))
     pieces = _slices(ordered.iter_batches(batch_size=None, batch_format="pyarrow"), sizes)
     held_out = next(pieces, None)

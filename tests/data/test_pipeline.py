@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from crammit.data.inspect import describe
-from crammit.data.layout import INPUT_IDS, MANIFEST, shard_paths
+from crammit.data.layout import INPUT_IDS, MANIFEST, TOKEN_COUNTS, shard_paths
 from crammit.data.pipeline import Order, prepare_corpus
 from crammit.data.stages import prevalence_scores
 from crammit.data.tokenizer import SpecialIds
@@ -57,8 +57,12 @@ def test_shards_hold_fixed_length_int32_sequences_starting_with_cls(prepared):
 def test_prevalence_order_puts_common_token_sequences_first(prepared):
     root, _, _ = prepared
     rows = np.concatenate([read_rows(path) for path in shard_paths(root / "out")])
-    scores = prevalence_scores(rows, np.log1p(np.bincount(rows.ravel(), minlength=400)))
+    counts = np.bincount(rows.ravel(), minlength=400)
+    scores = prevalence_scores(rows, np.log1p(counts))
     assert (np.diff(scores) <= 1e-9).all()
+    stored = np.load(root / "out" / TOKEN_COUNTS)  # what the order used, kept for `inspect`
+    np.testing.assert_array_equal(stored, counts[: len(stored)])
+    assert counts[len(stored):].sum() == 0
 
 
 @pytest.mark.slow
