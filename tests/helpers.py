@@ -64,7 +64,7 @@ def write_jsonl_corpus(path: Path) -> Path:
 def prepare_config(corpus: Path, **changes) -> PrepareConfig:
     """Small settings for the JSONL test corpus: several shards of 32-token sequences."""
     settings = dict(corpus=str(corpus), text_field="body", vocab_size=400, seq_len=32,
-                    max_document_chars=2000, sequences_per_shard=300, documents_per_pack=256)
+                    max_document_chars=2000, sequences_per_shard=300, documents_per_batch=256)
     return PrepareConfig(**{**settings, **changes})
 
 

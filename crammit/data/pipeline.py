@@ -1,16 +1,28 @@
-"""Corpus preparation on Ray Data: `crammit data prepare`.
+"""Corpus preparation: `crammit data prepare`.
 
-    read → normalise/chunk → exact dedup → [near-duplicate removal] → tokenizer (bounded
-    sample) → compression filter, tokenize, pack, count tokens → one sort (held-out
-    sequences first, then token prevalence or a seeded shuffle) → eval + shards
+    tokenizer (trained on a bounded sample, or given)
+    → Ray Data, in parallel: read → normalise, chunk → tokenize → compression filter
+      [→ MinHash buckets, shuffled by bucket: near-duplicates]
+    → driver, streaming: exact dedup → pack, count tokens
+    → Ray tasks: sort each part (held-out sequences first, then token prevalence or a
+      seeded shuffle) → driver, streaming: merge the sorted runs into eval + shards
 
-Each stage streams over Ray Data, so no process holds the corpus. Stages are written under
-`DIR/.work/` and renamed into place when complete, shards are written one by one
-atomically, and `manifest.json` comes last: an interrupted prepare re-runs only what is
-missing. Document order comes from content hashes and sequence order from content keys,
-never from timing, so preparing twice with the same tokenizer gives byte-identical shards.
-(HF `tokenizers` breaks frequency ties in WordPiece training by hash-map order, so two
-trainings can differ in a few rare vocabulary entries: pass `tokenizer=` to reproduce.)
+The expensive work, normalising and tokenizing each document, runs once, on Ray Data
+across the cluster, and writes every kept document's 64-bit content hash and token ids.
+What follows is linear and cheap per token, so the driver streams it from those files
+(`DIR` must be on storage every node sees): exact deduplication keeps the first copy of
+each repeated hash (8 bytes a document tell which repeat), packing runs documents in
+input order, and the final order is a k-way merge of runs sorted by Ray tasks
+(`external_sort`). No process holds the corpus, and nothing passes through Ray's object
+store but blocks in flight (and, when asked for, the near-duplicate buckets).
+
+Stages are written under `DIR/.work/` and renamed into place when complete, shards are
+written one by one atomically, and `manifest.json` comes last: an interrupted prepare
+re-runs only what is missing. Document order is the input's and sequence order comes
+from content keys, never from timing, so preparing twice with the same tokenizer gives
+byte-identical shards. (HF `tokenizers` breaks frequency ties in WordPiece training by
+hash-map order, so two trainings can differ in a few rare vocabulary entries: pass
+`tokenizer=` to reproduce.)
 """
 
 from __future__ import annotations
@@ -32,6 +44,8 @@ import pyarrow.parquet as pq
 import ray
 from tokenizers import Tokenizer
 
+from crammit.cluster import start_ray
+from crammit.data.external_sort import merge_runs, rows_per_batch, write_run
 from crammit.data.layout import (
     EVAL_FILE,
     LENGTH_BUCKET,
@@ -56,14 +70,16 @@ from crammit.data.stages import (
     shuffle_keys,
     tokens_per_char,
 )
-from crammit.data.tokenizer import SpecialIds, train_tokenizer
+from crammit.data.tokenizer import SpecialIds, TokenIds, train_tokenizer
 from crammit.errors import CrammitError
 from crammit.io import atomic_path, read_json, write_json
 
-HASH, SPLIT, BUCKET, ORDER_KEY, TIE_KEY = "hash", "split", "bucket", "order_key", "tie_key"
+HASH, IDS, BANDS, BUCKET = "hash", "token_ids", "lsh_buckets", "bucket"
+SPLIT, ORDER_KEY, TIE_KEY = "split", "order_key", "tie_key"
 TRAIN, EVAL = "train", "eval"
-HASH_DTYPE = "S32"  # a content hash's 32 hex digits as bytes: a quarter of numpy's str size
 COUNTS_FILE, SETTINGS_FILE = "counts.json", "settings.json"
+MIN_BLOCK_BYTES = 16 << 20
+IN_FLIGHT_BLOCKS_PER_CPU = 4
 
 
 class Order(str, Enum):
@@ -89,31 +105,22 @@ class PrepareConfig:
     order: Order = Order.PREVALENCE
     seed: int = 0
     sequences_per_shard: int = 65_536
-    documents_per_pack: int = 1024  # documents concatenated per packing batch
-    # Blocks of the deduplication shuffles. Each holds 1/partitions of the corpus in one
-    # task; raise it for corpora beyond a few GB. Document order (so packing) depends on it.
-    partitions: int = 16
+    documents_per_batch: int = 1024  # documents tokenized, and packed, together
+    partitions: int = 16  # blocks of the near-duplicate bucket shuffle
 
 
 @ray.remote(num_cpus=0)
 class StageCounts:
-    """Counts kept and dropped per stage, and token frequencies, reported by every batch
-    wherever it runs."""
+    """Counts of documents kept and dropped, reported by every batch wherever it runs."""
 
     def __init__(self) -> None:
         self.totals: Counter = Counter()
-        self.tokens: np.ndarray | None = None
 
-    def add(self, counts: dict, tokens: np.ndarray | None = None) -> None:
+    def add(self, counts: dict) -> None:
         self.totals.update(counts)
-        if tokens is not None:
-            self.tokens = tokens.astype(np.int64) if self.tokens is None else self.tokens + tokens
 
     def get(self) -> dict:
         return dict(self.totals)
-
-    def get_tokens(self) -> np.ndarray | None:
-        return self.tokens
 
 
 def prepare_corpus(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
@@ -128,8 +135,18 @@ def prepare_corpus(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
             raise CrammitError(f"{out} already holds a corpus prepared with other {', '.join(differing)}; "
                                "choose another --out")
         return manifest
+    if not ray.is_initialized():
+        start_ray()  # as Ray Data would on first use; the budget below needs the cluster's size
     context = ray.data.DataContext.get_current().copy()
     context.execution_options.preserve_order = True  # packing batches must not depend on timing
+    # Ray's default (1 MiB blocks, for 200 blocks) makes a task of every few thousand
+    # documents, and per-task overhead then costs a third of the tokenizing time.
+    context.target_min_block_size = MIN_BLOCK_BYTES
+    # Blocks in flight, not the corpus: without a budget, readers run ahead of tokenizing
+    # into Ray's object store, and memory grows with the corpus.
+    budget = IN_FLIGHT_BLOCKS_PER_CPU * MIN_BLOCK_BYTES * max(ray.cluster_resources().get("CPU", 1), 1)
+    context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
+        object_store_memory=budget)
     with ray.data.DataContext.current(context):
         return _prepare(config, out, cache_dir)
 
@@ -139,40 +156,35 @@ def _settings(config: PrepareConfig) -> dict:
 
 
 def _prepare(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
-    work = out / ".work"
+    work, tokenizer_path = out / ".work", out / TOKENIZER
     # Work an interrupted prepare left behind is reused only under the same settings.
     record = work / SETTINGS_FILE
-    if record.exists() and read_json(record) != _settings(config):
+    if tokenizer_path.exists() and record.exists() and read_json(record) != _settings(config):
         raise CrammitError(f"{out} holds an unfinished prepare with other settings; delete it or "
                            "choose another --out")
-    clean_dir = documents_dir = _stage(work / "clean", lambda tmp: _clean(config, cache_dir, tmp))
-    if not record.exists():
-        write_json(record, _settings(config))
-    if config.near_duplicate_threshold > 0:
-        documents_dir = _stage(work / "near-unique",
-                               lambda tmp: _drop_near_duplicates(clean_dir, config, tmp))
-    tokenizer_path = out / TOKENIZER
+    write_json(record, _settings(config))
     if not tokenizer_path.exists():
         with atomic_path(tokenizer_path) as tmp:
             if config.tokenizer:
                 shutil.copyfile(config.tokenizer, tmp)
             else:
-                _train_tokenizer(documents_dir, config).save(str(tmp))
+                _train_tokenizer(config, cache_dir).save(str(tmp))
     # The vocabulary is the tokenizer's: a given one, or a trained one smaller than asked.
     config = replace(config, vocab_size=Tokenizer.from_file(str(tokenizer_path)).get_vocab_size())
-    sequences_dir = _stage(work / "sequences", lambda tmp: _tokenize_and_pack(documents_dir, tokenizer_path,
-                                                                              config, tmp))
-    counts = {name: value for stage in dict.fromkeys([clean_dir, documents_dir, sequences_dir])
-              for name, value in read_json(stage / COUNTS_FILE).items()}
+    documents_dir = _stage(work / "documents", lambda tmp: _tokenize_documents(
+        config, cache_dir, tokenizer_path, tmp))
+    sequences_dir = _stage(work / "sequences", lambda tmp: _deduplicate_and_pack(
+        documents_dir, tokenizer_path, config, tmp))
+    stage_counts = {**read_json(documents_dir / COUNTS_FILE), **read_json(sequences_dir / COUNTS_FILE)}
     if not (out / TOKEN_COUNTS).exists():
         with atomic_path(out / TOKEN_COUNTS) as tmp:
             shutil.copyfile(sequences_dir / TOKEN_COUNTS, tmp)
-    shards = _write_outputs(sequences_dir, counts[f"sequences_{EVAL}"], config, out)
+    shards = _write_outputs(sequences_dir, stage_counts[f"sequences_{EVAL}"], config, out)
     manifest = {
         "source": config.corpus,
         "config": _settings(config),
         "tokenizer_sha256": hashlib.sha256(tokenizer_path.read_bytes()).hexdigest(),
-        "counts": counts,
+        "counts": stage_counts,
         "shards": shards,
         "train_sequences": sum(pq.read_metadata(out / name).num_rows for name in shards),
         "eval_sequences": pq.read_metadata(out / EVAL_FILE).num_rows,
@@ -191,164 +203,210 @@ def _stage(path: Path, build) -> Path:
     return path
 
 
-def _clean(config: PrepareConfig, cache_dir: Path, out: Path) -> None:
-    """Normalise and chunk documents, drop empty ones and exact duplicates. Equal hashes
-    meet in one block of the keyed shuffle, sorted by hash: the document order."""
-    counts = StageCounts.remote()
-    documents = read_corpus(config.corpus, cache_dir, config.text_field).map_batches(
-        _clean_batch, fn_kwargs={"config": config, "counts": counts}, batch_format="numpy")
-    unique = documents.repartition(config.partitions, keys=[HASH], sort=True).map_batches(
-        _drop_duplicates, fn_kwargs={"counts": counts}, batch_size=None, batch_format="numpy")
-    unique.write_parquet(str(out))
-    totals = ray.get(counts.get.remote())
-    if totals.get("documents_kept", 0) - totals.get("dropped_duplicates", 0) <= 0:
-        raise CrammitError(f"corpus {config.corpus!r} has no non-empty documents; pass another --corpus")
-    write_json(out / COUNTS_FILE, totals)
+def _no_documents(config: PrepareConfig) -> CrammitError:
+    return CrammitError(f"corpus {config.corpus!r} has no non-empty documents; pass another --corpus")
 
 
-def _clean_batch(batch: dict, config: PrepareConfig, counts) -> dict:
-    texts, empty, chunks_added = [], 0, 0
-    for text in batch[TEXT]:
-        pieces = chunk(normalize(str(text), config.lowercase), config.max_document_chars)
+def _clean(texts: list[str], config: PrepareConfig) -> tuple[list[str], dict]:
+    """Normalised documents, long ones chunked, empty ones dropped; and what was done."""
+    kept, empty, chunks_added = [], 0, 0
+    for text in texts:
+        pieces = chunk(normalize(text, config.lowercase), config.max_document_chars)
         empty += not pieces
         chunks_added += max(len(pieces) - 1, 0)
-        texts += pieces
-    counts.add.remote({"documents_read": len(batch[TEXT]), "dropped_empty": empty,
-                       "chunks_added": chunks_added, "documents_kept": len(texts),
-                       "replaced_characters": int(np.sum(batch[REPLACED]))})
-    hashes = [content_hash(text) for text in texts]
-    return {TEXT: np.array(texts, dtype=object), HASH: np.array(hashes, dtype=object)}
+        kept += pieces
+    return kept, {"documents_read": len(texts), "dropped_empty": empty, "chunks_added": chunks_added,
+                  "documents_kept": len(kept)}
 
 
-def _drop_duplicates(block: dict, counts) -> dict:
-    """The block is one hash partition, sorted by hash: keep the first of each hash."""
-    _, first = np.unique(block[HASH], return_index=True)
-    keep = np.sort(first)
-    counts.add.remote({"dropped_duplicates": len(block[HASH]) - len(keep)})
-    return {column: values[keep] for column, values in block.items()}
+def _train_tokenizer(config: PrepareConfig, cache_dir: Path) -> Tokenizer:
+    """WordPiece on a bounded sample: the corpus's first `tokenizer_sample_documents`
+    documents, cleaned as the pipeline cleans them, each once, held-out ones excluded."""
+    documents = read_corpus(config.corpus, cache_dir, config.text_field).limit(
+        config.tokenizer_sample_documents)
+    seen: set[int] = set()
 
-
-def _drop_near_duplicates(documents_dir: Path, config: PrepareConfig, out: Path) -> None:
-    """MinHash LSH: documents sharing a bucket with a smaller hash are dropped. Buckets
-    meet in the blocks of a keyed shuffle; the dropped hashes (32 bytes each, not the
-    documents) are gathered and every filter task reads them from the object store."""
-    documents = ray.data.read_parquet(str(documents_dir))
-    buckets = documents.map_batches(_bucket_rows, fn_kwargs={"config": config}, batch_format="numpy",
-                                    batch_size=256)
-    members = buckets.repartition(config.partitions, keys=[BUCKET]).map_batches(
-        _bucket_duplicates, batch_size=None, batch_format="numpy")
-    found = [batch[HASH] for batch in members.iter_batches(batch_format="numpy")]
-    dropped = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=HASH_DTYPE)
-    counts = StageCounts.remote()
-    documents.map_batches(_keep_unlisted, fn_kwargs={"dropped": ray.put(dropped), "counts": counts},
-                          batch_format="numpy").write_parquet(str(out))
-    write_json(out / COUNTS_FILE, ray.get(counts.get.remote()))
-
-
-def _bucket_rows(batch: dict, config: PrepareConfig) -> dict:
-    keys = lsh_band_keys([str(text) for text in batch[TEXT]], config.near_duplicate_threshold,
-                         config.minhash_permutations, config.shingle_words, config.seed)
-    return {BUCKET: np.array([key for document in keys for key in document], dtype=object),
-            HASH: np.repeat(batch[HASH], [len(document) for document in keys])}
-
-
-def _bucket_duplicates(block: dict) -> dict:
-    members = duplicate_members(block[BUCKET].astype("S"), block[HASH].astype(HASH_DTYPE))
-    return {HASH: members}
-
-
-def _keep_unlisted(batch: dict, dropped, counts) -> dict:
-    keep = ~np.isin(batch[HASH].astype(HASH_DTYPE), ray.get(dropped))
-    counts.add.remote({"dropped_near_duplicates": int((~keep).sum())})
-    return {column: values[keep] for column, values in batch.items()}
-
-
-def _train_tokenizer(documents_dir: Path, config: PrepareConfig) -> Tokenizer:
-    """WordPiece on a bounded sample: the first documents in the stage's hash order (a
-    pseudo-random, reproducible sample), held-out documents excluded."""
     def sample() -> Iterator[str]:
-        documents = ray.data.read_parquet(str(documents_dir)).limit(config.tokenizer_sample_documents)
-        for batch in documents.iter_batches(batch_size=1024, batch_format="numpy"):
-            yield from (text for text, digest in zip(batch[TEXT], batch[HASH], strict=True)
-                        if not is_held_out(digest, config.eval_fraction))
+        for batch in documents.iter_batches(batch_size=config.documents_per_batch, batch_format="pyarrow"):
+            for text in _clean(batch[TEXT].to_pylist(), config)[0]:
+                digest = content_hash(text)
+                if digest not in seen and not is_held_out(digest, config.eval_fraction):
+                    seen.add(digest)
+                    yield text
 
-    return train_tokenizer(sample(), config.vocab_size)
+    tokenizer = train_tokenizer(sample(), config.vocab_size)
+    if not seen:
+        raise _no_documents(config)
+    return tokenizer
 
 
 @lru_cache(maxsize=4)
-def _load_tokenizer(path: str) -> tuple[Tokenizer, SpecialIds]:
+def _token_ids(path: str) -> TokenIds:
     """Loaded once per worker process, not once per batch."""
-    tokenizer = Tokenizer.from_file(path)
-    return tokenizer, SpecialIds.of(tokenizer)
+    return TokenIds(Tokenizer.from_file(path))
 
 
-def _tokenize_and_pack_batch(batch: dict, tokenizer_path: str, config: PrepareConfig, counts) -> pa.Table:
-    """The compression filter, tokenization and packing of one batch of documents, and
-    the token frequencies of its training sequences (for the prevalence order). Tasks,
-    not an actor pool: on a small machine actors would hold every CPU the reader needs."""
-    tokenizer, special = _load_tokenizer(tokenizer_path)
-    texts = [str(text) for text in batch[TEXT]]
-    token_ids = [encoding.ids for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]
-    splits: dict[str, list] = {TRAIN: [], EVAL: []}
-    dropped = 0
-    for text, digest, ids in zip(texts, batch[HASH], token_ids, strict=True):
-        if tokens_per_char(len(ids), text) > config.max_tokens_per_char:
-            dropped += 1
-            continue
-        splits[EVAL if is_held_out(digest, config.eval_fraction) else TRAIN].append(ids)
-    rows = {split: pack(token_lists, config.seq_len, special.cls, special.sep)
-            for split, token_lists in splits.items()}
-    kept_tokens = sum(len(ids) + 1 for ids in splits[TRAIN] + splits[EVAL])
-    lengths = Counter(f"{LENGTH_BUCKET}{int(np.log2(max(len(ids), 1)))}" for ids in token_ids)
-    packed_tokens = sum(len(split_rows) for split_rows in rows.values()) * (config.seq_len - 1)
-    counts.add.remote({**lengths, "dropped_compression": dropped,
-                       "documents_tokenized": len(texts) - dropped, "tokens_tokenized": kept_tokens,
-                       "tokens_dropped_packing": kept_tokens - packed_tokens,
-                       **{f"sequences_{split}": len(split_rows) for split, split_rows in rows.items()}},
-                      np.bincount(rows[TRAIN].ravel(), minlength=config.vocab_size))
-    tables = (sequence_table(split_rows).append_column(SPLIT, pa.repeat(pa.scalar(split), len(split_rows)))
-              for split, split_rows in rows.items())
-    return pa.concat_tables(tables)
-
-
-def _tokenize_and_pack(documents_dir: Path, tokenizer_path: Path, config: PrepareConfig, out: Path) -> None:
+def _tokenize_documents(config: PrepareConfig, cache_dir: Path, tokenizer_path: Path, out: Path) -> None:
+    """Every document normalised, hashed and tokenized once: a streaming pass writing
+    each kept document's hash and token ids (and LSH buckets, for near-duplicates)."""
     counts = StageCounts.remote()
-    documents = ray.data.read_parquet(str(documents_dir))
-    sequences = documents.map_batches(
-        _tokenize_and_pack_batch, fn_kwargs={"tokenizer_path": str(tokenizer_path), "config": config,
-                                             "counts": counts},
-        batch_size=config.documents_per_pack, batch_format="numpy",
-    )
-    sequences.write_parquet(str(out))
-    write_json(out / COUNTS_FILE, ray.get(counts.get.remote()))
-    np.save(out / TOKEN_COUNTS, ray.get(counts.get_tokens.remote()))
+    try:
+        documents = read_corpus(config.corpus, cache_dir, config.text_field).map_batches(
+            _tokenize_batch,
+            fn_kwargs={"tokenizer_path": str(tokenizer_path), "config": config, "counts": counts},
+            batch_size=config.documents_per_batch, batch_format="pyarrow")
+        documents.write_parquet(str(out))
+        totals = ray.get(counts.get.remote())
+    finally:
+        ray.kill(counts)
+    if not totals.get("documents_kept"):
+        raise _no_documents(config)
+    if not totals.get("documents_tokenized"):
+        raise CrammitError(f"the compression filter dropped every document of {config.corpus!r}; "
+                           "raise --max-tokens-per-char")
+    write_json(out / COUNTS_FILE, totals)
 
 
-def _ordered(sequences: ray.data.Dataset, config: PrepareConfig,
-             token_counts: np.ndarray) -> ray.data.Dataset:
-    """One sort for everything: held-out sequences first (in a seeded shuffle order), then
-    training sequences by token prevalence (ties by the seeded key) or by the key alone."""
-    log_counts = np.log1p(token_counts)
+def _tokenize_batch(table: pa.Table, tokenizer_path: str, config: PrepareConfig, counts) -> pa.Table:
+    """Clean, tokenize and apply the compression filter to one batch of documents. Tasks,
+    not an actor pool: on a small machine actors would hold every CPU the reader needs."""
+    texts, cleaned = _clean(table[TEXT].to_pylist(), config)
+    token_ids = _token_ids(tokenizer_path)(texts)
+    lengths = np.fromiter(map(len, token_ids), np.int64, len(token_ids))
+    ratios = tokens_per_char(lengths, np.fromiter(map(len, texts), np.int64, len(texts)))
+    kept = np.flatnonzero(ratios <= config.max_tokens_per_char).tolist()
+    length_buckets = np.bincount(np.log2(np.maximum(lengths, 1)).astype(np.int64))
+    counts.add.remote({**cleaned, "replaced_characters": pc.sum(table[REPLACED]).as_py() or 0,
+                       "dropped_compression": len(texts) - len(kept), "documents_tokenized": len(kept),
+                       **{f"{LENGTH_BUCKET}{k}": int(n) for k, n in enumerate(length_buckets) if n}})
+    kept_texts = [texts[i] for i in kept]
+    columns = {HASH: pa.array([content_hash(text) for text in kept_texts], pa.uint64()),
+               IDS: pa.array([token_ids[i] for i in kept], pa.list_(pa.int32()))}
+    if config.near_duplicate_threshold > 0:
+        buckets = lsh_band_keys(kept_texts, config.near_duplicate_threshold, config.minhash_permutations,
+                                config.shingle_words, config.seed) if kept_texts else []
+        columns[BANDS] = pa.array(buckets, pa.list_(pa.binary()))
+    return pa.table(columns)
 
-    def add_keys(table: pa.Table) -> pa.Table:
-        rows = sequence_rows(table)
-        order = (-prevalence_scores(rows, log_counts) if config.order == Order.PREVALENCE
-                 else np.zeros(len(rows)))
-        order[np.asarray(pc.equal(table[SPLIT], EVAL))] = -np.inf
-        return table.drop_columns([SPLIT]).append_column(ORDER_KEY, pa.array(order)).append_column(
-            TIE_KEY, pa.array(shuffle_keys(rows, config.seed)))
 
-    keyed = sequences.map_batches(add_keys, batch_format="pyarrow")
-    return keyed.sort([ORDER_KEY, TIE_KEY]).drop_columns([ORDER_KEY, TIE_KEY])
+def _deduplicate_and_pack(documents_dir: Path, tokenizer_path: Path, config: PrepareConfig,
+                          out: Path) -> None:
+    """Drop near-duplicates (when asked) and all but the first copy of exact duplicates,
+    then pack, counting the training sequences' tokens (for the prevalence order).
+
+    Ray tasks read the documents; the driver dedups and packs them in input order (numpy
+    on whole batches, far faster than tokenization) and writes part files: it holds the
+    hashes of repeated documents seen so far and one part file's sequences, no more."""
+    special = SpecialIds.of(Tokenizer.from_file(str(tokenizer_path)))
+    near = (_near_duplicates(documents_dir, config) if config.near_duplicate_threshold > 0
+            else np.zeros(0, np.uint64))
+    repeated = np.setdiff1d(_repeated_hashes(documents_dir), near)
+    seen = np.zeros(0, np.uint64)  # repeated documents already packed
+    totals: Counter = Counter()
+    token_counts = np.zeros(config.vocab_size, np.int64)
+
+    def packed() -> Iterator[pa.Table]:
+        nonlocal seen, token_counts
+        for batch in _document_batches(documents_dir, config.documents_per_batch):
+            hashes = batch[HASH].to_numpy()
+            is_near = np.isin(hashes, near)
+            is_repeated = np.isin(hashes, repeated)
+            _, first = np.unique(hashes, return_index=True)  # of each hash in this batch
+            first = first[is_repeated[first] & ~np.isin(hashes[first], seen)]
+            seen = np.union1d(seen, hashes[first])
+            keep = ~(is_near | is_repeated)
+            keep[first] = True
+            totals.update({"dropped_near_duplicates": int(is_near.sum()),
+                           "dropped_duplicates": int((is_repeated & ~keep).sum())})
+            rows, counts = _pack_batch(batch.filter(pa.array(keep)), special, config)
+            totals.update(counts)
+            token_counts += np.bincount(rows[TRAIN].ravel(), minlength=config.vocab_size)
+            yield pa.concat_tables(sequence_table(split_rows).append_column(
+                SPLIT, pa.repeat(pa.scalar(split), len(split_rows))) for split, split_rows in rows.items())
+
+    out.mkdir()
+    for index, part in enumerate(_slices(packed(), itertools.repeat(config.sequences_per_shard))):
+        pq.write_table(part, out / f"part-{index:05d}.parquet")
+    write_json(out / COUNTS_FILE, totals)
+    np.save(out / TOKEN_COUNTS, token_counts)
+
+
+def _document_batches(documents_dir: Path, rows: int) -> Iterator[pa.Table]:
+    """The stage's documents in order, `rows` at a time, reading one row group at a time."""
+    for path in sorted(documents_dir.glob("*.parquet")):
+        file = pq.ParquetFile(path)
+        for group_index in range(file.num_row_groups):
+            group = file.read_row_group(group_index, columns=[HASH, IDS])
+            for start in range(0, group.num_rows, rows):
+                yield group.slice(start, rows)
+
+
+def _repeated_hashes(documents_dir: Path) -> np.ndarray:
+    """The content hashes that occur more than once: one column of 8 bytes per document,
+    read file by file."""
+    hashes = [pq.read_table(path, columns=[HASH])[HASH].to_numpy()
+              for path in sorted(documents_dir.glob("*.parquet"))]
+    values, occurrences = np.unique(np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
+                                    return_counts=True)
+    return values[occurrences > 1]
+
+
+def _near_duplicates(documents_dir: Path, config: PrepareConfig) -> np.ndarray:
+    """MinHash LSH: the hashes of documents sharing a bucket with a smaller hash. Buckets
+    meet in the blocks of a keyed shuffle of (bucket, hash) pairs; the dropped hashes
+    (not the documents) are gathered."""
+    buckets = ray.data.read_parquet(str(documents_dir), columns=[HASH, BANDS]).map_batches(
+        _bucket_rows, batch_format="pyarrow")
+    members = buckets.repartition(config.partitions, keys=[BUCKET]).map_batches(
+        _bucket_duplicates, batch_size=None, batch_format="numpy")
+    found = [batch[HASH] for batch in members.iter_batches(batch_format="numpy")]
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
+
+
+def _bucket_rows(table: pa.Table) -> pa.Table:
+    """One (bucket, hash) row per LSH bucket of each document."""
+    buckets = table[BANDS].combine_chunks()
+    return pa.table({BUCKET: buckets.flatten(), HASH: table[HASH].take(pc.list_parent_indices(buckets))})
+
+
+def _bucket_duplicates(block: dict) -> dict:
+    return {HASH: duplicate_members(block[BUCKET].astype("S"), block[HASH])}
+
+
+def _pack_batch(table: pa.Table, special: SpecialIds, config: PrepareConfig) -> tuple[dict, dict]:
+    """Pack one batch of documents into training and held-out sequences, by split
+    (documents are held out by content hash, so are their sequences); and the counts."""
+    held_out = is_held_out(table[HASH].to_numpy(), config.eval_fraction)
+    token_ids = table[IDS].combine_chunks()
+    rows = {}
+    for split, members in ((TRAIN, ~held_out), (EVAL, held_out)):
+        documents = token_ids.filter(pa.array(members))
+        offsets = np.asarray(documents.offsets)
+        rows[split] = pack(np.asarray(documents.flatten()), offsets - offsets[0], config.seq_len,
+                           special.cls, special.sep)
+    document_tokens = (pc.sum(pc.list_value_length(token_ids)).as_py() or 0) + table.num_rows  # with [SEP]
+    packed_tokens = sum(len(split_rows) for split_rows in rows.values()) * (config.seq_len - 1)
+    counts = {"documents_packed": table.num_rows, "document_tokens": document_tokens,
+              "tokens_dropped_packing": document_tokens - packed_tokens,
+              **{f"sequences_{split}": len(split_rows) for split, split_rows in rows.items()}}
+    return rows, counts
 
 
 def _write_outputs(sequences_dir: Path, eval_sequences: int, config: PrepareConfig, out: Path) -> list[str]:
-    """`eval.parquet`, then shards of `sequences_per_shard` in order; files already there
-    are kept (resume)."""
-    ordered = _ordered(ray.data.read_parquet(str(sequences_dir)), config,
-                       np.load(out / TOKEN_COUNTS))
+    """`eval.parquet`, then shards of `sequences_per_shard`, in one order for everything:
+    held-out sequences first (in a seeded shuffle order), then training sequences by token
+    prevalence (ties by the seeded key) or by the key alone. Each part of the sequences is
+    sorted by a Ray task into a run, and the runs are merged on the way to the shards
+    (memory bounded, see `external_sort`). Files already there are kept (resume)."""
+    parts = sorted(sequences_dir.glob("*.parquet"))
+    batch_rows = rows_per_batch(len(parts), config.seq_len * np.dtype(np.int32).itemsize + 16)
+    runs_dir = _stage(sequences_dir.parent / "runs", lambda tmp: _sort_runs(parts, out / TOKEN_COUNTS, config,
+                                                                               batch_rows, tmp))
+    keys = [ORDER_KEY, TIE_KEY]
+    ordered = (table.drop_columns(keys) for table in merge_runs(sorted(runs_dir.glob("*.parquet")), keys,
+                                                                batch_rows))
     sizes = itertools.chain([eval_sequences], itertools.repeat(config.sequences_per_shard))
-    pieces = _slices(ordered.iter_batches(batch_size=None, batch_format="pyarrow"), sizes)
+    pieces = _slices(ordered, sizes)
     held_out = next(pieces, None)
     if not (out / EVAL_FILE).exists():
         _write_table(out / EVAL_FILE, held_out if held_out is not None else sequence_table(
@@ -363,6 +421,24 @@ def _write_outputs(sequences_dir: Path, eval_sequences: int, config: PrepareConf
         raise CrammitError("no training sequences survived preparation; give a larger --corpus or "
                            "raise --max-tokens-per-char")
     return names
+
+
+def _sort_runs(parts: list[Path], token_counts: Path, config: PrepareConfig, batch_rows: int,
+               out: Path) -> None:
+    out.mkdir()
+    ray.get([_sort_run.remote(part, token_counts, config, batch_rows, out / part.name) for part in parts])
+
+
+@ray.remote
+def _sort_run(part: Path, token_counts: Path, config: PrepareConfig, batch_rows: int, run: Path) -> None:
+    table = pq.read_table(part)
+    rows = sequence_rows(table)
+    order = (-prevalence_scores(rows, np.log1p(np.load(token_counts))) if config.order == Order.PREVALENCE
+             else np.zeros(len(rows)))
+    order[np.asarray(pc.equal(table[SPLIT], EVAL))] = -np.inf
+    keyed = table.drop_columns([SPLIT]).append_column(ORDER_KEY, pa.array(order)).append_column(
+        TIE_KEY, pa.array(shuffle_keys(rows, config.seed)))
+    write_run(keyed, [ORDER_KEY, TIE_KEY], run, batch_rows)
 
 
 def _slices(tables: Iterator[pa.Table], sizes: Iterator[int]) -> Iterator[pa.Table]:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
+# A text with none of these characters (only printable ASCII, no capitals) is left as it is
+# by BERT's normaliser: no control characters to drop, accents to strip, CJK to pad or
+# letters to lower-case.
+_NOT_BERT_NORMAL = re.compile(r"[^\x20-\x40\x5b-\x7e]")
 
 
 @dataclass(frozen=True)
@@ -38,3 +44,33 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int) -> Tokenizer:
         special_tokens=[(CLS, tokenizer.token_to_id(CLS)), (SEP, tokenizer.token_to_id(SEP))],
     )
     return tokenizer
+
+
+class TokenIds:
+    """Token ids of a batch of texts, without special tokens, as fast as `tokenizers` goes.
+
+    The fast batch API skips character offsets, and texts that the tokenizer's normaliser
+    provably leaves unchanged (printable lower-case ASCII under BERT's normaliser) skip it:
+    it costs over a third of the encoding time. The ids are those of `encode_batch`.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.bare: Tokenizer | None = None
+        normalizer = json.loads(tokenizer.to_str())["normalizer"]
+        if normalizer is None or normalizer["type"] == "BertNormalizer":
+            self.bare = Tokenizer.from_str(tokenizer.to_str())
+            self.bare.normalizer = None
+
+    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
+        if self.bare is None:
+            return _ids(self.tokenizer, texts)
+        plain = [_NOT_BERT_NORMAL.search(text) is None for text in texts]
+        ids = iter(_ids(self.bare, [text for text, is_plain in zip(texts, plain, strict=True) if is_plain]))
+        other = iter(_ids(self.tokenizer, [text for text, is_plain in zip(texts, plain, strict=True)
+                                          if not is_plain]))
+        return [next(ids) if is_plain else next(other) for is_plain in plain]
+
+
+def _ids(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    return [encoding.ids for encoding in tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]

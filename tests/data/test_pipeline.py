@@ -105,4 +105,4 @@ def test_near_duplicates_are_removed_when_asked(tmp_path, ray_session):
     config = prepare_config(corpus, near_duplicate_threshold=0.8, max_tokens_per_char=1.0)
     counts = prepare_corpus(config, tmp_path / "out", tmp_path / "cache")["counts"]
     assert counts["dropped_near_duplicates"] == len(near_copies)
-    assert counts["documents_tokenized"] == len(originals)
+    assert counts["documents_packed"] == len(originals)

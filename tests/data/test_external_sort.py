@@ -1,0 +1,24 @@
+import numpy as np
+import pyarrow as pa
+
+from crammit.data.external_sort import merge_runs, rows_per_batch, write_run
+
+
+def test_merging_sorted_runs_gives_the_global_order(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = [pa.table({"key": rng.integers(0, 50, size), "tie": rng.integers(0, 10**9, size),
+                       "payload": rng.integers(0, 10**6, size)}) for size in (300, 1, 0, 257)]
+    paths = []
+    for index, part in enumerate(parts):
+        paths.append(tmp_path / f"run-{index}.parquet")
+        write_run(part, ["key", "tie"], paths[-1], batch_rows=16)
+    batches = list(merge_runs(paths, ["key", "tie"], batch_rows=16))
+    assert all(batch.num_rows <= 16 for batch in batches)
+    merged = pa.concat_tables(batches)
+    expected = pa.concat_tables(parts).sort_by([("key", "ascending"), ("tie", "ascending")])
+    assert merged.to_pydict() == expected.to_pydict()
+
+
+def test_merge_buffers_shrink_as_runs_grow():
+    assert rows_per_batch(runs=1, row_bytes=528) > rows_per_batch(runs=100, row_bytes=528) * 50
+    assert rows_per_batch(runs=10**6, row_bytes=528) == 64  # a floor, not zero
