@@ -80,6 +80,7 @@ TRAIN, EVAL = "train", "eval"
 COUNTS_FILE, SETTINGS_FILE = "counts.json", "settings.json"
 MIN_BLOCK_BYTES = 16 << 20
 IN_FLIGHT_BLOCKS_PER_CPU = 4
+HASH_PASS_BYTES = 32 << 20  # content hashes that exact deduplication holds at once
 
 
 class Order(str, Enum):
@@ -276,9 +277,11 @@ def _tokenize_batch(table: pa.Table, tokenizer_path: str, config: PrepareConfig,
     ratios = tokens_per_char(lengths, np.fromiter(map(len, texts), np.int64, len(texts)))
     kept = np.flatnonzero(ratios <= config.max_tokens_per_char).tolist()
     length_buckets = np.bincount(np.log2(np.maximum(lengths, 1)).astype(np.int64))
-    counts.add.remote({**cleaned, "replaced_characters": pc.sum(table[REPLACED]).as_py() or 0,
-                       "dropped_compression": len(texts) - len(kept), "documents_tokenized": len(kept),
-                       **{f"{LENGTH_BUCKET}{k}": int(n) for k, n in enumerate(length_buckets) if n}})
+    # Waited for: a call still queued when the stage ends would be missing from its counts.
+    batch_counts = {**cleaned, "replaced_characters": pc.sum(table[REPLACED]).as_py() or 0,
+                    "dropped_compression": len(texts) - len(kept), "documents_tokenized": len(kept),
+                    **{f"{LENGTH_BUCKET}{k}": int(n) for k, n in enumerate(length_buckets) if n}}
+    ray.get(counts.add.remote(batch_counts))
     kept_texts = [texts[i] for i in kept]
     columns = {HASH: pa.array([content_hash(text) for text in kept_texts], pa.uint64()),
                IDS: pa.array([token_ids[i] for i in kept], pa.list_(pa.int32()))}
@@ -294,26 +297,29 @@ def _deduplicate_and_pack(documents_dir: Path, tokenizer_path: Path, config: Pre
     """Drop near-duplicates (when asked) and all but the first copy of exact duplicates,
     then pack, counting the training sequences' tokens (for the prevalence order).
 
-    Ray tasks read the documents; the driver dedups and packs them in input order (numpy
-    on whole batches, far faster than tokenization) and writes part files: it holds the
-    hashes of repeated documents seen so far and one part file's sequences, no more."""
+    The driver streams the documents from the stage's files in input order, deduplicates
+    and packs them (numpy on whole batches: far faster than tokenizing) and writes part
+    files; it holds the repeated hashes, a batch of documents and one part of sequences."""
     special = SpecialIds.of(Tokenizer.from_file(str(tokenizer_path)))
     near = (_near_duplicates(documents_dir, config) if config.near_duplicate_threshold > 0
             else np.zeros(0, np.uint64))
-    repeated = np.setdiff1d(_repeated_hashes(documents_dir), near)
-    seen = np.zeros(0, np.uint64)  # repeated documents already packed
+    repeated = np.setdiff1d(_repeated_hashes(documents_dir), near)  # sorted
+    packed_already = np.zeros(len(repeated), bool)
     totals: Counter = Counter()
     token_counts = np.zeros(config.vocab_size, np.int64)
 
     def packed() -> Iterator[pa.Table]:
-        nonlocal seen, token_counts
+        nonlocal token_counts
         for batch in _document_batches(documents_dir, config.documents_per_batch):
             hashes = batch[HASH].to_numpy()
             is_near = np.isin(hashes, near)
-            is_repeated = np.isin(hashes, repeated)
+            position = np.searchsorted(repeated, hashes)
+            is_repeated = np.zeros(len(hashes), bool) if not len(repeated) else (
+                repeated[np.minimum(position, len(repeated) - 1)] == hashes)
             _, first = np.unique(hashes, return_index=True)  # of each hash in this batch
-            first = first[is_repeated[first] & ~np.isin(hashes[first], seen)]
-            seen = np.union1d(seen, hashes[first])
+            first = first[is_repeated[first]]
+            first = first[~packed_already[position[first]]]
+            packed_already[position[first]] = True
             keep = ~(is_near | is_repeated)
             keep[first] = True
             totals.update({"dropped_near_duplicates": int(is_near.sum()),
@@ -342,13 +348,19 @@ def _document_batches(documents_dir: Path, rows: int) -> Iterator[pa.Table]:
 
 
 def _repeated_hashes(documents_dir: Path) -> np.ndarray:
-    """The content hashes that occur more than once: one column of 8 bytes per document,
-    read file by file."""
-    hashes = [pq.read_table(path, columns=[HASH])[HASH].to_numpy()
-              for path in sorted(documents_dir.glob("*.parquet"))]
-    values, occurrences = np.unique(np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
-                                    return_counts=True)
-    return values[occurrences > 1]
+    """The content hashes that occur more than once. The hash column (8 bytes a document)
+    is read in as many passes as keep each pass's slice of the hash space within
+    HASH_PASS_BYTES, so this holds no more whatever the corpus's size."""
+    paths = sorted(documents_dir.glob("*.parquet"))
+    documents = sum(pq.read_metadata(path).num_rows for path in paths)
+    passes = max(1, -(-documents * np.dtype(np.uint64).itemsize // HASH_PASS_BYTES))
+    repeated = []
+    for slice_index in range(passes):
+        hashes = [column[column % passes == slice_index] for column in
+                  (pq.read_table(path, columns=[HASH])[HASH].to_numpy() for path in paths)]
+        values, occurrences = np.unique(np.concatenate([np.zeros(0, np.uint64), *hashes]), return_counts=True)
+        repeated.append(values[occurrences > 1])
+    return np.concatenate(repeated)
 
 
 def _near_duplicates(documents_dir: Path, config: PrepareConfig) -> np.ndarray:
