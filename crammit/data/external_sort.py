@@ -9,11 +9,10 @@ reading them from loading more.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -32,27 +31,48 @@ def write_run(table: pa.Table, keys: Sequence[str], path: Path, batch_rows: int)
 
 
 def merge_runs(paths: Sequence[Path], keys: Sequence[str], batch_rows: int) -> Iterator[pa.Table]:
-    """The rows of runs (each sorted by `keys`) as one sorted stream of tables of up to
-    `batch_rows` rows (the runs' row groups should be no larger). Equal keys come in run
-    order."""
-    merged = heapq.merge(*(_keyed_rows(pq.ParquetFile(path), keys, run) for run, path in enumerate(paths)))
-    while chunk := list(itertools.islice(merged, batch_rows)):
-        sources: dict[int, tuple[int, pa.Table]] = {}  # id(group) -> (its first row, group)
-        rows = 0
-        for *_, group in chunk:
-            if id(group) not in sources:
-                sources[id(group)] = (rows, group)
-                rows += group.num_rows
-        positions = [sources[id(group)][0] + row for *_, row, group in chunk]
-        yield pa.concat_tables([group for _, group in sources.values()]).take(positions)
+    """The rows of runs (each sorted by `keys`) as one sorted stream of tables, holding one
+    row group (`batch_rows`, as the runs were written) of each run at a time.
+
+    Vectorised: the smallest last key among the held row groups bounds everything still
+    unread, so all held rows up to it go out in one sort, and the row groups that ended
+    at it are replaced by their runs' next."""
+    readers = [_row_groups(pq.ParquetFile(path)) for path in paths]
+    held = {run: table for run, reader in enumerate(readers) if (table := next(reader, None)) is not None}
+    while held:
+        bound = min(_key(table, table.num_rows - 1, keys) for table in held.values())
+        out = []
+        for run, table in list(held.items()):
+            emitted = _rows_up_to(table, bound, keys)
+            out.append(table.slice(0, emitted))
+            if emitted < table.num_rows:
+                held[run] = table.slice(emitted)
+            elif (following := next(readers[run], None)) is not None:
+                held[run] = following
+            else:
+                del held[run]
+        merged = pa.concat_tables(out)
+        columns = [merged.column(key).to_numpy() for key in reversed(keys)]
+        yield merged.take(np.lexsort(columns))
 
 
-def _keyed_rows(run: pq.ParquetFile, keys: Sequence[str], index: int) -> Iterator[tuple]:
-    """(key values..., run index, row, row group) for each row of a run, one row group read
-    at a time (a batch iterator would read ahead); the run index and row make every tuple
-    distinct, so row groups are never compared."""
-    for group_index in range(run.num_row_groups):
-        group = run.read_row_group(group_index)
-        columns = [group.column(key).to_pylist() for key in keys]
-        for row, values in enumerate(zip(*columns, strict=True)):
-            yield (*values, index, row, group)
+def _row_groups(run: pq.ParquetFile) -> Iterator[pa.Table]:
+    """A run's row groups one at a time (a batch iterator would read ahead)."""
+    for index in range(run.num_row_groups):
+        table = run.read_row_group(index)
+        if table.num_rows:
+            yield table
+
+
+def _key(table: pa.Table, row: int, keys: Sequence[str]) -> tuple:
+    return tuple(table.column(key)[row].as_py() for key in keys)
+
+
+def _rows_up_to(table: pa.Table, bound: tuple, keys: Sequence[str]) -> int:
+    """How many leading rows of a sorted table have keys <= bound."""
+    below, equal = np.zeros(table.num_rows, bool), np.ones(table.num_rows, bool)
+    for key, limit in zip(keys, bound, strict=True):
+        values = table.column(key).to_numpy()
+        below |= equal & (values < limit)
+        equal &= values == limit
+    return int(np.count_nonzero(below | equal))

@@ -3,18 +3,18 @@
     tokenizer (trained on a bounded sample, or given)
     → Ray Data, in parallel: read → normalise, chunk → tokenize → compression filter
       [→ MinHash buckets, shuffled by bucket: near-duplicates]
-    → driver, streaming: exact dedup → pack, count tokens
-    → Ray tasks: sort each part (held-out sequences first, then token prevalence or a
+    → Ray tasks, a file each: exact dedup → pack, count tokens
+    → Ray tasks, a part each: sort (held-out sequences first, then token prevalence or a
       seeded shuffle) → driver, streaming: merge the sorted runs into eval + shards
 
 The expensive work, normalising and tokenizing each document, runs once, on Ray Data
 across the cluster, and writes every kept document's 64-bit content hash and token ids.
-What follows is linear and cheap per token, so the driver streams it from those files
-(`DIR` must be on storage every node sees): exact deduplication keeps the first copy of
-each repeated hash (8 bytes a document tell which repeat), packing runs documents in
-input order, and the final order is a k-way merge of runs sorted by Ray tasks
-(`external_sort`). No process holds the corpus, and nothing passes through Ray's object
-store but blocks in flight (and, when asked for, the near-duplicate buckets).
+The rest reads those files (`DIR` must be on storage every node sees): one pass over
+the hashes (8 bytes a document) finds where each repeated document first occurs, Ray
+tasks pack each file in input order keeping only first copies, Ray tasks sort each part
+into a run, and the driver merges the runs into shards (`external_sort`). No process
+holds the corpus, and nothing passes through Ray's object store but blocks in flight
+(and, when asked for, the near-duplicate buckets).
 
 Stages are written under `DIR/.work/` and renamed into place when complete, shards are
 written one by one atomically, and `manifest.json` comes last: an interrupted prepare
@@ -63,6 +63,7 @@ from crammit.data.stages import (
     content_hash,
     duplicate_members,
     is_held_out,
+    later_copies,
     lsh_band_keys,
     normalize,
     pack,
@@ -297,70 +298,82 @@ def _deduplicate_and_pack(documents_dir: Path, tokenizer_path: Path, config: Pre
     """Drop near-duplicates (when asked) and all but the first copy of exact duplicates,
     then pack, counting the training sequences' tokens (for the prevalence order).
 
-    The driver streams the documents from the stage's files in input order, deduplicates
-    and packs them (numpy on whole batches: far faster than tokenizing) and writes part
-    files; it holds the repeated hashes, a batch of documents and one part of sequences."""
+    One pass over the hashes finds each repeated document's first position; then Ray
+    tasks pack the stage's files in parallel, each in input order, into part files."""
     special = SpecialIds.of(Tokenizer.from_file(str(tokenizer_path)))
     near = (_near_duplicates(documents_dir, config) if config.near_duplicate_threshold > 0
             else np.zeros(0, np.uint64))
-    repeated = np.setdiff1d(_repeated_hashes(documents_dir), near)  # sorted
-    packed_already = np.zeros(len(repeated), bool)
+    paths = sorted(documents_dir.glob("*.parquet"))
+    starts = np.cumsum([0, *(pq.read_metadata(path).num_rows for path in paths)])
+    repeated, first_positions = _repeated_documents(paths, starts)
+    shared = [ray.put(array) for array in (near, repeated, first_positions)]  # once, not once per task
+    out.mkdir()
+    packed = ray.get([_pack_file.remote(path, int(start), *shared, special, config, out)
+                      for path, start in zip(paths, starts[:-1], strict=True)])
+    write_json(out / COUNTS_FILE, dict(sum((Counter(counts) for counts, _ in packed), Counter())))
+    np.save(out / TOKEN_COUNTS, np.sum([tokens for _, tokens in packed], axis=0, dtype=np.int64))
+
+
+def _repeated_documents(paths: list[Path], starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The content hashes that occur more than once (sorted), and the position of each
+    one's first occurrence in input order. The hash column (8 bytes a document) is read
+    in as many passes as keep each pass's slice of the hash space within HASH_PASS_BYTES,
+    so this holds no more whatever the corpus's size."""
+    passes = max(1, -(-int(starts[-1]) * 2 * np.dtype(np.uint64).itemsize // HASH_PASS_BYTES))
+    found_hashes, found_positions = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)]
+    for slice_index in range(passes):
+        hashes, positions = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)]
+        for path, start in zip(paths, starts[:-1], strict=True):
+            column = pq.read_table(path, columns=[HASH])[HASH].to_numpy()
+            rows = np.flatnonzero(column % passes == slice_index)
+            hashes.append(column[rows])
+            positions.append(start + rows)
+        values, first, occurrences = np.unique(np.concatenate(hashes), return_index=True, return_counts=True)
+        found_hashes.append(values[occurrences > 1])
+        found_positions.append(np.concatenate(positions)[first[occurrences > 1]])
+    hashes = np.concatenate(found_hashes)
+    order = np.argsort(hashes)
+    return hashes[order], np.concatenate(found_positions)[order]
+
+
+@ray.remote
+def _pack_file(path: Path, start: int, near: np.ndarray, repeated: np.ndarray, first_positions: np.ndarray,
+               special: SpecialIds, config: PrepareConfig, out: Path) -> tuple[dict, np.ndarray]:
+    """Pack one file of documents (its first at position `start`) into part files, keeping
+    a repeated document only at its first position; returns its counts and token counts."""
     totals: Counter = Counter()
     token_counts = np.zeros(config.vocab_size, np.int64)
 
     def packed() -> Iterator[pa.Table]:
         nonlocal token_counts
-        for batch in _document_batches(documents_dir, config.documents_per_batch):
+        position = start
+        for batch in _document_batches(path, config.documents_per_batch):
             hashes = batch[HASH].to_numpy()
+            positions = position + np.arange(len(hashes))
+            position += len(hashes)
             is_near = np.isin(hashes, near)
-            position = np.searchsorted(repeated, hashes)
-            is_repeated = np.zeros(len(hashes), bool) if not len(repeated) else (
-                repeated[np.minimum(position, len(repeated) - 1)] == hashes)
-            _, first = np.unique(hashes, return_index=True)  # of each hash in this batch
-            first = first[is_repeated[first]]
-            first = first[~packed_already[position[first]]]
-            packed_already[position[first]] = True
-            keep = ~(is_near | is_repeated)
-            keep[first] = True
+            is_later_copy = later_copies(hashes, positions, repeated, first_positions)
+            keep = ~is_near & ~is_later_copy
             totals.update({"dropped_near_duplicates": int(is_near.sum()),
-                           "dropped_duplicates": int((is_repeated & ~keep).sum())})
+                           "dropped_duplicates": int((is_later_copy & ~is_near).sum())})
             rows, counts = _pack_batch(batch.filter(pa.array(keep)), special, config)
             totals.update(counts)
             token_counts += np.bincount(rows[TRAIN].ravel(), minlength=config.vocab_size)
             yield pa.concat_tables(sequence_table(split_rows).append_column(
                 SPLIT, pa.repeat(pa.scalar(split), len(split_rows))) for split, split_rows in rows.items())
 
-    out.mkdir()
     for index, part in enumerate(_slices(packed(), itertools.repeat(config.sequences_per_shard))):
-        pq.write_table(part, out / f"part-{index:05d}.parquet")
-    write_json(out / COUNTS_FILE, totals)
-    np.save(out / TOKEN_COUNTS, token_counts)
+        pq.write_table(part, out / f"{path.stem}-{index:05d}.parquet")
+    return dict(totals), token_counts
 
 
-def _document_batches(documents_dir: Path, rows: int) -> Iterator[pa.Table]:
-    """The stage's documents in order, `rows` at a time, reading one row group at a time."""
-    for path in sorted(documents_dir.glob("*.parquet")):
-        file = pq.ParquetFile(path)
-        for group_index in range(file.num_row_groups):
-            group = file.read_row_group(group_index, columns=[HASH, IDS])
-            for start in range(0, group.num_rows, rows):
-                yield group.slice(start, rows)
-
-
-def _repeated_hashes(documents_dir: Path) -> np.ndarray:
-    """The content hashes that occur more than once. The hash column (8 bytes a document)
-    is read in as many passes as keep each pass's slice of the hash space within
-    HASH_PASS_BYTES, so this holds no more whatever the corpus's size."""
-    paths = sorted(documents_dir.glob("*.parquet"))
-    documents = sum(pq.read_metadata(path).num_rows for path in paths)
-    passes = max(1, -(-documents * np.dtype(np.uint64).itemsize // HASH_PASS_BYTES))
-    repeated = []
-    for slice_index in range(passes):
-        hashes = [column[column % passes == slice_index] for column in
-                  (pq.read_table(path, columns=[HASH])[HASH].to_numpy() for path in paths)]
-        values, occurrences = np.unique(np.concatenate([np.zeros(0, np.uint64), *hashes]), return_counts=True)
-        repeated.append(values[occurrences > 1])
-    return np.concatenate(repeated)
+def _document_batches(path: Path, rows: int) -> Iterator[pa.Table]:
+    """A file's documents in order, `rows` at a time, reading one row group at a time."""
+    file = pq.ParquetFile(path)
+    for group_index in range(file.num_row_groups):
+        group = file.read_row_group(group_index, columns=[HASH, IDS])
+        for start in range(0, group.num_rows, rows):
+            yield group.slice(start, rows)
 
 
 def _near_duplicates(documents_dir: Path, config: PrepareConfig) -> np.ndarray:

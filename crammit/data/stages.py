@@ -63,6 +63,17 @@ def lsh_band_keys(texts: Sequence[str], threshold: float, num_perm: int, shingle
             for signature in signatures]
 
 
+def later_copies(hashes: np.ndarray, positions: np.ndarray, repeated: np.ndarray,
+                 first_positions: np.ndarray) -> np.ndarray:
+    """Exact deduplication: which documents (by content hash, at these positions in the
+    corpus) repeat one at an earlier position. `repeated` holds the sorted hashes that occur
+    more than once, `first_positions` where each first occurs."""
+    if not len(repeated):
+        return np.zeros(len(hashes), bool)
+    index = np.minimum(np.searchsorted(repeated, hashes), len(repeated) - 1)
+    return (repeated[index] == hashes) & (first_positions[index] != positions)
+
+
 def duplicate_members(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """The ids that share a key with a smaller id: everything but the smallest id of each
     bucket (an id may occur more than once). The smallest id of a group of near-duplicates

