@@ -2,9 +2,8 @@
 
 Ray Data's `sort` moves every row through the object store at once (spilling past its
 capacity), so its memory grows with the corpus. Here each part, small enough to sort in
-memory, becomes a sorted Parquet run, and the runs are merged while streaming: the merge
-holds one small batch of each run, and writing runs with row groups of that size keeps
-reading them from loading more.
+memory, becomes a sorted Parquet run in small row groups, and the runs are merged while
+streaming: the merge holds one row group of each run.
 """
 
 from __future__ import annotations
@@ -17,27 +16,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 MERGE_BUFFER_BYTES = 32 << 20  # what the merge holds of all runs together
-MIN_ROWS_PER_BATCH = 64
+MIN_ROWS_PER_GROUP = 64
 
 
-def rows_per_batch(runs: int, row_bytes: int) -> int:
-    """Rows the merge reads from a run at a time, so that all runs fit in MERGE_BUFFER_BYTES."""
-    return max(MIN_ROWS_PER_BATCH, MERGE_BUFFER_BYTES // max(runs * row_bytes, 1))
+def rows_per_group(runs: int, row_bytes: int) -> int:
+    """Rows in a run's row group, so that one group of every run fits in MERGE_BUFFER_BYTES."""
+    return max(MIN_ROWS_PER_GROUP, MERGE_BUFFER_BYTES // max(runs * row_bytes, 1))
 
 
-def write_run(table: pa.Table, keys: Sequence[str], path: Path, batch_rows: int) -> None:
-    """`table` sorted by `keys` (ascending), in row groups of `batch_rows` for the merge."""
-    pq.write_table(table.sort_by([(key, "ascending") for key in keys]), path, row_group_size=batch_rows)
+def write_run(table: pa.Table, keys: Sequence[str], path: Path, group_rows: int) -> None:
+    """`table` sorted by `keys` (ascending), in row groups of `group_rows` for the merge."""
+    pq.write_table(table.sort_by([(key, "ascending") for key in keys]), path, row_group_size=group_rows)
 
 
-def merge_runs(paths: Sequence[Path], keys: Sequence[str], batch_rows: int) -> Iterator[pa.Table]:
+def merge_runs(paths: Sequence[Path], keys: Sequence[str]) -> Iterator[pa.Table]:
     """The rows of runs (each sorted by `keys`) as one sorted stream of tables, holding one
-    row group (`batch_rows`, as the runs were written) of each run at a time.
+    row group of each run at a time.
 
     Vectorised: the smallest last key among the held row groups bounds everything still
     unread, so all held rows up to it go out in one sort, and the row groups that ended
     at it are replaced by their runs' next."""
-    readers = [_row_groups(pq.ParquetFile(path)) for path in paths]
+    readers = [row_groups(path) for path in paths]
     held = {run: table for run, reader in enumerate(readers) if (table := next(reader, None)) is not None}
     while held:
         bound = min(_key(table, table.num_rows - 1, keys) for table in held.values())
@@ -56,10 +55,12 @@ def merge_runs(paths: Sequence[Path], keys: Sequence[str], batch_rows: int) -> I
         yield merged.take(np.lexsort(columns))
 
 
-def _row_groups(run: pq.ParquetFile) -> Iterator[pa.Table]:
-    """A run's row groups one at a time (a batch iterator would read ahead)."""
-    for index in range(run.num_row_groups):
-        table = run.read_row_group(index)
+def row_groups(path: Path, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+    """A Parquet file's non-empty row groups one at a time (pyarrow's batch iterator reads
+    ahead, up to the whole file)."""
+    file = pq.ParquetFile(path)
+    for index in range(file.num_row_groups):
+        table = file.read_row_group(index, columns=columns)
         if table.num_rows:
             yield table
 

@@ -45,7 +45,7 @@ import ray
 from tokenizers import Tokenizer
 
 from crammit.cluster import start_ray
-from crammit.data.external_sort import merge_runs, rows_per_batch, write_run
+from crammit.data.external_sort import merge_runs, row_groups, rows_per_group, write_run
 from crammit.data.layout import (
     EVAL_FILE,
     LENGTH_BUCKET,
@@ -278,10 +278,10 @@ def _tokenize_batch(table: pa.Table, tokenizer_path: str, config: PrepareConfig,
     ratios = tokens_per_char(lengths, np.fromiter(map(len, texts), np.int64, len(texts)))
     kept = np.flatnonzero(ratios <= config.max_tokens_per_char).tolist()
     length_buckets = np.bincount(np.log2(np.maximum(lengths, 1)).astype(np.int64))
-    # Waited for: a call still queued when the stage ends would be missing from its counts.
     batch_counts = {**cleaned, "replaced_characters": pc.sum(table[REPLACED]).as_py() or 0,
                     "dropped_compression": len(texts) - len(kept), "documents_tokenized": len(kept),
                     **{f"{LENGTH_BUCKET}{k}": int(n) for k, n in enumerate(length_buckets) if n}}
+    # Waited for: a call still queued when the stage ends would be missing from its counts.
     ray.get(counts.add.remote(batch_counts))
     kept_texts = [texts[i] for i in kept]
     columns = {HASH: pa.array([content_hash(text) for text in kept_texts], pa.uint64()),
@@ -369,9 +369,7 @@ def _pack_file(path: Path, start: int, near: np.ndarray, repeated: np.ndarray, f
 
 def _document_batches(path: Path, rows: int) -> Iterator[pa.Table]:
     """A file's documents in order, `rows` at a time, reading one row group at a time."""
-    file = pq.ParquetFile(path)
-    for group_index in range(file.num_row_groups):
-        group = file.read_row_group(group_index, columns=[HASH, IDS])
+    for group in row_groups(path, [HASH, IDS]):
         for start in range(0, group.num_rows, rows):
             yield group.slice(start, rows)
 
@@ -424,12 +422,11 @@ def _write_outputs(sequences_dir: Path, eval_sequences: int, config: PrepareConf
     sorted by a Ray task into a run, and the runs are merged on the way to the shards
     (memory bounded, see `external_sort`). Files already there are kept (resume)."""
     parts = sorted(sequences_dir.glob("*.parquet"))
-    batch_rows = rows_per_batch(len(parts), config.seq_len * np.dtype(np.int32).itemsize + 16)
+    group_rows = rows_per_group(len(parts), config.seq_len * np.dtype(np.int32).itemsize + 16)
     runs_dir = _stage(sequences_dir.parent / "runs", lambda tmp: _sort_runs(parts, out / TOKEN_COUNTS, config,
-                                                                               batch_rows, tmp))
+                                                                               group_rows, tmp))
     keys = [ORDER_KEY, TIE_KEY]
-    ordered = (table.drop_columns(keys) for table in merge_runs(sorted(runs_dir.glob("*.parquet")), keys,
-                                                                batch_rows))
+    ordered = (table.drop_columns(keys) for table in merge_runs(sorted(runs_dir.glob("*.parquet")), keys))
     sizes = itertools.chain([eval_sequences], itertools.repeat(config.sequences_per_shard))
     pieces = _slices(ordered, sizes)
     held_out = next(pieces, None)
@@ -448,14 +445,14 @@ def _write_outputs(sequences_dir: Path, eval_sequences: int, config: PrepareConf
     return names
 
 
-def _sort_runs(parts: list[Path], token_counts: Path, config: PrepareConfig, batch_rows: int,
+def _sort_runs(parts: list[Path], token_counts: Path, config: PrepareConfig, group_rows: int,
                out: Path) -> None:
     out.mkdir()
-    ray.get([_sort_run.remote(part, token_counts, config, batch_rows, out / part.name) for part in parts])
+    ray.get([_sort_run.remote(part, token_counts, config, group_rows, out / part.name) for part in parts])
 
 
 @ray.remote
-def _sort_run(part: Path, token_counts: Path, config: PrepareConfig, batch_rows: int, run: Path) -> None:
+def _sort_run(part: Path, token_counts: Path, config: PrepareConfig, group_rows: int, run: Path) -> None:
     table = pq.read_table(part)
     rows = sequence_rows(table)
     order = (-prevalence_scores(rows, np.log1p(np.load(token_counts))) if config.order == Order.PREVALENCE
@@ -463,7 +460,7 @@ def _sort_run(part: Path, token_counts: Path, config: PrepareConfig, batch_rows:
     order[np.asarray(pc.equal(table[SPLIT], EVAL))] = -np.inf
     keyed = table.drop_columns([SPLIT]).append_column(ORDER_KEY, pa.array(order)).append_column(
         TIE_KEY, pa.array(shuffle_keys(rows, config.seed)))
-    write_run(keyed, [ORDER_KEY, TIE_KEY], run, batch_rows)
+    write_run(keyed, [ORDER_KEY, TIE_KEY], run, group_rows)
 
 
 def _slices(tables: Iterator[pa.Table], sizes: Iterator[int]) -> Iterator[pa.Table]:

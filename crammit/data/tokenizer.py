@@ -57,9 +57,10 @@ class TokenIds:
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
         self.bare: Tokenizer | None = None
-        normalizer = json.loads(tokenizer.to_str())["normalizer"]
+        state = tokenizer.to_str()
+        normalizer = json.loads(state)["normalizer"]
         if normalizer is None or normalizer["type"] == "BertNormalizer":
-            self.bare = Tokenizer.from_str(tokenizer.to_str())
+            self.bare = Tokenizer.from_str(state)
             self.bare.normalizer = None
 
     def __call__(self, texts: Sequence[str]) -> list[list[int]]:
