@@ -12,6 +12,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from crammit.cluster import start_ray
 from crammit.config import Device, ModelConfig, TrainConfig, model_config
 from crammit.data.layout import TOKENIZER, read_manifest, shard_paths
@@ -19,6 +21,9 @@ from crammit.errors import CrammitError
 from crammit.train import rundir
 from crammit.train.data import TRAIN_DATASET
 from crammit.train.loop import train_loop
+
+# Held training sets leave the rest of the object store to the blocks Ray Data streams.
+OBJECT_STORE_SHARE = 0.25
 
 
 def default_run_dir(size_name: str, root: Path = Path("runs")) -> Path:
@@ -107,10 +112,14 @@ def launch(config: TrainConfig, in_process: bool = False) -> dict:
     return rundir.read_final(run_dir)
 
 
-def ingest(data: Path) -> dict:
+def ingest(data: Path, object_store_share: float = OBJECT_STORE_SHARE) -> dict:
     """TorchTrainer arguments that stream a prepared directory: each worker reads a
     disjoint shard (`get_dataset_shard`), in the same order on every execution, so a
-    resumed run that skips the micro-batches it consumed continues where it stopped."""
+    resumed run that skips the micro-batches it consumed continues where it stopped.
+
+    Training sequences that take at most `object_store_share` of the object store are read
+    once into it: otherwise each epoch starts by reading the files again, a pause of
+    seconds that a small corpus, with an epoch every step or two, pays every step or two."""
     import ray
     from ray.train import DataConfig
 
@@ -118,7 +127,15 @@ def ingest(data: Path) -> dict:
     options.preserve_order = True  # the splitter then hands out blocks in order, ignoring locality
     sequences = ray.data.read_parquet([str(path) for path in shard_paths(data)])
     sequences.context.execution_options.preserve_order = True  # local mode reads it unsplit
+    if training_bytes(data) <= object_store_share * ray.cluster_resources().get("object_store_memory", 0):
+        sequences = sequences.materialize()
     return {"datasets": {TRAIN_DATASET: sequences}, "dataset_config": DataConfig(execution_options=options)}
+
+
+def training_bytes(data: Path) -> int:
+    """The size of a prepared directory's training sequences as int32 token ids."""
+    manifest = read_manifest(data)
+    return manifest["train_sequences"] * manifest["config"]["seq_len"] * np.dtype(np.int32).itemsize
 
 
 def _check_resources(resources: dict, workers: int, use_gpu: bool) -> None:

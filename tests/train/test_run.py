@@ -10,6 +10,7 @@ import pytest
 import ray
 import torch
 import torch.distributed as dist
+from ray.data.dataset import MaterializedDataset
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from tokenizers import Tokenizer
@@ -23,7 +24,7 @@ from crammit.train import rundir
 from crammit.train.data import training_data
 from crammit.train.engine import create_engine, set_learning_rate
 from crammit.train.loop import train_step
-from crammit.train.run import connect, ingest, launch, model_for, prepare_run
+from crammit.train.run import OBJECT_STORE_SHARE, connect, ingest, launch, model_for, prepare_run
 from tests.helpers import tiny_train_config
 
 STEPS = 20
@@ -95,7 +96,10 @@ def _prepared_run_config(run_dir, prepared_corpus, **changes):
 
 
 @pytest.mark.slow
-def test_two_workers_read_disjoint_shards_of_a_prepared_directory(tmp_path, prepared_corpus):
+@pytest.mark.parametrize("object_store_share", [0.0, OBJECT_STORE_SHARE], ids=["streamed", "held"])
+def test_two_workers_read_disjoint_shards_of_a_prepared_directory(
+    tmp_path, prepared_corpus, object_store_share,
+):
     out, _, manifest = prepared_corpus
     micro = 8
     config = _prepared_run_config(tmp_path / "run", prepared_corpus, num_workers=2)
@@ -107,8 +111,10 @@ def test_two_workers_read_disjoint_shards_of_a_prepared_directory(tmp_path, prep
         rows = [_originals(next(train)) for _ in range(per_worker)]
         np.save(tmp_path / f"rank{rank}.npy", np.concatenate(rows))
 
+    arguments = ingest(out, object_store_share)
+    assert isinstance(arguments["datasets"]["train"], MaterializedDataset) == (object_store_share > 0)
     TorchTrainer(read_one_epoch, train_loop_config=config.to_dict(),
-                 **ingest(out),
+                 **arguments,
                  scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
                  run_config=RunConfig(storage_path=str(tmp_path / "ray"))).fit()
     seen = [np.load(tmp_path / f"rank{rank}.npy") for rank in (0, 1)]
