@@ -1,13 +1,20 @@
-"""A global sort whose memory does not grow with the data: sorted runs, then a k-way merge.
+"""A global sort whose memory does not grow with the data: sorted runs, then k-way merges.
 
 Ray Data's `sort` moves every row through the object store at once (spilling past its
 capacity), so its memory grows with the corpus. Here each part, small enough to sort in
 memory, becomes a sorted Parquet run in small row groups, and the runs are merged while
-streaming: the merge holds one row group of each run.
+streaming: a merge holds one row group of each of its runs.
+
+A merge of many runs is slow as well as small-grained: runs from a shuffled corpus
+interleave, so each step of the merge can emit little more than one row group, and every
+step touches every run; the work grows with the square of the number of runs. Merges
+therefore take at most MERGE_FAN_IN runs; more runs are first merged in groups into longer
+runs (`merge_groups`), as many passes as it takes.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -15,13 +22,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-MERGE_BUFFER_BYTES = 32 << 20  # what the merge holds of all runs together
+MERGE_BUFFER_BYTES = 32 << 20  # what a merge holds of all its runs together
+MERGE_FAN_IN = 16
 MIN_ROWS_PER_GROUP = 64
 
 
-def rows_per_group(runs: int, row_bytes: int) -> int:
-    """Rows in a run's row group, so that one group of every run fits in MERGE_BUFFER_BYTES."""
-    return max(MIN_ROWS_PER_GROUP, MERGE_BUFFER_BYTES // max(runs * row_bytes, 1))
+def rows_per_group(row_bytes: int) -> int:
+    """Rows in a run's row group, so that one group of each run a merge takes fits in
+    MERGE_BUFFER_BYTES."""
+    return max(MIN_ROWS_PER_GROUP, MERGE_BUFFER_BYTES // (MERGE_FAN_IN * max(row_bytes, 1)))
+
+
+def merge_groups(runs: Sequence[Path], fan_in: int) -> list[list[Path]]:
+    """Consecutive groups of at most `fan_in` runs, each to be merged into one longer run."""
+    return [list(runs[start:start + fan_in]) for start in range(0, len(runs), fan_in)]
+
+
+def merge_to_run(runs: Sequence[Path], keys: Sequence[str], path: Path, group_rows: int) -> None:
+    """Merge sorted runs into one run at `path`, in row groups of `group_rows`."""
+    merged = slices(merge_runs(runs, keys), itertools.repeat(group_rows))
+    first = next(merged)
+    with pq.ParquetWriter(path, first.schema) as writer:
+        for table in itertools.chain([first], merged):
+            writer.write_table(table, row_group_size=group_rows)
 
 
 def write_run(table: pa.Table, keys: Sequence[str], path: Path, group_rows: int) -> None:
@@ -77,3 +100,18 @@ def _rows_up_to(table: pa.Table, bound: tuple, keys: Sequence[str]) -> int:
         below |= equal & (values < limit)
         equal &= values == limit
     return int(np.count_nonzero(below | equal))
+
+
+def slices(tables: Iterator[pa.Table], sizes: Iterator[int]) -> Iterator[pa.Table]:
+    """Consecutive tables of `next(sizes)` rows from a stream of tables; the last may be
+    shorter, and a size of 0 yields an empty table."""
+    pending, held, size = [], 0, next(sizes)
+    for table in tables:
+        pending.append(table)
+        held += table.num_rows
+        while held >= size:
+            whole = pa.concat_tables(pending)
+            yield whole.slice(0, size)
+            pending, held, size = [whole.slice(size)], held - size, next(sizes)
+    if held:
+        yield pa.concat_tables(pending)

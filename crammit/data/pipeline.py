@@ -27,6 +27,7 @@ hash-map order, so two trainings can differ in a few rare vocabulary entries: pa
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import itertools
 import shutil
@@ -34,7 +35,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from tokenizers import Tokenizer
+from tqdm import tqdm
 
 from crammit.cluster import start_ray
-from crammit.data.external_sort import merge_runs, row_groups, rows_per_group, write_run
+from crammit.data.external_sort import (
+    MERGE_FAN_IN,
+    merge_groups,
+    merge_runs,
+    merge_to_run,
+    row_groups,
+    rows_per_group,
+    slices,
+    write_run,
+)
 from crammit.data.layout import (
     EVAL_FILE,
     LENGTH_BUCKET,
@@ -82,6 +93,9 @@ COUNTS_FILE, SETTINGS_FILE = "counts.json", "settings.json"
 MIN_BLOCK_BYTES = 16 << 20
 IN_FLIGHT_BLOCKS_PER_CPU = 4
 HASH_PASS_BYTES = 32 << 20  # content hashes that exact deduplication holds at once
+# Shards compress and write in Ray tasks while the merge makes the next: these many at once
+# (each a shard held in the object store) keep the merge from waiting on them.
+SHARD_WRITES_IN_FLIGHT = 2
 
 
 class Order(str, Enum):
@@ -308,8 +322,8 @@ def _deduplicate_and_pack(documents_dir: Path, tokenizer_path: Path, config: Pre
     repeated, first_positions = _repeated_documents(paths, starts)
     shared = [ray.put(array) for array in (near, repeated, first_positions)]  # once, not once per task
     out.mkdir()
-    packed = ray.get([_pack_file.remote(path, int(start), *shared, special, config, out)
-                      for path, start in zip(paths, starts[:-1], strict=True)])
+    packed = _finished([_pack_file.remote(path, int(start), *shared, special, config, out)
+                        for path, start in zip(paths, starts[:-1], strict=True)], "packing documents files")
     write_json(out / COUNTS_FILE, dict(sum((Counter(counts) for counts, _ in packed), Counter())))
     np.save(out / TOKEN_COUNTS, np.sum([tokens for _, tokens in packed], axis=0, dtype=np.int64))
 
@@ -362,8 +376,9 @@ def _pack_file(path: Path, start: int, near: np.ndarray, repeated: np.ndarray, f
             yield pa.concat_tables(sequence_table(split_rows).append_column(
                 SPLIT, pa.repeat(pa.scalar(split), len(split_rows))) for split, split_rows in rows.items())
 
-    for index, part in enumerate(_slices(packed(), itertools.repeat(config.sequences_per_shard))):
+    for index, part in enumerate(slices(packed(), itertools.repeat(config.sequences_per_shard))):
         pq.write_table(part, out / f"{path.stem}-{index:05d}.parquet")
+    _return_freed_memory()
     return dict(totals), token_counts
 
 
@@ -422,23 +437,32 @@ def _write_outputs(sequences_dir: Path, eval_sequences: int, config: PrepareConf
     sorted by a Ray task into a run, and the runs are merged on the way to the shards
     (memory bounded, see `external_sort`). Files already there are kept (resume)."""
     parts = sorted(sequences_dir.glob("*.parquet"))
-    group_rows = rows_per_group(len(parts), config.seq_len * np.dtype(np.int32).itemsize + 16)
+    group_rows = rows_per_group(config.seq_len * np.dtype(np.int32).itemsize + 16)
     runs_dir = _stage(sequences_dir.parent / "runs", lambda tmp: _sort_runs(parts, out / TOKEN_COUNTS, config,
                                                                                group_rows, tmp))
     keys = [ORDER_KEY, TIE_KEY]
-    ordered = (table.drop_columns(keys) for table in merge_runs(sorted(runs_dir.glob("*.parquet")), keys))
+    runs = _merged_to_fan_in(sorted(runs_dir.glob("*.parquet")), keys, group_rows)
+    ordered = (table.drop_columns(keys) for table in merge_runs(runs, keys))
     sizes = itertools.chain([eval_sequences], itertools.repeat(config.sequences_per_shard))
-    pieces = _slices(ordered, sizes)
+    pieces = slices(ordered, sizes)
     held_out = next(pieces, None)
     if not (out / EVAL_FILE).exists():
         _write_table(out / EVAL_FILE, held_out if held_out is not None else sequence_table(
             np.zeros((0, config.seq_len), np.int32)))
-    names = []
-    for index, table in enumerate(pieces):
-        name = SHARD_PATTERN.format(index)
-        if not (out / name).exists():
-            _write_table(out / name, table)
-        names.append(name)
+    names, writing = [], {}  # a write task -> the sequences it writes
+    training_sequences = sum(pq.read_metadata(part).num_rows for part in parts) - eval_sequences
+    with tqdm(total=training_sequences, desc="writing shards", unit="seq", unit_scale=True) as bar:
+        for index, table in enumerate(pieces):
+            name = SHARD_PATTERN.format(index)
+            if (out / name).exists():
+                bar.update(table.num_rows)
+            else:
+                writing[_write_shard.remote(out / name, table)] = table.num_rows
+            names.append(name)
+            while len(writing) > SHARD_WRITES_IN_FLIGHT:
+                bar.update(_first_finished(writing))
+        while writing:
+            bar.update(_first_finished(writing))
     if not names:
         raise CrammitError("no training sequences survived preparation; give a larger --corpus or "
                            "raise --max-tokens-per-char")
@@ -448,7 +472,31 @@ def _write_outputs(sequences_dir: Path, eval_sequences: int, config: PrepareConf
 def _sort_runs(parts: list[Path], token_counts: Path, config: PrepareConfig, group_rows: int,
                out: Path) -> None:
     out.mkdir()
-    ray.get([_sort_run.remote(part, token_counts, config, group_rows, out / part.name) for part in parts])
+    _finished([_sort_run.remote(part, token_counts, config, group_rows, out / part.name) for part in parts],
+              "sorting runs")
+
+
+def _merged_to_fan_in(runs: list[Path], keys: list[str], group_rows: int) -> list[Path]:
+    """Merge runs in groups, pass after pass, until one merge can take them all."""
+    passes = 0
+    while len(runs) > MERGE_FAN_IN:
+        passes += 1
+        merged = _stage(runs[0].parent.with_name(f"runs-{passes}"),
+                        partial(_merge_pass, merge_groups(runs, MERGE_FAN_IN), keys, group_rows, passes))
+        runs = sorted(merged.glob("*.parquet"))
+    return runs
+
+
+def _merge_pass(groups: list[list[Path]], keys: list[str], group_rows: int, number: int, out: Path) -> None:
+    out.mkdir()
+    _finished([_merge_to_run.remote(group, keys, out / f"{index:05d}.parquet", group_rows)
+               for index, group in enumerate(groups)], f"merging runs (pass {number})")
+
+
+@ray.remote
+def _merge_to_run(runs: list[Path], keys: list[str], path: Path, group_rows: int) -> None:
+    merge_to_run(runs, keys, path, group_rows)
+    _return_freed_memory()
 
 
 @ray.remote
@@ -461,23 +509,41 @@ def _sort_run(part: Path, token_counts: Path, config: PrepareConfig, group_rows:
     keyed = table.drop_columns([SPLIT]).append_column(ORDER_KEY, pa.array(order)).append_column(
         TIE_KEY, pa.array(shuffle_keys(rows, config.seed)))
     write_run(keyed, [ORDER_KEY, TIE_KEY], run, group_rows)
+    _return_freed_memory()
 
 
-def _slices(tables: Iterator[pa.Table], sizes: Iterator[int]) -> Iterator[pa.Table]:
-    """Consecutive tables of `next(sizes)` rows from a stream of tables; the last may be
-    shorter, and a size of 0 yields an empty table."""
-    pending, held, size = [], 0, next(sizes)
-    for table in tables:
-        pending.append(table)
-        held += table.num_rows
-        while held >= size:
-            whole = pa.concat_tables(pending)
-            yield whole.slice(0, size)
-            pending, held, size = [whole.slice(size)], held - size, next(sizes)
-    if held:
-        yield pa.concat_tables(pending)
+def _return_freed_memory() -> None:
+    """Hand what a task freed back to the system: Ray keeps the worker process for the next
+    task, and the allocators (Arrow's pool, the C heap) would keep it for the process."""
+    pa.default_memory_pool().release_unused()
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; other C libraries lack it
+    if trim is not None:
+        trim(0)
+
+
+def _finished(tasks: list, description: str) -> list:
+    """The tasks' results, in order, once all have finished; a progress bar counts them."""
+    remaining = tasks
+    with tqdm(total=len(tasks), desc=description, unit="task") as bar:
+        while remaining:
+            done, remaining = ray.wait(remaining, num_returns=1)
+            bar.update(len(done))
+    return ray.get(tasks)
 
 
 def _write_table(path: Path, table: pa.Table) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
+
+
+@ray.remote
+def _write_shard(path: Path, table: pa.Table) -> None:
+    _write_table(path, table)
+
+
+def _first_finished(writing: dict) -> int:
+    """Wait for the first of the write tasks to finish (raising its error); returns the
+    sequences it wrote."""
+    [done], _ = ray.wait(list(writing), num_returns=1)
+    ray.get(done)
+    return writing.pop(done)

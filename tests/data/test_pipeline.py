@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
+from crammit.data import pipeline
 from crammit.data.inspect import describe
 from crammit.data.layout import INPUT_IDS, MANIFEST, TOKEN_COUNTS, shard_paths
 from crammit.data.pipeline import Order, prepare_corpus
@@ -66,11 +67,22 @@ def test_prevalence_order_puts_common_token_sequences_first(prepared):
 
 
 @pytest.mark.slow
-def test_preparing_twice_gives_identical_shards_and_resume_redoes_only_missing_ones(prepared, tmp_path):
+def test_preparing_twice_gives_identical_shards_and_resume_redoes_only_missing_ones(prepared, tmp_path,
+                                                                                     monkeypatch):
     root, corpus, manifest = prepared
     again = tmp_path / "again"
     same = prepare_config(corpus, tokenizer=str(root / "out" / "tokenizer.json"))
+    # Merging the sorted runs two at a time, in several passes, must not change a byte either.
+    passes, merge_pass = [], pipeline._merge_pass
+
+    def counted_merge_pass(*args):
+        passes.append(args)
+        merge_pass(*args)
+
+    monkeypatch.setattr(pipeline, "MERGE_FAN_IN", 2)
+    monkeypatch.setattr(pipeline, "_merge_pass", counted_merge_pass)
     prepare_corpus(same, again, root / "cache")
+    assert len(passes) >= 2
     for name in [*manifest["shards"], "eval.parquet", "tokenizer.json"]:
         assert (again / name).read_bytes() == (root / "out" / name).read_bytes(), name
 
