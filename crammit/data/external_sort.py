@@ -39,9 +39,12 @@ def merge_groups(runs: Sequence[Path], fan_in: int) -> list[list[Path]]:
 
 
 def merge_to_run(runs: Sequence[Path], keys: Sequence[str], path: Path, group_rows: int) -> None:
-    """Merge sorted runs into one run at `path`, in row groups of `group_rows`."""
+    """Merge sorted runs into one run at `path`, in row groups of `group_rows` (no file when
+    the runs hold no rows)."""
     merged = slices(merge_runs(runs, keys), itertools.repeat(group_rows))
-    first = next(merged)
+    first = next(merged, None)
+    if first is None:
+        return
     with pq.ParquetWriter(path, first.schema) as writer:
         for table in itertools.chain([first], merged):
             writer.write_table(table, row_group_size=group_rows)
