@@ -195,7 +195,7 @@ def _prepare(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
     if not (out / TOKEN_COUNTS).exists():
         with atomic_path(out / TOKEN_COUNTS) as tmp:
             shutil.copyfile(sequences_dir / TOKEN_COUNTS, tmp)
-    shards = _write_outputs(sequences_dir, stage_counts[f"sequences_{EVAL}"], config, out)
+    shards = _write_outputs(sequences_dir, stage_counts, config, out)
     manifest = {
         "source": config.corpus,
         "config": _settings(config),
@@ -430,7 +430,7 @@ def _pack_batch(table: pa.Table, special: SpecialIds, config: PrepareConfig) -> 
     return rows, counts
 
 
-def _write_outputs(sequences_dir: Path, eval_sequences: int, config: PrepareConfig, out: Path) -> list[str]:
+def _write_outputs(sequences_dir: Path, counts: dict, config: PrepareConfig, out: Path) -> list[str]:
     """`eval.parquet`, then shards of `sequences_per_shard`, in one order for everything:
     held-out sequences first (in a seeded shuffle order), then training sequences by token
     prevalence (ties by the seeded key) or by the key alone. Each part of the sequences is
@@ -443,15 +443,14 @@ def _write_outputs(sequences_dir: Path, eval_sequences: int, config: PrepareConf
     keys = [ORDER_KEY, TIE_KEY]
     runs = _merged_to_fan_in(sorted(runs_dir.glob("*.parquet")), keys, group_rows)
     ordered = (table.drop_columns(keys) for table in merge_runs(runs, keys))
-    sizes = itertools.chain([eval_sequences], itertools.repeat(config.sequences_per_shard))
+    sizes = itertools.chain([counts[f"sequences_{EVAL}"]], itertools.repeat(config.sequences_per_shard))
     pieces = slices(ordered, sizes)
     held_out = next(pieces, None)
     if not (out / EVAL_FILE).exists():
         _write_table(out / EVAL_FILE, held_out if held_out is not None else sequence_table(
             np.zeros((0, config.seq_len), np.int32)))
     names, writing = [], {}  # a write task -> the sequences it writes
-    training_sequences = sum(pq.read_metadata(part).num_rows for part in parts) - eval_sequences
-    with tqdm(total=training_sequences, desc="writing shards", unit="seq", unit_scale=True) as bar:
+    with tqdm(total=counts[f"sequences_{TRAIN}"], desc="writing shards", unit="seq", unit_scale=True) as bar:
         for index, table in enumerate(pieces):
             name = SHARD_PATTERN.format(index)
             if (out / name).exists():
