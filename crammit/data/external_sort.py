@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-MERGE_BUFFER_BYTES = 32 << 20  # what a merge holds of all its runs together
+MERGE_BUFFER_BYTES = 16 << 20  # what a merge holds of all its runs together
 MERGE_FAN_IN = 16
 MIN_ROWS_PER_GROUP = 64
 
@@ -86,7 +86,7 @@ def row_groups(path: Path, columns: Sequence[str] | None = None) -> Iterator[pa.
     ahead, up to the whole file)."""
     file = pq.ParquetFile(path)
     for index in range(file.num_row_groups):
-        table = file.read_row_group(index, columns=columns)
+        table = file.read_row_group(index, columns=columns, use_threads=False)
         if table.num_rows:
             yield table
 

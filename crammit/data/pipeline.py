@@ -5,16 +5,16 @@
       [→ MinHash buckets, shuffled by bucket: near-duplicates]
     → Ray tasks, a file each: exact dedup → pack, count tokens
     → Ray tasks, a part each: sort (held-out sequences first, then token prevalence or a
-      seeded shuffle) → driver, streaming: merge the sorted runs into eval + shards
+      seeded shuffle) → Ray tasks, streaming: merge the sorted runs into eval + shards
 
 The expensive work, normalising and tokenizing each document, runs once, on Ray Data
 across the cluster, and writes every kept document's 64-bit content hash and token ids.
 The rest reads those files (`DIR` must be on storage every node sees): one pass over
 the hashes (8 bytes a document) finds where each repeated document first occurs, Ray
 tasks pack each file in input order keeping only first copies, Ray tasks sort each part
-into a run, and the driver merges the runs into shards (`external_sort`). No process
-holds the corpus, and nothing passes through Ray's object store but blocks in flight
-(and, when asked for, the near-duplicate buckets).
+into a run, and Ray tasks merge the runs, the last merge writing the shards
+(`external_sort`). No process holds the corpus, and nothing passes through Ray's object
+store but blocks in flight (and, when asked for, the near-duplicate buckets).
 
 Stages are written under `DIR/.work/` and renamed into place when complete, shards are
 written one by one atomically, and `manifest.json` comes last: an interrupted prepare
@@ -91,11 +91,9 @@ SPLIT, ORDER_KEY, TIE_KEY = "split", "order_key", "tie_key"
 TRAIN, EVAL = "train", "eval"
 COUNTS_FILE, SETTINGS_FILE = "counts.json", "settings.json"
 MIN_BLOCK_BYTES = 16 << 20
+MAX_BLOCK_BYTES = 2 * MIN_BLOCK_BYTES
 IN_FLIGHT_BLOCKS_PER_CPU = 4
 HASH_PASS_BYTES = 32 << 20  # content hashes that exact deduplication holds at once
-# Shards compress and write in Ray tasks while the merge makes the next: these many at once
-# (each a shard held in the object store) keep the merge from waiting on them.
-SHARD_WRITES_IN_FLIGHT = 2
 
 
 class Order(str, Enum):
@@ -158,6 +156,8 @@ def prepare_corpus(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
     # Ray's default (1 MiB blocks, for 200 blocks) makes a task of every few thousand
     # documents, and per-task overhead then costs a third of the tokenizing time.
     context.target_min_block_size = MIN_BLOCK_BYTES
+    # And not Ray's 128 MiB: a reader of one large file holds a few blocks of that size.
+    context.target_max_block_size = MAX_BLOCK_BYTES
     # Blocks in flight, not the corpus: without a budget, readers run ahead of tokenizing
     # into Ray's object store, and memory grows with the corpus.
     budget = IN_FLIGHT_BLOCKS_PER_CPU * MIN_BLOCK_BYTES * max(ray.cluster_resources().get("CPU", 1), 1)
@@ -435,37 +435,42 @@ def _write_outputs(sequences_dir: Path, counts: dict, config: PrepareConfig, out
     held-out sequences first (in a seeded shuffle order), then training sequences by token
     prevalence (ties by the seeded key) or by the key alone. Each part of the sequences is
     sorted by a Ray task into a run, and the runs are merged on the way to the shards
-    (memory bounded, see `external_sort`). Files already there are kept (resume)."""
+    (memory bounded, see `external_sort`)."""
     parts = sorted(sequences_dir.glob("*.parquet"))
     group_rows = rows_per_group(config.seq_len * np.dtype(np.int32).itemsize + 16)
     runs_dir = _stage(sequences_dir.parent / "runs", lambda tmp: _sort_runs(parts, out / TOKEN_COUNTS, config,
                                                                                group_rows, tmp))
     keys = [ORDER_KEY, TIE_KEY]
     runs = _merged_to_fan_in(sorted(runs_dir.glob("*.parquet")), keys, group_rows)
-    ordered = (table.drop_columns(keys) for table in merge_runs(runs, keys))
-    sizes = itertools.chain([counts[f"sequences_{EVAL}"]], itertools.repeat(config.sequences_per_shard))
-    pieces = slices(ordered, sizes)
-    held_out = next(pieces, None)
-    if not (out / EVAL_FILE).exists():
-        _write_table(out / EVAL_FILE, held_out if held_out is not None else sequence_table(
-            np.zeros((0, config.seq_len), np.int32)))
-    names, writing = [], {}  # a write task -> the sequences it writes
+    names = []
     with tqdm(total=counts[f"sequences_{TRAIN}"], desc="writing shards", unit="seq", unit_scale=True) as bar:
-        for index, table in enumerate(pieces):
-            name = SHARD_PATTERN.format(index)
-            if (out / name).exists():
-                bar.update(table.num_rows)
-            else:
-                writing[_write_shard.remote(out / name, table)] = table.num_rows
+        for written in _write_merged.remote(runs, keys, counts[f"sequences_{EVAL}"], config, out):
+            name, rows = ray.get(written)
             names.append(name)
-            while len(writing) > SHARD_WRITES_IN_FLIGHT:
-                bar.update(_first_finished(writing))
-        while writing:
-            bar.update(_first_finished(writing))
+            bar.update(rows)
     if not names:
         raise CrammitError("no training sequences survived preparation; give a larger --corpus or "
                            "raise --max-tokens-per-char")
     return names
+
+
+@ray.remote
+def _write_merged(runs: list[Path], keys: list[str], eval_rows: int, config: PrepareConfig,
+                  out: Path) -> Iterator[tuple[str, int]]:
+    """The last merge, in one task that writes what it merges (no shard passes through
+    the object store): the held-out sequences, then each shard; yields each shard's name
+    and sequences as it is written. Files already there are kept (resume)."""
+    ordered = (table.drop_columns(keys) for table in merge_runs(runs, keys))
+    pieces = slices(ordered, itertools.chain([eval_rows], itertools.repeat(config.sequences_per_shard)))
+    held_out = next(pieces, None)
+    if not (out / EVAL_FILE).exists():
+        _write_table(out / EVAL_FILE, held_out if held_out is not None else sequence_table(
+            np.zeros((0, config.seq_len), np.int32)))
+    for index, table in enumerate(pieces):
+        name = SHARD_PATTERN.format(index)
+        if not (out / name).exists():
+            _write_table(out / name, table)
+        yield name, table.num_rows
 
 
 def _sort_runs(parts: list[Path], token_counts: Path, config: PrepareConfig, group_rows: int,
@@ -533,16 +538,3 @@ def _finished(tasks: list, description: str) -> list:
 def _write_table(path: Path, table: pa.Table) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-
-
-@ray.remote
-def _write_shard(path: Path, table: pa.Table) -> None:
-    _write_table(path, table)
-
-
-def _first_finished(writing: dict) -> int:
-    """Wait for the first of the write tasks to finish (raising its error); returns the
-    sequences it wrote."""
-    [done], _ = ray.wait(list(writing), num_returns=1)
-    ray.get(done)
-    return writing.pop(done)
