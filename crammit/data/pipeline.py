@@ -19,10 +19,8 @@ store but blocks in flight (and, when asked for, the near-duplicate buckets).
 Stages are written under `DIR/.work/` and renamed into place when complete, shards are
 written one by one atomically, and `manifest.json` comes last: an interrupted prepare
 re-runs only what is missing. Document order is the input's and sequence order comes
-from content keys, never from timing, so preparing twice with the same tokenizer gives
-byte-identical shards. (HF `tokenizers` breaks frequency ties in WordPiece training by
-hash-map order, so two trainings can differ in a few rare vocabulary entries: pass
-`tokenizer=` to reproduce.)
+from content keys, never from timing, and tokenizer training is deterministic
+(`train_tokenizer`), so preparing twice gives byte-identical shards.
 """
 
 from __future__ import annotations
@@ -322,8 +320,8 @@ def _deduplicate_and_pack(documents_dir: Path, tokenizer_path: Path, config: Pre
     repeated, first_positions = _repeated_documents(paths, starts)
     shared = [ray.put(array) for array in (near, repeated, first_positions)]  # once, not once per task
     out.mkdir()
-    packed = _finished([_pack_file.remote(path, int(start), *shared, special, config, out)
-                        for path, start in zip(paths, starts[:-1], strict=True)], "packing documents files")
+    packed = _finished([_pack_file.remote(paths, starts, index, *shared, special, config, out)
+                        for index in range(len(paths))], "packing documents files")
     write_json(out / COUNTS_FILE, dict(sum((Counter(counts) for counts, _ in packed), Counter())))
     np.save(out / TOKEN_COUNTS, np.sum([tokens for _, tokens in packed], axis=0, dtype=np.int64))
 
@@ -351,17 +349,18 @@ def _repeated_documents(paths: list[Path], starts: np.ndarray) -> tuple[np.ndarr
 
 
 @ray.remote
-def _pack_file(path: Path, start: int, near: np.ndarray, repeated: np.ndarray, first_positions: np.ndarray,
-               special: SpecialIds, config: PrepareConfig, out: Path) -> tuple[dict, np.ndarray]:
-    """Pack one file of documents (its first at position `start`) into part files, keeping
-    a repeated document only at its first position; returns its counts and token counts."""
+def _pack_file(paths: list[Path], starts: np.ndarray, index: int, near: np.ndarray, repeated: np.ndarray,
+               first_positions: np.ndarray, special: SpecialIds, config: PrepareConfig,
+               out: Path) -> tuple[dict, np.ndarray]:
+    """Pack the batches of documents that begin in file `index` into part files, keeping a
+    repeated document only at its first position; returns their counts and token counts."""
     totals: Counter = Counter()
     token_counts = np.zeros(config.vocab_size, np.int64)
 
     def packed() -> Iterator[pa.Table]:
         nonlocal token_counts
-        position = start
-        for batch in _document_batches(path, config.documents_per_batch):
+        position = _first_batch(int(starts[index]), config.documents_per_batch)
+        for batch in _document_batches(paths, starts, index, config.documents_per_batch):
             hashes = batch[HASH].to_numpy()
             positions = position + np.arange(len(hashes))
             position += len(hashes)
@@ -376,17 +375,29 @@ def _pack_file(path: Path, start: int, near: np.ndarray, repeated: np.ndarray, f
             yield pa.concat_tables(sequence_table(split_rows).append_column(
                 SPLIT, pa.repeat(pa.scalar(split), len(split_rows))) for split, split_rows in rows.items())
 
-    for index, part in enumerate(slices(packed(), itertools.repeat(config.sequences_per_shard))):
-        pq.write_table(part, out / f"{path.stem}-{index:05d}.parquet")
+    for part_index, part in enumerate(slices(packed(), itertools.repeat(config.sequences_per_shard))):
+        pq.write_table(part, out / f"{paths[index].stem}-{part_index:05d}.parquet")
     _return_freed_memory()
     return dict(totals), token_counts
 
 
-def _document_batches(path: Path, rows: int) -> Iterator[pa.Table]:
-    """A file's documents in order, `rows` at a time, reading one row group at a time."""
-    for group in row_groups(path, [HASH, IDS]):
-        for start in range(0, group.num_rows, rows):
-            yield group.slice(start, rows)
+def _document_batches(paths: list[Path], starts: np.ndarray, index: int, rows: int) -> Iterator[pa.Table]:
+    """The batches of `rows` documents, at positions that are multiples of `rows` in the
+    whole stage, that begin in file `index` (the last reads on into the next files), one
+    row group at a time. Batches, and so what packing drops at their ends, do not depend on
+    how Ray Data cut the stage into files and row groups: on the cluster's size, say."""
+    first, end = _first_batch(int(starts[index]), rows), int(starts[index + 1])
+    if first >= end:
+        return
+    groups = itertools.chain.from_iterable(row_groups(path, [HASH, IDS]) for path in paths[index:])
+    batches = slices(groups, itertools.chain([first - int(starts[index])], itertools.repeat(rows)))
+    next(batches)  # the rows before `first`, which the previous file's last batch packs
+    yield from itertools.islice(batches, -(-(end - first) // rows))
+
+
+def _first_batch(position: int, rows: int) -> int:
+    """The first position at or after `position` where a batch of `rows` documents begins."""
+    return -(-position // rows) * rows
 
 
 def _near_duplicates(documents_dir: Path, config: PrepareConfig) -> np.ndarray:
@@ -536,5 +547,7 @@ def _finished(tasks: list, description: str) -> list:
 
 
 def _write_table(path: Path, table: pa.Table) -> None:
+    """Written as one chunk: Parquet's pages follow the chunks, which follow the runs a
+    merge drew the rows from, and the bytes must not depend on those."""
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table.combine_chunks(), tmp, compression="zstd")

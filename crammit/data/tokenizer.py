@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
+CONTINUING_PREFIX = "##"  # WordPiece's mark of a token that continues a word
 # A text with none of these characters (only printable ASCII, no capitals) is left as it is
 # by BERT's normaliser: no control characters to drop, accents to strip, CJK to pad or
 # letters to lower-case.
@@ -31,14 +33,32 @@ class SpecialIds:
 
 def train_tokenizer(documents: Iterable[str], vocab_size: int) -> Tokenizer:
     """Uncased WordPiece with BERT's normaliser and [CLS] ... [SEP] post-processing;
-    `documents` may be a stream (a bounded sample of a corpus too large to hold)."""
+    `documents` may be a stream (a bounded sample of a corpus too large to hold): it is
+    spilled to a temporary file and read twice.
+
+    The same documents give the same tokenizer in every process. HF `tokenizers` numbers
+    the continuing-subword tokens (`##e`) in hash-map order and breaks frequency ties by
+    those numbers (huggingface/tokenizers#1794), so two trainings differ in rare entries;
+    the first read finds those tokens, and training declares them up front, sorted."""
     tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                        show_progress=False)
-    tokenizer.train_from_iterator(documents, trainer=trainer)
+    continuing: set[str] = set()
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as spill:
+        for text in documents:
+            words = tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))
+            continuing.update(*(word[1:] for word, _ in words))
+            spill.write(json.dumps(text) + "\n")
+        spill.seek(0)
+        pinned = [CONTINUING_PREFIX + character for character in sorted(continuing)]
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + pinned,
+                                            continuing_subword_prefix=CONTINUING_PREFIX, show_progress=False)
+        tokenizer.train_from_iterator(map(json.loads, spill), trainer=trainer)
+    # The pinned tokens are vocabulary, not special tokens that would match literal text.
+    state = json.loads(tokenizer.to_str())
+    state["added_tokens"] = [token for token in state["added_tokens"] if token["content"] in SPECIAL_TOKENS]
+    tokenizer = Tokenizer.from_str(json.dumps(state))
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
         special_tokens=[(CLS, tokenizer.token_to_id(CLS)), (SEP, tokenizer.token_to_id(SEP))],

@@ -1,16 +1,18 @@
 """`crammit data prepare` end to end on Ray Data, on a JSONL corpus the test writes."""
 
+import itertools
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
 from crammit.data import pipeline
 from crammit.data.inspect import describe
-from crammit.data.layout import INPUT_IDS, MANIFEST, TOKEN_COUNTS, shard_paths
-from crammit.data.pipeline import Order, prepare_corpus
+from crammit.data.layout import INPUT_IDS, MANIFEST, TOKEN_COUNTS, sequence_table, shard_paths
+from crammit.data.pipeline import HASH, IDS, Order, prepare_corpus
 from crammit.data.stages import prevalence_scores
 from crammit.data.tokenizer import SpecialIds
 from crammit.errors import CrammitError
@@ -71,7 +73,7 @@ def test_preparing_twice_gives_identical_shards_and_resume_redoes_only_missing_o
                                                                                      monkeypatch):
     root, corpus, manifest = prepared
     again = tmp_path / "again"
-    same = prepare_config(corpus, tokenizer=str(root / "out" / "tokenizer.json"))
+    same = prepare_config(corpus)  # the tokenizer is trained again, and must come out the same
     # Merging the sorted runs two at a time, in several passes, must not change a byte either.
     passes, merge_pass = [], pipeline._merge_pass
 
@@ -79,10 +81,20 @@ def test_preparing_twice_gives_identical_shards_and_resume_redoes_only_missing_o
         passes.append(args)
         merge_pass(*args)
 
+    # Nor must Ray Data cutting the documents into other files (as on a larger cluster).
+    files, deduplicate_and_pack = [], pipeline._deduplicate_and_pack
+
+    def counted_deduplicate_and_pack(documents_dir, *args):
+        files.append(len(list(documents_dir.glob("*.parquet"))))
+        deduplicate_and_pack(documents_dir, *args)
+
     monkeypatch.setattr(pipeline, "MERGE_FAN_IN", 2)
     monkeypatch.setattr(pipeline, "_merge_pass", counted_merge_pass)
+    monkeypatch.setattr(pipeline, "MIN_BLOCK_BYTES", 16 << 10)
+    monkeypatch.setattr(pipeline, "MAX_BLOCK_BYTES", 32 << 10)
+    monkeypatch.setattr(pipeline, "_deduplicate_and_pack", counted_deduplicate_and_pack)
     prepare_corpus(same, again, root / "cache")
-    assert len(passes) >= 2
+    assert len(passes) >= 2 and files[0] >= 4
     for name in [*manifest["shards"], "eval.parquet", "tokenizer.json"]:
         assert (again / name).read_bytes() == (root / "out" / name).read_bytes(), name
 
@@ -118,3 +130,34 @@ def test_near_duplicates_are_removed_when_asked(tmp_path, ray_session):
     counts = prepare_corpus(config, tmp_path / "out", tmp_path / "cache")["counts"]
     assert counts["dropped_near_duplicates"] == len(near_copies)
     assert counts["documents_packed"] == len(originals)
+
+
+def test_packing_batches_do_not_depend_on_how_the_stage_is_cut_into_files(tmp_path):
+    hashes = np.arange(23, dtype=np.uint64)
+    documents = pa.table({HASH: hashes, IDS: pa.array([[int(h)] for h in hashes], pa.list_(pa.int32()))})
+
+    def batches(file_rows: list[int], group_rows: int) -> list[list[int]]:
+        layout = tmp_path / f"{'-'.join(map(str, file_rows))}-{group_rows}"
+        layout.mkdir()
+        starts = np.cumsum([0, *file_rows])
+        paths = [layout / f"{index}.parquet" for index in range(len(file_rows))]
+        for path, start, rows in zip(paths, starts[:-1], file_rows, strict=True):
+            pq.write_table(documents.slice(start, rows), path, row_group_size=group_rows)
+        return [batch[HASH].to_pylist() for index in range(len(paths))
+                for batch in pipeline._document_batches(paths, starts, index, rows=5)]
+
+    expected = [list(range(start, min(start + 5, 23))) for start in range(0, 23, 5)]
+    assert batches([23], group_rows=23) == expected
+    assert batches([3, 4, 0, 9, 7], group_rows=2) == expected
+    assert batches([1] * 23, group_rows=1) == expected
+
+
+def test_shard_bytes_do_not_depend_on_how_the_rows_are_chunked(tmp_path):
+    # Large enough that Parquet's dictionary page fills up: where it falls back to plain
+    # encoding follows the chunks written.
+    rows = np.random.default_rng(0).integers(0, 30_000, (20_000, 128), dtype=np.int32)
+    cuts = [0, 7, 1400, 5000, 5001, 12_000, 20_000]
+    chunked = pa.concat_tables([sequence_table(rows[start:end]) for start, end in itertools.pairwise(cuts)])
+    pipeline._write_table(tmp_path / "whole.parquet", sequence_table(rows))
+    pipeline._write_table(tmp_path / "chunked.parquet", chunked)
+    assert (tmp_path / "whole.parquet").read_bytes() == (tmp_path / "chunked.parquet").read_bytes()
