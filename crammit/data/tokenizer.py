@@ -44,14 +44,13 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int) -> Tokenizer:
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    continuing: set[str] = set()
+    continuing = _ContinuingCharacters(tokenizer)
     with tempfile.TemporaryFile("w+", encoding="utf-8") as spill:
         for text in documents:
-            words = tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))
-            continuing.update(*(word[1:] for word, _ in words))
+            continuing.add(text)
             spill.write(json.dumps(text) + "\n")
         spill.seek(0)
-        pinned = [CONTINUING_PREFIX + character for character in sorted(continuing)]
+        pinned = [CONTINUING_PREFIX + character for character in sorted(continuing.found)]
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + pinned,
                                             continuing_subword_prefix=CONTINUING_PREFIX, show_progress=False)
         tokenizer.train_from_iterator(map(json.loads, spill), trainer=trainer)
@@ -64,6 +63,30 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int) -> Tokenizer:
         special_tokens=[(CLS, tokenizer.token_to_id(CLS)), (SEP, tokenizer.token_to_id(SEP))],
     )
     return tokenizer
+
+
+class _ContinuingCharacters:
+    """The characters that follow another within a word, under a tokenizer's normaliser and
+    pre-tokenizer: those WordPiece training makes `##` tokens of. A text is split into words
+    only if it holds a character that could still add one."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.normalizer, self.pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+        self.found: set[str] = set()
+        self.settled: set[str] = set()  # characters of the raw text that can add nothing more
+
+    def add(self, text: str) -> None:
+        unsettled = set(text) - self.settled
+        if not unsettled:
+            return
+        words = self.pre_tokenizer.pre_tokenize_str(self.normalizer.normalize_str(text))
+        self.found.update(*(word[1:] for word, _ in words))
+        self.settled.update(character for character in unsettled if self._settled(character))
+
+    def _settled(self, character: str) -> bool:
+        # One that splits words (white space, punctuation, CJK) never continues one.
+        between = self.pre_tokenizer.pre_tokenize_str(self.normalizer.normalize_str(f"a{character}a"))
+        return len(between) > 1 or set(self.normalizer.normalize_str(character)) <= self.found
 
 
 class TokenIds:

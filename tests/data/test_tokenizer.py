@@ -31,3 +31,19 @@ def test_continuing_subwords_are_vocabulary_not_special_tokens():
     assert {token.content for token in tokenizer.get_added_tokens_decoder().values()} == set(SPECIAL_TOKENS)
     assert "##o" in tokenizer.get_vocab()
     assert tokenizer.encode("##o", add_special_tokens=False).tokens != ["##o"]  # literal text, not a token
+
+
+def test_continuing_subwords_are_exactly_those_of_the_documents_numbered_in_sorted_order():
+    rng = random.Random(1)
+    alphabet = "abc ABC .,!?éü中\x01\t İΣς–“”"
+    noise = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(500)]
+    documents = TEXTS * 5 + noise
+    tokenizer = train_tokenizer(iter(documents), vocab_size=200)
+    continuing = {character for text in documents for word, _ in
+                  tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))
+                  for character in word[1:]}
+    pinned = {token[2:] for token in tokenizer.get_vocab() if token.startswith("##") and len(token) == 3}
+    assert pinned == continuing
+    # All of them declared up front, in sorted order: numbered right after the special tokens.
+    numbered = sorted((tokenizer.token_to_id("##" + character), character) for character in continuing)
+    assert numbered == list(enumerate(sorted(continuing), start=len(SPECIAL_TOKENS)))
