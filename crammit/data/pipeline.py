@@ -537,11 +537,13 @@ def _return_freed_memory() -> None:
 
 
 def _finished(tasks: list, description: str) -> list:
-    """The tasks' results, in order, once all have finished; a progress bar counts them."""
+    """The tasks' results, in order, once all have finished; a progress bar counts them.
+    The first task to fail raises at once, not once the others are done."""
     remaining = tasks
     with tqdm(total=len(tasks), desc=description, unit="task") as bar:
         while remaining:
             done, remaining = ray.wait(remaining, num_returns=1)
+            ray.get(done)
             bar.update(len(done))
     return ray.get(tasks)
 

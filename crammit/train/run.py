@@ -16,7 +16,7 @@ import numpy as np
 
 from crammit.cluster import start_ray
 from crammit.config import Device, ModelConfig, TrainConfig, model_config
-from crammit.data.layout import TOKENIZER, read_manifest, shard_paths
+from crammit.data.layout import TOKENIZER, read_manifest
 from crammit.errors import CrammitError
 from crammit.train import rundir
 from crammit.train.data import TRAIN_DATASET
@@ -125,16 +125,16 @@ def ingest(data: Path, object_store_share: float = OBJECT_STORE_SHARE) -> dict:
 
     options = DataConfig.default_ingest_options()
     options.preserve_order = True  # the splitter then hands out blocks in order, ignoring locality
-    sequences = ray.data.read_parquet([str(path) for path in shard_paths(data)])
+    manifest = read_manifest(data)
+    sequences = ray.data.read_parquet([str(data / name) for name in manifest["shards"]])
     sequences.context.execution_options.preserve_order = True  # local mode reads it unsplit
-    if training_bytes(data) <= object_store_share * ray.cluster_resources().get("object_store_memory", 0):
+    if training_bytes(manifest) <= object_store_share * ray.cluster_resources().get("object_store_memory", 0):
         sequences = sequences.materialize()
     return {"datasets": {TRAIN_DATASET: sequences}, "dataset_config": DataConfig(execution_options=options)}
 
 
-def training_bytes(data: Path) -> int:
+def training_bytes(manifest: dict) -> int:
     """The size of a prepared directory's training sequences as int32 token ids."""
-    manifest = read_manifest(data)
     return manifest["train_sequences"] * manifest["config"]["seq_len"] * np.dtype(np.int32).itemsize
 
 
