@@ -34,8 +34,9 @@ def read_manifest(directory: Path) -> dict:
     return read_json(directory / MANIFEST)
 
 
-def shard_paths(directory: Path) -> list[Path]:
-    return [directory / name for name in read_manifest(directory)["shards"]]
+def shard_paths(directory: Path, manifest: dict | None = None) -> list[Path]:
+    """The shards of a prepared directory, from its manifest (read unless given)."""
+    return [directory / name for name in (manifest or read_manifest(directory))["shards"]]
 
 
 def sequence_table(rows: np.ndarray) -> pa.Table:

@@ -359,11 +359,9 @@ def _pack_file(paths: list[Path], starts: np.ndarray, index: int, near: np.ndarr
 
     def packed() -> Iterator[pa.Table]:
         nonlocal token_counts
-        position = _first_batch(int(starts[index]), config.documents_per_batch)
-        for batch in _document_batches(paths, starts, index, config.documents_per_batch):
+        for position, batch in _document_batches(paths, starts, index, config.documents_per_batch):
             hashes = batch[HASH].to_numpy()
             positions = position + np.arange(len(hashes))
-            position += len(hashes)
             is_near = np.isin(hashes, near)
             is_later_copy = later_copies(hashes, positions, repeated, first_positions)
             keep = ~is_near & ~is_later_copy
@@ -381,23 +379,22 @@ def _pack_file(paths: list[Path], starts: np.ndarray, index: int, near: np.ndarr
     return dict(totals), token_counts
 
 
-def _document_batches(paths: list[Path], starts: np.ndarray, index: int, rows: int) -> Iterator[pa.Table]:
+def _document_batches(paths: list[Path], starts: np.ndarray, index: int,
+                      rows: int) -> Iterator[tuple[int, pa.Table]]:
     """The batches of `rows` documents, at positions that are multiples of `rows` in the
     whole stage, that begin in file `index` (the last reads on into the next files), one
-    row group at a time. Batches, and so what packing drops at their ends, do not depend on
-    how Ray Data cut the stage into files and row groups: on the cluster's size, say."""
-    first, end = _first_batch(int(starts[index]), rows), int(starts[index + 1])
+    row group at a time; each with its first position. Batches, and so what packing drops
+    at their ends, do not depend on how Ray Data cut the stage into files and row groups:
+    on the cluster's size, say."""
+    start, end = int(starts[index]), int(starts[index + 1])
+    first = -(-start // rows) * rows
     if first >= end:
         return
     groups = itertools.chain.from_iterable(row_groups(path, [HASH, IDS]) for path in paths[index:])
-    batches = slices(groups, itertools.chain([first - int(starts[index])], itertools.repeat(rows)))
+    batches = slices(groups, itertools.chain([first - start], itertools.repeat(rows)))
     next(batches)  # the rows before `first`, which the previous file's last batch packs
-    yield from itertools.islice(batches, -(-(end - first) // rows))
-
-
-def _first_batch(position: int, rows: int) -> int:
-    """The first position at or after `position` where a batch of `rows` documents begins."""
-    return -(-position // rows) * rows
+    # The positions first: zip stops on them without reading a batch beyond this file's.
+    yield from zip(range(first, end, rows), batches, strict=False)
 
 
 def _near_duplicates(documents_dir: Path, config: PrepareConfig) -> np.ndarray:
@@ -539,13 +536,13 @@ def _return_freed_memory() -> None:
 def _finished(tasks: list, description: str) -> list:
     """The tasks' results, in order, once all have finished; a progress bar counts them.
     The first task to fail raises at once, not once the others are done."""
-    remaining = tasks
+    results, remaining = {}, tasks
     with tqdm(total=len(tasks), desc=description, unit="task") as bar:
         while remaining:
-            done, remaining = ray.wait(remaining, num_returns=1)
-            ray.get(done)
-            bar.update(len(done))
-    return ray.get(tasks)
+            (done,), remaining = ray.wait(remaining, num_returns=1)
+            results[done] = ray.get(done)
+            bar.update()
+    return [results[task] for task in tasks]
 
 
 def _write_table(path: Path, table: pa.Table) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from crammit.cluster import start_ray
 from crammit.config import Device, ModelConfig, TrainConfig, model_config
-from crammit.data.layout import TOKENIZER, read_manifest
+from crammit.data.layout import TOKENIZER, read_manifest, shard_paths
 from crammit.errors import CrammitError
 from crammit.train import rundir
 from crammit.train.data import TRAIN_DATASET
@@ -126,7 +126,7 @@ def ingest(data: Path, object_store_share: float = OBJECT_STORE_SHARE) -> dict:
     options = DataConfig.default_ingest_options()
     options.preserve_order = True  # the splitter then hands out blocks in order, ignoring locality
     manifest = read_manifest(data)
-    sequences = ray.data.read_parquet([str(data / name) for name in manifest["shards"]])
+    sequences = ray.data.read_parquet([str(path) for path in shard_paths(data, manifest)])
     sequences.context.execution_options.preserve_order = True  # local mode reads it unsplit
     if training_bytes(manifest) <= object_store_share * ray.cluster_resources().get("object_store_memory", 0):
         sequences = sequences.materialize()

@@ -143,8 +143,10 @@ def test_packing_batches_do_not_depend_on_how_the_stage_is_cut_into_files(tmp_pa
         paths = [layout / f"{index}.parquet" for index in range(len(file_rows))]
         for path, start, rows in zip(paths, starts[:-1], file_rows, strict=True):
             pq.write_table(documents.slice(start, rows), path, row_group_size=group_rows)
-        return [batch[HASH].to_pylist() for index in range(len(paths))
-                for batch in pipeline._document_batches(paths, starts, index, rows=5)]
+        found = [(position, batch[HASH].to_pylist()) for index in range(len(paths))
+                 for position, batch in pipeline._document_batches(paths, starts, index, rows=5)]
+        assert [position for position, _ in found] == [hashes[0] for _, hashes in found]
+        return [hashes for _, hashes in found]
 
     expected = [list(range(start, min(start + 5, 23))) for start in range(0, 23, 5)]
     assert batches([23], group_rows=23) == expected
