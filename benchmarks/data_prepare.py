@@ -152,9 +152,21 @@ def process_tree(root: psutil.Process) -> list[psutil.Process]:
     return [root]
 
 
-def tree_memory(root: psutil.Process, full: bool) -> tuple[int, dict | None, dict[str, list[int]]]:
+def system_shmem() -> int:
+    """Bytes in shared memory (tmpfs) machine-wide, from /proc/meminfo."""
+    with open("/proc/meminfo") as f:
+        return int(next(line for line in f if line.startswith("Shmem:")).split()[1]) * 1024
+
+
+def tree_memory(root: psutil.Process, full: bool, shmem_before: int | None = None
+                ) -> tuple[int, dict | None, dict[str, list[int]]]:
     """RSS summed over `root` and all its descendants; with `full`, also their PSS sums
-    and, by process name, [PSS sum, processes]."""
+    and, by process name, [PSS sum, processes].
+
+    Ray's object store is a deleted file in /dev/shm whose pages stay resident after the
+    worker that touched them exits, when no process's PSS counts them any more: given
+    `shmem_before`, the machine's shared memory beyond it that the tree's PSS does not
+    count is added to its shmem and PSS."""
     rss, total = 0, dict.fromkeys(PSS_KEYS, 0) if full else None
     by_name: dict[str, list[int]] = {}
     for process in process_tree(root):
@@ -170,6 +182,10 @@ def tree_memory(root: psutil.Process, full: bool) -> tuple[int, dict | None, dic
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, FileNotFoundError,
                 ProcessLookupError, KeyError):  # it exited while being read (KeyError: empty smaps)
             continue
+    if full and shmem_before is not None:
+        unmapped = max(0, system_shmem() - shmem_before - total["Pss_Shmem"])
+        total["Pss_Shmem"] += unmapped
+        total["Pss"] += unmapped
     return rss, total, by_name
 
 
@@ -182,6 +198,7 @@ def measure(approach: str, corpus: Path, tokenizer: Path, workdir: Path) -> dict
     command = [sys.executable, __file__, "--run", approach, "--input", str(corpus),
                "--tokenizer", str(tokenizer), "--out", str(out / "prepared"), "--result", str(result_file)]
     samples: list[tuple[float, int, dict | None, dict]] = []
+    shmem_before = system_shmem()
     with log_file.open("w") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                  env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
@@ -195,7 +212,7 @@ def measure(approach: str, corpus: Path, tokenizer: Path, workdir: Path) -> dict
                 now = time.time()
                 full = now >= next_full
                 try:
-                    samples.append((now, *tree_memory(root, full)))
+                    samples.append((now, *tree_memory(root, full, shmem_before)))
                 except Exception as error:  # a sampler that stops silently would under-report the peak
                     errors.append(error)
                     return

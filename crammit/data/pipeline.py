@@ -9,12 +9,13 @@
 
 The expensive work, normalising and tokenizing each document, runs once, on Ray Data
 across the cluster, and writes every kept document's 64-bit content hash and token ids.
-The rest reads those files (`DIR` must be on storage every node sees): one pass over
-the hashes (8 bytes a document) finds where each repeated document first occurs, Ray
-tasks pack each file in input order keeping only first copies, Ray tasks sort each part
-into a run, and Ray tasks merge the runs, the last merge writing the shards
-(`external_sort`). No process holds the corpus, and nothing passes through Ray's object
-store but blocks in flight (and, when asked for, the near-duplicate buckets).
+The rest reads those files (`DIR` must be on storage every node sees), in Ray tasks
+that start in fresh worker processes (`FRESH_WORKERS`): one passes over the hashes (8
+bytes a document) to find where each repeated document first occurs, others pack each
+file in input order keeping only first copies, sort each part into a run, and merge the
+runs, the last merge writing the shards a row group at a time (`external_sort`). No
+process holds the corpus, and nothing passes through Ray's object store but blocks in
+flight (and, when asked for, the near-duplicate buckets).
 
 Stages are written under `DIR/.work/` and renamed into place when complete, shards are
 written one by one atomically, and `manifest.json` comes last: an interrupted prepare
@@ -92,6 +93,14 @@ MIN_BLOCK_BYTES = 16 << 20
 MAX_BLOCK_BYTES = 2 * MIN_BLOCK_BYTES
 IN_FLIGHT_BLOCKS_PER_CPU = 4
 HASH_PASS_BYTES = 32 << 20  # content hashes that exact deduplication holds at once
+SHARD_ROW_GROUP_ROWS = 8192  # what the last merge holds of the shard it writes
+# The tasks after tokenizing run in worker processes of their own: Ray pools workers by
+# runtime environment, so a distinct one starts fresh processes, and the tokenizing
+# workers, then idle beyond Ray's limit of one idle worker per CPU, exit with what their
+# tokenizers and batches left behind (~180 MiB each). Its one setting is Arrow's jemalloc
+# pool, which hands freed memory back to the system where the default (mimalloc) keeps
+# it: a merge of 16 runs peaked 154 MiB above its start instead of 272 MiB.
+FRESH_WORKERS = {"env_vars": {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}}
 
 
 class Order(str, Enum):
@@ -302,7 +311,9 @@ def _tokenize_batch(table: pa.Table, tokenizer_path: str, config: PrepareConfig,
         buckets = lsh_band_keys(kept_texts, config.near_duplicate_threshold, config.minhash_permutations,
                                 config.shingle_words, config.seed) if kept_texts else []
         columns[BANDS] = pa.array(buckets, pa.list_(pa.binary()))
-    return pa.table(columns)
+    table = pa.table(columns)
+    _return_freed_memory()
+    return table
 
 
 def _deduplicate_and_pack(documents_dir: Path, tokenizer_path: Path, config: PrepareConfig,
@@ -310,27 +321,32 @@ def _deduplicate_and_pack(documents_dir: Path, tokenizer_path: Path, config: Pre
     """Drop near-duplicates (when asked) and all but the first copy of exact duplicates,
     then pack, counting the training sequences' tokens (for the prevalence order).
 
-    One pass over the hashes finds each repeated document's first position; then Ray
+    A Ray task finds each repeated document's first position from the hashes; then Ray
     tasks pack the stage's files in parallel, each in input order, into part files."""
     special = SpecialIds.of(Tokenizer.from_file(str(tokenizer_path)))
     near = (_near_duplicates(documents_dir, config) if config.near_duplicate_threshold > 0
             else np.zeros(0, np.uint64))
     paths = sorted(documents_dir.glob("*.parquet"))
     starts = np.cumsum([0, *(pq.read_metadata(path).num_rows for path in paths)])
-    repeated, first_positions = _repeated_documents(paths, starts)
-    shared = [ray.put(array) for array in (near, repeated, first_positions)]  # once, not once per task
+    repeated, first_positions = _repeated_documents.remote(paths, starts)
+    shared = [ray.put(near), repeated, first_positions]  # in the object store once, not once per task
     out.mkdir()
-    packed = _finished([_pack_file.remote(paths, starts, index, *shared, special, config, out)
-                        for index in range(len(paths))], "packing documents files")
-    write_json(out / COUNTS_FILE, dict(sum((Counter(counts) for counts, _ in packed), Counter())))
-    np.save(out / TOKEN_COUNTS, np.sum([tokens for _, tokens in packed], axis=0, dtype=np.int64))
+    totals, token_counts = Counter(), np.zeros(config.vocab_size, np.int64)
+    for counts, tokens in _completed([_pack_file.remote(paths, starts, index, *shared, special, config, out)
+                                      for index in range(len(paths))], "packing documents files"):
+        totals.update(counts)
+        token_counts += tokens
+    write_json(out / COUNTS_FILE, dict(totals))
+    np.save(out / TOKEN_COUNTS, token_counts)
 
 
+@ray.remote(runtime_env=FRESH_WORKERS, num_returns=2)
 def _repeated_documents(paths: list[Path], starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The content hashes that occur more than once (sorted), and the position of each
     one's first occurrence in input order. The hash column (8 bytes a document) is read
     in as many passes as keep each pass's slice of the hash space within HASH_PASS_BYTES,
-    so this holds no more whatever the corpus's size."""
+    so this holds no more whatever the corpus's size. A task, not the driver: the
+    driver's heap would keep what the passes freed."""
     passes = max(1, -(-int(starts[-1]) * 2 * np.dtype(np.uint64).itemsize // HASH_PASS_BYTES))
     found_hashes, found_positions = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)]
     for slice_index in range(passes):
@@ -345,10 +361,11 @@ def _repeated_documents(paths: list[Path], starts: np.ndarray) -> tuple[np.ndarr
         found_positions.append(np.concatenate(positions)[first[occurrences > 1]])
     hashes = np.concatenate(found_hashes)
     order = np.argsort(hashes)
+    _return_freed_memory()
     return hashes[order], np.concatenate(found_positions)[order]
 
 
-@ray.remote
+@ray.remote(runtime_env=FRESH_WORKERS)
 def _pack_file(paths: list[Path], starts: np.ndarray, index: int, near: np.ndarray, repeated: np.ndarray,
                first_positions: np.ndarray, special: SpecialIds, config: PrepareConfig,
                out: Path) -> tuple[dict, np.ndarray]:
@@ -462,29 +479,51 @@ def _write_outputs(sequences_dir: Path, counts: dict, config: PrepareConfig, out
     return names
 
 
-@ray.remote
+@ray.remote(runtime_env=FRESH_WORKERS)
 def _write_merged(runs: list[Path], keys: list[str], eval_rows: int, config: PrepareConfig,
                   out: Path) -> Iterator[tuple[str, int]]:
     """The last merge, in one task that writes what it merges (no shard passes through
-    the object store): the held-out sequences, then each shard; yields each shard's name
-    and sequences as it is written. Files already there are kept (resume)."""
+    the object store): the held-out sequences, then each shard, a row group at a time;
+    yields each shard's name and sequences as it is written. Files already there are kept
+    (resume)."""
     ordered = (table.drop_columns(keys) for table in merge_runs(runs, keys))
-    pieces = slices(ordered, itertools.chain([eval_rows], itertools.repeat(config.sequences_per_shard)))
-    held_out = next(pieces, None)
-    if not (out / EVAL_FILE).exists():
-        _write_table(out / EVAL_FILE, held_out if held_out is not None else sequence_table(
-            np.zeros((0, config.seq_len), np.int32)))
-    for index, table in enumerate(pieces):
+    file_rows = [eval_rows, config.sequences_per_shard]
+    groups = slices(ordered, (size for rows in itertools.chain(file_rows, itertools.repeat(file_rows[1]))
+                              for size in _row_group_sizes(rows)))
+    schema = sequence_table(np.zeros((0, config.seq_len), np.int32)).schema
+    _write_groups(out / EVAL_FILE, itertools.islice(groups, len(_row_group_sizes(eval_rows))), schema)
+    for index in itertools.count():
+        first = next(groups, None)
+        if first is None:
+            return
         name = SHARD_PATTERN.format(index)
-        if not (out / name).exists():
-            _write_table(out / name, table)
-        yield name, table.num_rows
+        shard = itertools.chain([first], itertools.islice(groups, len(_row_group_sizes(file_rows[1])) - 1))
+        yield name, _write_groups(out / name, shard, schema)
+
+
+def _row_group_sizes(rows: int) -> list[int]:
+    """A file of `rows` rows in row groups of SHARD_ROW_GROUP_ROWS (the last may be shorter)."""
+    return [min(SHARD_ROW_GROUP_ROWS, rows - start) for start in range(0, rows, SHARD_ROW_GROUP_ROWS)]
+
+
+def _write_groups(path: Path, groups: Iterator[pa.Table], schema: pa.Schema) -> int:
+    """Write `groups` to `path` (atomically), a row group each, unless it exists; the rows.
+    Each group is written as one chunk: Parquet's pages follow the chunks, which follow
+    the runs a merge drew the rows from, and the bytes must not depend on those."""
+    if path.exists():
+        return sum(group.num_rows for group in groups)
+    rows = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for group in groups:
+            writer.write_table(group.combine_chunks(), row_group_size=group.num_rows)
+            rows += group.num_rows
+    return rows
 
 
 def _sort_runs(parts: list[Path], token_counts: Path, config: PrepareConfig, group_rows: int,
                out: Path) -> None:
     out.mkdir()
-    _finished([_sort_run.remote(part, token_counts, config, group_rows, out / part.name) for part in parts],
+    _wait_for([_sort_run.remote(part, token_counts, config, group_rows, out / part.name) for part in parts],
               "sorting runs")
 
 
@@ -501,17 +540,17 @@ def _merged_to_fan_in(runs: list[Path], keys: list[str], group_rows: int) -> lis
 
 def _merge_pass(groups: list[list[Path]], keys: list[str], group_rows: int, number: int, out: Path) -> None:
     out.mkdir()
-    _finished([_merge_to_run.remote(group, keys, out / f"{index:05d}.parquet", group_rows)
+    _wait_for([_merge_to_run.remote(group, keys, out / f"{index:05d}.parquet", group_rows)
                for index, group in enumerate(groups)], f"merging runs (pass {number})")
 
 
-@ray.remote
+@ray.remote(runtime_env=FRESH_WORKERS)
 def _merge_to_run(runs: list[Path], keys: list[str], path: Path, group_rows: int) -> None:
     merge_to_run(runs, keys, path, group_rows)
     _return_freed_memory()
 
 
-@ray.remote
+@ray.remote(runtime_env=FRESH_WORKERS)
 def _sort_run(part: Path, token_counts: Path, config: PrepareConfig, group_rows: int, run: Path) -> None:
     table = pq.read_table(part)
     rows = sequence_rows(table)
@@ -533,20 +572,19 @@ def _return_freed_memory() -> None:
         trim(0)
 
 
-def _finished(tasks: list, description: str) -> list:
-    """The tasks' results, in order, once all have finished; a progress bar counts them.
-    The first task to fail raises at once, not once the others are done."""
-    results, remaining = {}, tasks
-    with tqdm(total=len(tasks), desc=description, unit="task") as bar:
+def _completed(tasks: list, description: str) -> Iterator:
+    """The tasks' results as they finish, each let go once handed over (packing returns a
+    vocabulary-sized array per file); a progress bar counts them. The first task to fail
+    raises at once, not once the others are done."""
+    remaining = tasks
+    del tasks  # a finished task's result leaves the object store once its last reference goes
+    with tqdm(total=len(remaining), desc=description, unit="task") as bar:
         while remaining:
             (done,), remaining = ray.wait(remaining, num_returns=1)
-            results[done] = ray.get(done)
+            yield ray.get(done)
             bar.update()
-    return [results[task] for task in tasks]
 
 
-def _write_table(path: Path, table: pa.Table) -> None:
-    """Written as one chunk: Parquet's pages follow the chunks, which follow the runs a
-    merge drew the rows from, and the bytes must not depend on those."""
-    with atomic_path(path) as tmp:
-        pq.write_table(table.combine_chunks(), tmp, compression="zstd")
+def _wait_for(tasks: list, description: str) -> None:
+    for _ in _completed(tasks, description):
+        pass

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -10,6 +11,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from crammit.data import pipeline
+from crammit.data.external_sort import slices
 from crammit.data.inspect import describe
 from crammit.data.layout import INPUT_IDS, MANIFEST, TOKEN_COUNTS, sequence_table, shard_paths
 from crammit.data.pipeline import HASH, IDS, Order, prepare_corpus
@@ -160,6 +162,24 @@ def test_shard_bytes_do_not_depend_on_how_the_rows_are_chunked(tmp_path):
     rows = np.random.default_rng(0).integers(0, 30_000, (20_000, 128), dtype=np.int32)
     cuts = [0, 7, 1400, 5000, 5001, 12_000, 20_000]
     chunked = pa.concat_tables([sequence_table(rows[start:end]) for start, end in itertools.pairwise(cuts)])
-    pipeline._write_table(tmp_path / "whole.parquet", sequence_table(rows))
-    pipeline._write_table(tmp_path / "chunked.parquet", chunked)
+    sizes = pipeline._row_group_sizes(len(rows))
+    for name, table in (("whole", sequence_table(rows)), ("chunked", chunked)):
+        groups = slices(iter([table]), itertools.repeat(pipeline.SHARD_ROW_GROUP_ROWS))
+        assert pipeline._write_groups(tmp_path / f"{name}.parquet", groups, table.schema) == len(rows)
     assert (tmp_path / "whole.parquet").read_bytes() == (tmp_path / "chunked.parquet").read_bytes()
+    assert pq.ParquetFile(tmp_path / "whole.parquet").num_row_groups == len(sizes) > 1
+
+
+def _worker_pid() -> int:
+    return os.getpid()
+
+
+def test_tasks_after_tokenizing_start_in_processes_that_did_not_tokenize(ray_session):
+    # What FRESH_WORKERS relies on: Ray pools worker processes by runtime environment.
+    import ray
+
+    pid = ray.remote(_worker_pid)
+    tokenizing = set(ray.get([pid.remote() for _ in range(6)]))
+    fresh = pid.options(runtime_env=pipeline.FRESH_WORKERS)
+    after_tokenizing = set(ray.get([fresh.remote() for _ in range(6)]))
+    assert tokenizing and after_tokenizing and not tokenizing & after_tokenizing
