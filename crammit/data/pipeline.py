@@ -130,7 +130,9 @@ class PrepareConfig:
     partitions: int = 16  # blocks of the near-duplicate bucket shuffle
 
 
-@ray.remote(num_cpus=0)
+# Without task events: Ray's GCS keeps one per call (up to 100,000), and there is a call
+# per batch, so its memory would grow with the corpus (+32 MiB at 3.35 GB).
+@ray.remote(num_cpus=0, enable_task_events=False)
 class StageCounts:
     """Counts of documents kept and dropped, reported by every batch wherever it runs."""
 
