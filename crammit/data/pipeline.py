@@ -313,9 +313,7 @@ def _tokenize_batch(table: pa.Table, tokenizer_path: str, config: PrepareConfig,
         buckets = lsh_band_keys(kept_texts, config.near_duplicate_threshold, config.minhash_permutations,
                                 config.shingle_words, config.seed) if kept_texts else []
         columns[BANDS] = pa.array(buckets, pa.list_(pa.binary()))
-    table = pa.table(columns)
-    _return_freed_memory()
-    return table
+    return pa.table(columns)
 
 
 def _deduplicate_and_pack(documents_dir: Path, tokenizer_path: Path, config: PrepareConfig,
