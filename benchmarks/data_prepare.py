@@ -73,7 +73,8 @@ def shared_tokenizer(documents: list[str], path: Path) -> None:
 def run_crammit(corpus: Path, tokenizer: Path, out: Path) -> dict:
     import ray
 
-    from crammit.data.pipeline import PrepareConfig, prepare_corpus
+    from crammit.config import PrepareConfig
+    from crammit.data.pipeline import prepare_corpus
 
     start = time.time()
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,

@@ -169,16 +169,18 @@ def data_prepare(
 ) -> None:
     """Clean, deduplicate, filter, tokenize, pack and order a corpus into Parquet shards."""
     from crammit.cluster import start_ray
-    from crammit.data.pipeline import Order, PrepareConfig, prepare_corpus
+    from crammit.config import PrepareConfig, SequenceOrder
+    from crammit.data.pipeline import prepare_corpus
 
     try:
-        if order not in {o.value for o in Order}:
-            raise CrammitError(f"unknown --order {order!r}; use one of {', '.join(o.value for o in Order)}")
+        orders = [choice.value for choice in SequenceOrder]
+        if order not in orders:
+            raise CrammitError(f"unknown --order {order!r}; use one of {', '.join(orders)}")
         if not 0 <= near_duplicates < 1:
             raise CrammitError(f"--near-duplicates {near_duplicates} is not a similarity in [0, 1); "
                                "use e.g. 0.8, or 0 to keep near-duplicates")
         config = PrepareConfig(corpus=corpus, text_field=text_field, vocab_size=vocab_size, seq_len=seq_len,
-                               max_tokens_per_char=max_tokens_per_char, order=Order(order), seed=seed,
+                               max_tokens_per_char=max_tokens_per_char, order=SequenceOrder(order), seed=seed,
                                near_duplicate_threshold=near_duplicates, tokenizer=str(tokenizer or ""))
         start_ray(address)
         # A task's failure reaches us as an exception; Ray Data's log of its stack is noise.

@@ -1,4 +1,5 @@
-"""Typed, frozen configuration: the model shape, the training recipe and the budget.
+"""Typed, frozen configuration: the model shape, the training recipe, the budget and
+corpus preparation.
 
 Defaults reproduce the paper's final setting (crammed-bert, recipe bert-o4, 24 h on one
 GPU); every other setting is a value built from these, never a flag read deep inside.
@@ -168,6 +169,35 @@ class TrainConfig:
             "budget": Budget(budget["amount"], BudgetUnit(budget["unit"])),
             "device": Device(data["device"]),
         })
+
+
+class SequenceOrder(str, Enum):
+    PREVALENCE = "prevalence"  # the paper: sequences of common tokens first
+    SHUFFLE = "shuffle"
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """What `crammit data prepare` does to a corpus; recorded in the prepared directory's manifest."""
+
+    corpus: str = "embedded"
+    text_field: str = "text"
+    vocab_size: int = 32768
+    seq_len: int = 128
+    lowercase: bool = True  # the WordPiece tokenizer is uncased
+    max_document_chars: int = 100_000  # longer documents (giant lines) are chunked
+    max_tokens_per_char: float = 0.3  # the paper's compression filter threshold
+    near_duplicate_threshold: float = 0.0  # MinHash Jaccard above which documents are near-duplicates; 0: off
+    minhash_permutations: int = 128
+    shingle_words: int = 5  # near-duplicates compare word 5-grams
+    tokenizer_sample_documents: int = 200_000
+    tokenizer: str = ""  # an existing tokenizer.json to use instead of training one
+    eval_fraction: float = 0.02
+    order: SequenceOrder = SequenceOrder.PREVALENCE
+    seed: int = 0
+    sequences_per_shard: int = 65_536
+    documents_per_batch: int = 1024  # documents tokenized, and packed, together
+    partitions: int = 16  # blocks of the near-duplicate bucket shuffle
 
 
 def _jsonable(value: Any) -> Any:

@@ -32,7 +32,8 @@ def ray_session():
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory, corpus_file, cache_dir, ray_session) -> Path:
     """`corpus_file` prepared as `crammit train` prepares a corpus, for the tiny test model."""
-    from crammit.data.pipeline import PrepareConfig, prepare_corpus
+    from crammit.config import PrepareConfig
+    from crammit.data.pipeline import prepare_corpus
 
     out = tmp_path_factory.mktemp("toy") / "data"
     prepare_corpus(PrepareConfig(corpus=str(corpus_file), vocab_size=TINY_VOCAB, seq_len=128), out, cache_dir)

@@ -7,8 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from crammit.config import Budget, Device, RecipeConfig, TrainConfig, model_config
-from crammit.data.pipeline import PrepareConfig
+from crammit.config import Budget, Device, PrepareConfig, RecipeConfig, TrainConfig, model_config
 
 SUBJECTS = ["the model", "a researcher", "the optimizer", "each worker", "the tokenizer", "our budget"]
 VERBS = ["reads", "writes", "predicts", "counts", "masks", "packs", "trains", "measures"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from crammit.cluster import start_ray
-from crammit.config import Device, ModelConfig, TrainConfig, model_config
+from crammit.config import Device, ModelConfig, PrepareConfig, TrainConfig, model_config
 from crammit.data.layout import TOKENIZER, read_manifest, shard_paths
 from crammit.errors import CrammitError
 from crammit.train import rundir
@@ -47,7 +47,7 @@ def prepare_run(config: TrainConfig, cache_dir: Path) -> TrainConfig:
     if rundir.is_run_dir(run_dir):
         raise CrammitError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
     if not config.data:
-        from crammit.data.pipeline import PrepareConfig, prepare_corpus
+        from crammit.data.pipeline import prepare_corpus
 
         data = run_dir / rundir.DATA_DIR
         prepare_corpus(PrepareConfig(corpus=config.corpus, vocab_size=config.model.vocab_size,

@@ -1,20 +1,17 @@
 """`crammit data prepare` end to end on Ray Data, on a JSONL corpus the test writes."""
 
-import itertools
 import json
-import os
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
+from crammit.config import SequenceOrder
 from crammit.data import pipeline
-from crammit.data.external_sort import slices
 from crammit.data.inspect import describe
-from crammit.data.layout import INPUT_IDS, MANIFEST, TOKEN_COUNTS, sequence_table, shard_paths
-from crammit.data.pipeline import HASH, IDS, Order, prepare_corpus
+from crammit.data.layout import INPUT_IDS, MANIFEST, TOKEN_COUNTS, shard_paths
+from crammit.data.pipeline import prepare_corpus
 from crammit.data.stages import prevalence_scores
 from crammit.data.tokenizer import SpecialIds
 from crammit.errors import CrammitError
@@ -113,12 +110,12 @@ def test_preparing_twice_gives_identical_shards_and_resume_redoes_only_missing_o
 @pytest.mark.slow
 def test_shuffle_order_and_inspect(prepared, tmp_path):
     root, corpus, _ = prepared
-    shuffled = prepare_corpus(prepare_config(corpus, order=Order.SHUFFLE), tmp_path / "shuffled",
+    shuffled = prepare_corpus(prepare_config(corpus, order=SequenceOrder.SHUFFLE), tmp_path / "shuffled",
                               root / "cache")
     assert shuffled["train_sequences"] == prepared[2]["train_sequences"]
     assert prepare_corpus(prepare_config(corpus), root / "out", root / "cache") == prepared[2]  # complete
     with pytest.raises(CrammitError, match="other order"):
-        prepare_corpus(prepare_config(corpus, order=Order.SHUFFLE), root / "out", root / "cache")
+        prepare_corpus(prepare_config(corpus, order=SequenceOrder.SHUFFLE), root / "out", root / "cache")
     text = describe(root / "out")
     assert "training sequences" in text and "top 20 tokens" in text and "dropped_duplicates" in text
 
@@ -132,54 +129,3 @@ def test_near_duplicates_are_removed_when_asked(tmp_path, ray_session):
     counts = prepare_corpus(config, tmp_path / "out", tmp_path / "cache")["counts"]
     assert counts["dropped_near_duplicates"] == len(near_copies)
     assert counts["documents_packed"] == len(originals)
-
-
-def test_packing_batches_do_not_depend_on_how_the_stage_is_cut_into_files(tmp_path):
-    hashes = np.arange(23, dtype=np.uint64)
-    documents = pa.table({HASH: hashes, IDS: pa.array([[int(h)] for h in hashes], pa.list_(pa.int32()))})
-
-    def batches(file_rows: list[int], group_rows: int) -> list[list[int]]:
-        layout = tmp_path / f"{'-'.join(map(str, file_rows))}-{group_rows}"
-        layout.mkdir()
-        starts = np.cumsum([0, *file_rows])
-        paths = [layout / f"{index}.parquet" for index in range(len(file_rows))]
-        for path, start, rows in zip(paths, starts[:-1], file_rows, strict=True):
-            pq.write_table(documents.slice(start, rows), path, row_group_size=group_rows)
-        found = [(position, batch[HASH].to_pylist()) for index in range(len(paths))
-                 for position, batch in pipeline._document_batches(paths, starts, index, rows=5)]
-        assert [position for position, _ in found] == [hashes[0] for _, hashes in found]
-        return [hashes for _, hashes in found]
-
-    expected = [list(range(start, min(start + 5, 23))) for start in range(0, 23, 5)]
-    assert batches([23], group_rows=23) == expected
-    assert batches([3, 4, 0, 9, 7], group_rows=2) == expected
-    assert batches([1] * 23, group_rows=1) == expected
-
-
-def test_shard_bytes_do_not_depend_on_how_the_rows_are_chunked(tmp_path):
-    # Large enough that Parquet's dictionary page fills up: where it falls back to plain
-    # encoding follows the chunks written.
-    rows = np.random.default_rng(0).integers(0, 30_000, (20_000, 128), dtype=np.int32)
-    cuts = [0, 7, 1400, 5000, 5001, 12_000, 20_000]
-    chunked = pa.concat_tables([sequence_table(rows[start:end]) for start, end in itertools.pairwise(cuts)])
-    sizes = pipeline._row_group_sizes(len(rows))
-    for name, table in (("whole", sequence_table(rows)), ("chunked", chunked)):
-        groups = slices(iter([table]), itertools.repeat(pipeline.SHARD_ROW_GROUP_ROWS))
-        assert pipeline._write_groups(tmp_path / f"{name}.parquet", groups, table.schema) == len(rows)
-    assert (tmp_path / "whole.parquet").read_bytes() == (tmp_path / "chunked.parquet").read_bytes()
-    assert pq.ParquetFile(tmp_path / "whole.parquet").num_row_groups == len(sizes) > 1
-
-
-def _worker_pid() -> int:
-    return os.getpid()
-
-
-def test_tasks_after_tokenizing_start_in_processes_that_did_not_tokenize(ray_session):
-    # What FRESH_WORKERS relies on: Ray pools worker processes by runtime environment.
-    import ray
-
-    pid = ray.remote(_worker_pid)
-    tokenizing = set(ray.get([pid.remote() for _ in range(6)]))
-    fresh = pid.options(runtime_env=pipeline.FRESH_WORKERS)
-    after_tokenizing = set(ray.get([fresh.remote() for _ in range(6)]))
-    assert tokenizing and after_tokenizing and not tokenizing & after_tokenizing
