@@ -45,6 +45,7 @@ _FORMS = ("pass --corpus embedded, hf:NAME[:CONFIG][@SPLIT], or a .txt/.jsonl/.j
           "file (text and JSON may end in .gz or .zst), directory, glob or URI")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\f\v]*\n")  # a blank line: the end of a document
 _HF_BATCH_ROWS = 4096
+CPUS_PER_READER = 8  # one reader parses ~150 MB/s of JSON lines; a CPU tokenizes ~6 MB/s
 
 
 @dataclass(frozen=True)
@@ -80,18 +81,26 @@ def _parse_hf(spec: str) -> CorpusSpec:
     return CorpusSpec(HF, parts[0], parts[1] if len(parts) == 2 else None, split or "train")
 
 
-def read_corpus(spec: str, cache_dir: Path, text_field: str = "text") -> ray.data.Dataset:
+def read_corpus(spec: str, cache_dir: Path, text_field: str = "text",
+                runtime_env: dict | None = None) -> ray.data.Dataset:
     """The documents a corpus spec names, as a lazy Ray Dataset with columns TEXT and REPLACED.
 
-    text_field names the column holding the text in hf, JSON and parquet sources.
+    text_field names the column holding the text in hf, JSON and parquet sources; the
+    read tasks run in `runtime_env` (Ray's default when None).
     """
     parsed = parse_spec(spec)
     if parsed.kind == EMBEDDED:
         documents = embedded_documents(cache_dir)
         return ray.data.from_items([{TEXT: doc, REPLACED: 0} for doc in documents])
+    # Reading is light next to what follows (parsing JSON lines takes ~2 % of the CPU time
+    # of tokenizing them), so readers reserve no CPU: the reader of one large file would
+    # otherwise hold a CPU while mostly waiting on back-pressure, half of a 2-CPU machine.
+    # Without a CPU to bound them, at most one per CPUS_PER_READER runs at once.
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    readers = {"num_cpus": 0, "concurrency": max(1, cpus // CPUS_PER_READER), "runtime_env": runtime_env}
     if parsed.kind == HF:
-        return _read_hf(parsed, text_field)
-    return _read_files(parsed.location, text_field)
+        return _read_hf(parsed, text_field, readers)
+    return _read_files(parsed.location, text_field, readers)
 
 
 def _documents(table: pa.Table, text_field: str) -> pa.Table:
@@ -106,7 +115,7 @@ def _missing_field(source: str, text_field: str, columns: list[str]) -> CrammitE
                         f"{', '.join(columns) or 'none'}); pass --text-field NAME")
 
 
-def _read_hf(spec: CorpusSpec, text_field: str) -> ray.data.Dataset:
+def _read_hf(spec: CorpusSpec, text_field: str, readers: dict) -> ray.data.Dataset:
     import datasets  # slow to import, and only this source needs it
 
     stream = datasets.load_dataset(spec.location, spec.config, split=spec.split, streaming=True)
@@ -114,7 +123,8 @@ def _read_hf(spec: CorpusSpec, text_field: str) -> ray.data.Dataset:
     columns = stream.column_names or list(next(iter(stream), {}))
     if text_field not in columns:
         raise _missing_field(f"hf:{spec.location}", text_field, columns)
-    return ray.data.read_datasource(_HuggingFaceShards(stream.select_columns([text_field]), text_field))
+    return ray.data.read_datasource(_HuggingFaceShards(stream.select_columns([text_field]), text_field),
+                                    **readers)
 
 
 class _HuggingFaceShards(Datasource):
@@ -144,26 +154,29 @@ def _read_hf_shard(stream: datasets.IterableDataset, text_field: str) -> Iterato
         yield _documents(batch, text_field)
 
 
-def _read_files(location: str, text_field: str) -> ray.data.Dataset:
+def _read_files(location: str, text_field: str, readers: dict) -> ray.data.Dataset:
     glob_at = next((i for i, c in enumerate(location) if c in "*?["), None)
     filesystem, paths = _list_path(location) if glob_at is None else _list_glob(location, glob_at)
     by_format = {fmt: [p for p in paths if _format_of(p) == fmt] for fmt in (TXT, JSON, PARQUET)}
-    parts = [_read_format(filesystem, fmt, fmt_paths, text_field)
+    parts = [_read_format(filesystem, fmt, fmt_paths, text_field, readers)
              for fmt, fmt_paths in by_format.items() if fmt_paths]
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def _read_format(filesystem: pafs.FileSystem, fmt: str, paths: list[str],
-                 text_field: str) -> ray.data.Dataset:
+def _read_format(filesystem: pafs.FileSystem, fmt: str, paths: list[str], text_field: str,
+                 readers: dict) -> ray.data.Dataset:
     if fmt == TXT:
-        return ray.data.read_datasource(_TextDocuments(paths, filesystem=filesystem))
+        return ray.data.read_datasource(_TextDocuments(paths, filesystem=filesystem), **readers)
     _check_text_field(filesystem, paths[0], fmt, text_field)
     if fmt == JSON:
         # Not ray.data.read_json: Arrow's reader parses a file whole in one task, and
         # lines=True goes through pandas, which turns a text of "007" into the number 7.
-        return ray.data.read_datasource(_JsonLinesDocuments(paths, text_field, filesystem=filesystem))
-    dataset = ray.data.read_parquet(paths, filesystem=filesystem, columns=[text_field])
-    return dataset.map_batches(functools.partial(_documents, text_field=text_field), batch_format="pyarrow")
+        return ray.data.read_datasource(_JsonLinesDocuments(paths, text_field, filesystem=filesystem),
+                                        **readers)
+    dataset = ray.data.read_parquet(paths, filesystem=filesystem, columns=[text_field], **readers)
+    # The same arguments as the read, so Ray Data fuses the two into one task.
+    return dataset.map_batches(functools.partial(_documents, text_field=text_field), batch_format="pyarrow",
+                               **readers)
 
 
 def _list_path(location: str) -> tuple[pafs.FileSystem, list[str]]:

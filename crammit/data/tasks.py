@@ -1,11 +1,12 @@
-"""The Ray tasks of corpus preparation after tokenizing, and the counts actor.
+"""The Ray tasks of corpus preparation after tokenizing, the counts actor, and the
+worker processes each stage runs in.
 
-A module of its own so that the processes running them import only what they use: not
-Ray Data (the tokenizing pass, `pipeline.py`), which costs each process ~60 MiB and
-~0.4 s to import. The tasks run in fresh worker processes (`FRESH_WORKERS`): one passes
-over the content hashes to find where each repeated document first occurs, one per file
-packs documents into sequences keeping only first copies, one per part sorts it into a
-run, and merges (`external_sort`) end in one that writes the shards a row group at a time.
+A module of its own so that the processes running these tasks import only what they
+use: not Ray Data (`pipeline.py`), which would cost each ~46 MiB and ~0.4 s. One task
+passes over the content hashes to find where each repeated document first occurs, one
+per file packs documents into sequences keeping only first copies, one per part sorts
+it into a run, and merges (`external_sort`) end in one that writes the shards a row
+group at a time.
 """
 
 from __future__ import annotations
@@ -35,14 +36,22 @@ SORT_KEYS = [ORDER_KEY, TIE_KEY]
 TRAIN, EVAL = "train", "eval"
 HASH_PASS_BYTES = 32 << 20  # content hashes that exact deduplication holds at once
 SHARD_ROW_GROUP_ROWS = 8192  # what the last merge holds of the shard it writes
-# The tasks after tokenizing run in worker processes of their own: Ray pools workers by
-# runtime environment, so a distinct one starts fresh processes, and the tokenizing
-# workers, then idle beyond Ray's limit of one idle worker per CPU, exit with what their
-# tokenizers and batches left behind (~180 MiB each). Its one setting is Arrow's jemalloc
-# pool, which hands freed memory back to the system where the default (mimalloc) keeps
-# it: a merge of 16 runs peaked 154 MiB above its start instead of 272 MiB. The price is
-# starting those processes, ~3 s in all on 2 cores, which only small corpora notice.
-FRESH_WORKERS = {"env_vars": {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}}
+
+
+def _workers_of_their_own(stage: str) -> dict:
+    """A runtime environment for a stage's tasks. Ray pools worker processes by runtime
+    environment, so the stage starts processes that ran nothing else, and the previous
+    stage's, idle beyond Ray's one idle worker per CPU, exit with what their tokenizers
+    and batches left behind (~180 MiB each); the label only tells the pools apart. Arrow's
+    jemalloc pool hands freed memory back to the system where the default (mimalloc)
+    keeps it: a tokenizing worker peaks at ~240 MiB instead of ~340, and a merge of 16
+    runs at 154 MiB above its start instead of 272. The price is starting the processes,
+    ~1 s per stage on 2 cores, which only small corpora notice."""
+    return {"env_vars": {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc", "CRAMMIT_WORKER_POOL": stage}}
+
+
+RAY_DATA_WORKERS = _workers_of_their_own("ray-data")  # reading, tokenizing, near-duplicate buckets
+TASK_WORKERS = _workers_of_their_own("tasks")  # the tasks below
 
 
 # Without task events: Ray's GCS keeps one per call (up to 100,000), and there is a call
@@ -61,7 +70,7 @@ class StageCounts:
         return dict(self.totals)
 
 
-@ray.remote(runtime_env=FRESH_WORKERS, num_returns=2)
+@ray.remote(runtime_env=TASK_WORKERS, num_returns=2)
 def repeated_documents(paths: list[Path], starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The content hashes that occur more than once (sorted), and the position of each
     one's first occurrence in input order. The hash column (8 bytes a document) is read
@@ -86,7 +95,7 @@ def repeated_documents(paths: list[Path], starts: np.ndarray) -> tuple[np.ndarra
     return hashes[order], np.concatenate(found_positions)[order]
 
 
-@ray.remote(runtime_env=FRESH_WORKERS)
+@ray.remote(runtime_env=TASK_WORKERS)
 def pack_file(paths: list[Path], starts: np.ndarray, index: int, near: np.ndarray, repeated: np.ndarray,
                first_positions: np.ndarray, special: SpecialIds, config: PrepareConfig,
                out: Path) -> tuple[dict, np.ndarray]:
@@ -154,7 +163,7 @@ def _pack_batch(table: pa.Table, special: SpecialIds, config: PrepareConfig) -> 
     return rows, counts
 
 
-@ray.remote(runtime_env=FRESH_WORKERS)
+@ray.remote(runtime_env=TASK_WORKERS)
 def sort_run(part: Path, token_counts: Path, config: PrepareConfig, group_rows: int, run: Path) -> None:
     table = pq.read_table(part)
     rows = sequence_rows(table)
@@ -167,13 +176,13 @@ def sort_run(part: Path, token_counts: Path, config: PrepareConfig, group_rows: 
     _return_freed_memory()
 
 
-@ray.remote(runtime_env=FRESH_WORKERS)
+@ray.remote(runtime_env=TASK_WORKERS)
 def merge_run(runs: list[Path], path: Path, group_rows: int) -> None:
     merge_to_run(runs, SORT_KEYS, path, group_rows)
     _return_freed_memory()
 
 
-@ray.remote(runtime_env=FRESH_WORKERS)
+@ray.remote(runtime_env=TASK_WORKERS)
 def write_merged(runs: list[Path], eval_rows: int, config: PrepareConfig,
                  out: Path) -> Iterator[tuple[str, int]]:
     """The last merge, in one task that writes what it merges (no shard passes through

@@ -51,19 +51,23 @@ def test_shard_bytes_do_not_depend_on_how_the_rows_are_chunked(tmp_path):
     assert pq.ParquetFile(tmp_path / "whole.parquet").num_row_groups == len(sizes) > 1
 
 
-def _worker_pid() -> int:
-    return os.getpid()
+def _worker_pid_and_arrow_pool() -> tuple[int, str]:
+    return os.getpid(), pa.default_memory_pool().backend_name
 
 
-def test_tasks_after_tokenizing_start_in_processes_that_did_not_tokenize(ray_session):
-    # What FRESH_WORKERS relies on: Ray pools worker processes by runtime environment.
+def test_each_stage_runs_in_processes_of_its_own_with_arrows_jemalloc_pool(ray_session):
+    # Ray pools worker processes by runtime environment: the tasks after tokenizing must
+    # not inherit the tokenizing workers, nor either the default pool's.
     import ray
 
-    pid = ray.remote(_worker_pid)
-    tokenizing = set(ray.get([pid.remote() for _ in range(6)]))
-    fresh = pid.options(runtime_env=tasks.FRESH_WORKERS)
-    after_tokenizing = set(ray.get([fresh.remote() for _ in range(6)]))
-    assert tokenizing and after_tokenizing and not tokenizing & after_tokenizing
+    probe = ray.remote(_worker_pid_and_arrow_pool)
+    pools = {name: set(ray.get([probe.options(runtime_env=env).remote() for _ in range(6)]))
+             for name, env in (("default", None), ("ray data", tasks.RAY_DATA_WORKERS),
+                               ("tasks", tasks.TASK_WORKERS))}
+    pids = {name: {pid for pid, _ in found} for name, found in pools.items()}
+    assert not pids["default"] & pids["ray data"] and not pids["ray data"] & pids["tasks"]
+    assert not pids["default"] & pids["tasks"]
+    assert {pool for name in ("ray data", "tasks") for _, pool in pools[name]} == {"jemalloc"}
 
 
 def test_tasks_do_not_import_ray_data():
