@@ -1,13 +1,14 @@
 """Corpus preparation: crammit's Ray Data pipeline against a plain HF `datasets` script.
 
-Both turn the same JSONL file of English prose (the embedded corpus) into 128-token
-sequences (`[CLS]` + 127 tokens of documents joined by `[SEP]`) in Parquet, with the same
-WordPiece tokenizer, each in its own subprocess while this process samples the memory
-of that subprocess's whole tree. The table gives packed tokens per wall second, peak
-memory, and the ratio crammit / datasets (the baseline).
+Both turn the same JSONL file (the embedded corpus of English prose, or `--corpus`, a
+real one) into 128-token sequences (`[CLS]` + 127 tokens of documents joined by `[SEP]`)
+in Parquet, with the same WordPiece tokenizer, each in its own subprocess while this
+process samples the memory of that subprocess's whole tree. The table gives packed
+tokens per wall second, peak memory, and the ratio crammit / datasets (the baseline).
 
     python benchmarks/data_prepare.py
     python benchmarks/data_prepare.py --sizes full,x8 --repeats 2 --workdir /tmp/crammit-data-prepare
+    python benchmarks/data_prepare.py --corpus wiki.jsonl --text-field text --sizes half,full
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 
 SEQ_LEN = 128
 VOCAB_SIZE = 32768
+TOKENIZER_SAMPLE = 200_000  # documents, as crammit's own tokenizer training takes
 NUM_PROC = 2
 RSS_EVERY_S = 0.1  # memory sampling interval; RSS is cheap to read (/proc/PID/statm)
 PSS_DUTY = 0.05  # PSS is not (smaps: ~50 ms a sweep of a Ray tree): at most this share of a core
@@ -40,32 +43,58 @@ APPROACHES = ("datasets", "crammit")
 
 # ---------------------------------------------------------------- the common input
 
-def corpus_documents(size: str, documents: list[str]) -> list[str]:
+def source_documents(corpus: Path | None, text_field: str) -> Callable[[], Iterator[str]]:
+    """The documents the benchmark's corpora are made of, read afresh by each call: the
+    embedded corpus, or the `text_field` of a JSONL file, streamed (it may be large)."""
+    if corpus is None:
+        from crammit.cli import default_cache_dir
+        from crammit.data.corpus import embedded_documents
+
+        documents = embedded_documents(default_cache_dir())
+        return lambda: iter(documents)
+
+    def read() -> Iterator[str]:
+        with corpus.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.strip():
+                    yield str(json.loads(line).get(text_field) or "")
+    return read
+
+
+def corpus_documents(size: str, documents: Callable[[], Iterator[str]]) -> Iterator[str]:
     """half: every second document; full: all; xN: all, then N-1 more copies with a
     sentence naming the copy and document appended (still prose, and not a duplicate)."""
     if size == "half":
-        return documents[::2]
+        return itertools.islice(documents(), 0, None, 2)
     copies = 1 if size == "full" else int(size[1:])
-    return documents + [f"{doc} This paragraph is entry {i} of copy {copy} of the corpus."
-                        for copy in range(2, copies + 1) for i, doc in enumerate(documents)]
+    copied = (f"{doc} This paragraph is entry {i} of copy {copy} of the corpus."
+              for copy in range(2, copies + 1) for i, doc in enumerate(documents()))
+    return itertools.chain(documents(), copied)
 
 
 def valid_size(size: str) -> bool:
     return size in ("half", "full") or (size.startswith("x") and size[1:].isdigit() and int(size[1:]) >= 1)
 
 
-def write_jsonl(path: Path, documents: list[str]) -> None:
+def write_jsonl(path: Path, documents: Iterator[str]) -> int:
+    """The documents as JSON lines with a `text` field; how many."""
+    count = 0
     with path.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"text": doc}, ensure_ascii=False) + "\n" for doc in documents)
+        for doc in documents:
+            f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
+            count += 1
+    return count
 
 
-def shared_tokenizer(documents: list[str], path: Path) -> None:
-    """crammit's WordPiece, trained once on the normalised full corpus, before any timing."""
+def shared_tokenizer(documents: Iterator[str], path: Path) -> None:
+    """crammit's WordPiece, trained once before any timing on the normalised corpus's first
+    TOKENIZER_SAMPLE documents (all of the embedded corpus's)."""
     from crammit.data.stages import normalize
     from crammit.data.tokenizer import train_tokenizer
 
     if not path.exists():
-        train_tokenizer((normalize(doc, lowercase=True) for doc in documents), VOCAB_SIZE).save(str(path))
+        sample = itertools.islice(documents, TOKENIZER_SAMPLE)
+        train_tokenizer((normalize(doc, lowercase=True) for doc in sample), VOCAB_SIZE).save(str(path))
 
 
 # ---------------------------------------------------------------- the two approaches (subprocesses)
@@ -282,6 +311,8 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="full,x8", help=f"comma-separated corpus sizes: {SIZES}")
+    parser.add_argument("--corpus", type=Path, help="a JSONL corpus to use instead of the embedded one")
+    parser.add_argument("--text-field", default="text", help="the field of --corpus holding the text")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/crammit-data-prepare"))
     parser.add_argument("--repeats", type=int, default=2, help="runs of each approach per size (median time)")
     parser.add_argument("--run", choices=APPROACHES, help=argparse.SUPPRESS)  # the subprocess side
@@ -296,41 +327,41 @@ def main() -> None:
         args.result.write_text(json.dumps(prepare(args.input, args.tokenizer, args.out)))
         return
 
-    from crammit.cli import default_cache_dir
-    from crammit.data.corpus import embedded_documents
-
     sizes = args.sizes.split(",")
     if unknown := [size for size in sizes if not valid_size(size)]:
         parser.error(f"unknown --sizes {', '.join(unknown)}; use {SIZES}")
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    documents = embedded_documents(default_cache_dir())
-    tokenizer = args.workdir / "tokenizer.json"
+    if args.corpus and not args.corpus.is_file():
+        parser.error(f"--corpus {args.corpus} is not a file; give a JSONL file")
+    source = args.corpus.stem if args.corpus else "embedded"
+    workdir = args.workdir / source if args.corpus else args.workdir  # its corpora and tokenizer apart
+    workdir.mkdir(parents=True, exist_ok=True)
+    documents = source_documents(args.corpus, args.text_field)
+    tokenizer = workdir / "tokenizer.json"
     print(f"training the shared tokenizer (not timed): {tokenizer}", flush=True)
-    shared_tokenizer(documents, tokenizer)
+    shared_tokenizer(documents(), tokenizer)
 
     rows = []
     for size in sizes:
-        corpus = args.workdir / size / "corpus.jsonl"
+        corpus = workdir / size / "corpus.jsonl"
         corpus.parent.mkdir(exist_ok=True)
-        size_documents = corpus_documents(size, documents)
-        write_jsonl(corpus, size_documents)
+        corpus_size = write_jsonl(corpus, corpus_documents(size, documents))
         results = {}
         for approach in APPROACHES:
             runs = []
             for repeat in range(args.repeats):
                 print(f"{size}: {approach} {repeat + 1}/{args.repeats} ...", flush=True)
                 busy = wait_for_quiet()
-                run = measure(approach, corpus, tokenizer, args.workdir / size)
+                run = measure(approach, corpus, tokenizer, workdir / size)
                 runs.append({**run, "busy_before": busy})
             results[approach] = summarize(runs)
         for result in results.values():
-            result.update(size=size, corpus_mb=corpus.stat().st_size / 1e6, documents=len(size_documents),
+            result.update(size=size, corpus_mb=corpus.stat().st_size / 1e6, documents=corpus_size,
                           tokens_per_s=result["tokens"] / result["seconds"])
             result["ratio"] = result["tokens_per_s"] / results["datasets"]["tokens_per_s"]
             rows.append(result)
-    (args.workdir / "results.json").write_text(json.dumps(rows, indent=1))
+    (workdir / "results.json").write_text(json.dumps(rows, indent=1))
 
-    print(f"\nSame input (JSONL of the embedded corpus), same WordPiece (vocab {VOCAB_SIZE}, trained once "
+    print(f"\nSame input (JSONL of the {source} corpus), same WordPiece (vocab {VOCAB_SIZE}, trained once "
           "beforehand: crammit gets it through PrepareConfig(tokenizer=PATH), so neither run trains one).")
     print("tokens: packed sequences x 128 ([CLS], [SEP] included). seconds: wall time of the prepare alone, "
           f"median (range) of {args.repeats} runs; tokens/s from the median")

@@ -10,10 +10,10 @@
 The expensive work, normalising and tokenizing each document, runs once, on Ray Data
 across the cluster, and writes every kept document's 64-bit content hash and token ids.
 The rest reads those files (`DIR` must be on storage every node sees), in the Ray tasks
-of `tasks.py`, which start in fresh worker processes: dedup positions from the hashes (8
-bytes a document), packing a file each in input order keeping only first copies,
-sorting each part into a run, and merging the runs, the last merge writing the shards a
-row group at a time (`external_sort`). No
+of `tasks.py`: dedup positions from the hashes (8 bytes a document), packing a file each
+in input order keeping only first copies, sorting each part into a run, and merging the
+runs, the last merge writing the shards a row group at a time (`external_sort`). Each
+stage runs in worker processes of its own (`tasks.RAY_DATA_WORKERS`, `TASK_WORKERS`). No
 process holds the corpus, and nothing passes through Ray's object store but blocks in
 flight (and, when asked for, the near-duplicate buckets).
 

@@ -92,7 +92,7 @@ def read_corpus(spec: str, cache_dir: Path, text_field: str = "text",
     if parsed.kind == EMBEDDED:
         documents = embedded_documents(cache_dir)
         return ray.data.from_items([{TEXT: doc, REPLACED: 0} for doc in documents])
-    # Reading is light next to what follows (parsing JSON lines takes ~2 % of the CPU time
+    # Reading is light next to what follows (parsing JSON lines takes ~4 % of the CPU time
     # of tokenizing them), so readers reserve no CPU: the reader of one large file would
     # otherwise hold a CPU while mostly waiting on back-pressure, half of a 2-CPU machine.
     # Without a CPU to bound them, at most one per CPUS_PER_READER runs at once.

@@ -42,9 +42,9 @@ def _workers_of_their_own(stage: str) -> dict:
     """A runtime environment for a stage's tasks. Ray pools worker processes by runtime
     environment, so the stage starts processes that ran nothing else, and the previous
     stage's, idle beyond Ray's one idle worker per CPU, exit with what their tokenizers
-    and batches left behind (~180 MiB each); the label only tells the pools apart. Arrow's
+    and batches left behind (~150 MiB each); the label only tells the pools apart. Arrow's
     jemalloc pool hands freed memory back to the system where the default (mimalloc)
-    keeps it: a tokenizing worker peaks at ~240 MiB instead of ~340, and a merge of 16
+    keeps it: a tokenizing worker peaked at ~205 MiB instead of ~295, and a merge of 16
     runs at 154 MiB above its start instead of 272. The price is starting the processes,
     ~1 s per stage on 2 cores, which only small corpora notice."""
     return {"env_vars": {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc", "CRAMMIT_WORKER_POOL": stage}}
