@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -13,10 +14,6 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
 CONTINUING_PREFIX = "##"  # WordPiece's mark of a token that continues a word
-# A text with none of these characters (only printable ASCII, no capitals) is left as it is
-# by BERT's normaliser: no control characters to drop, accents to strip, CJK to pad or
-# letters to lower-case.
-_NOT_BERT_NORMAL = re.compile(r"[^\x20-\x40\x5b-\x7e]")
 
 
 @dataclass(frozen=True)
@@ -93,8 +90,11 @@ class TokenIds:
     """Token ids of a batch of texts, without special tokens, as fast as `tokenizers` goes.
 
     The fast batch API skips character offsets, and texts that the tokenizer's normaliser
-    provably leaves unchanged (printable lower-case ASCII under BERT's normaliser) skip it:
-    it costs over a third of the encoding time. The ids are those of `encode_batch`.
+    provably leaves unchanged skip it: it costs over a third of the encoding time. BERT's
+    normaliser works a character at a time (drop controls, pad CJK, strip accents,
+    lower-case), so a text made of characters it leaves unchanged alone is left unchanged;
+    those characters are learned as texts bring them (typographic quotes and dashes, say,
+    where accented letters are not). The ids are those of `encode_batch`.
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
@@ -105,15 +105,42 @@ class TokenIds:
         if normalizer is None or normalizer["type"] == "BertNormalizer":
             self.bare = Tokenizer.from_str(state)
             self.bare.normalizer = None
+        self.kept = {chr(code) for code in range(0x20, 0x7F) if self._keeps(chr(code))}
+        self.changed: set[str] = set()
+        self._outside_kept = _outside(self.kept)
 
     def __call__(self, texts: Sequence[str]) -> list[list[int]]:
         if self.bare is None:
             return _ids(self.tokenizer, texts)
-        plain = [_NOT_BERT_NORMAL.search(text) is None for text in texts]
+        plain = [self._unchanged(text) for text in texts]
         ids = iter(_ids(self.bare, [text for text, is_plain in zip(texts, plain, strict=True) if is_plain]))
         other = iter(_ids(self.tokenizer, [text for text, is_plain in zip(texts, plain, strict=True)
                                           if not is_plain]))
         return [next(ids) if is_plain else next(other) for is_plain in plain]
+
+    def _unchanged(self, text: str) -> bool:
+        if self._outside_kept.search(text) is None:
+            return True
+        unknown = set(text) - self.kept
+        if not unknown & self.changed:
+            learned = {character for character in unknown if self._keeps(character)}
+            self.changed |= unknown - learned
+            if learned:
+                self.kept |= learned
+                self._outside_kept = _outside(self.kept)
+        return not unknown & self.changed
+
+    def _keeps(self, character: str) -> bool:
+        # Combining marks excepted: Unicode reorders a run of them, so a text could change
+        # where each alone does not.
+        normalizer = self.tokenizer.normalizer
+        return normalizer is None or (not unicodedata.combining(character)
+                                      and normalizer.normalize_str(character) == character)
+
+
+def _outside(characters: set[str]) -> re.Pattern:
+    """A pattern that finds a character not in `characters`."""
+    return re.compile(f"[^{''.join(map(re.escape, sorted(characters)))}]")
 
 
 def _ids(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:

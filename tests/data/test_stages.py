@@ -23,6 +23,16 @@ def test_normalize_applies_nfkc_whitespace_and_case():
     assert normalize(" \n\t ", lowercase=True) == ""
 
 
+def test_normalize_strips_accents_for_an_uncased_tokenizer_as_berts_normaliser_does():
+    from tokenizers import normalizers
+
+    bert = normalizers.BertNormalizer(lowercase=True)
+    for text in ["Café Naïve Résumé", "Ångström ﬁancée", "Ḍ̇ ḍ \u1e0d", "“quoted” — dash"]:
+        assert normalize(text, lowercase=True) == bert.normalize_str(normalize(text, lowercase=True))
+    assert normalize("Café", lowercase=True) == "cafe"
+    assert normalize("Café", lowercase=False) == "Café"
+
+
 def test_chunk_splits_giant_lines_at_spaces_and_keeps_every_character():
     text = " ".join(f"word{i}" for i in range(10_000))
     pieces = chunk(text, max_chars=1000)

@@ -9,11 +9,13 @@ TEXTS = ["the model reads a long document", "Upper Case Words", "café naïve r�
 def test_token_ids_equal_the_tokenizers_own_encoding():
     tokenizer = train_tokenizer(TEXTS * 20, vocab_size=120)
     rng = random.Random(0)
-    alphabet = "abcdefghij ABC .,!?éü中\x01\t"
+    alphabet = "abcdefghij ABC .,!?éü中\x01\t“”—’\u0301\u0327ǅ\u200b"
     texts = TEXTS + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(300)]
     expected = [encoding.ids for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]
-    assert TokenIds(tokenizer)(texts) == expected
-    assert TokenIds(tokenizer).bare is not None  # BERT's normaliser: plain texts skip it
+    token_ids = TokenIds(tokenizer)
+    assert token_ids(texts) == expected
+    # BERT's normaliser: texts it leaves unchanged skip it, typographic punctuation included.
+    assert token_ids._unchanged("“quoted” — text") and not token_ids._unchanged("café")
 
 
 def test_training_twice_gives_the_same_tokenizer():
