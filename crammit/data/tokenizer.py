@@ -102,12 +102,13 @@ class TokenIds:
         self.bare: Tokenizer | None = None
         state = tokenizer.to_str()
         normalizer = json.loads(state)["normalizer"]
+        self.kept: set[str] = set()
+        self.changed: set[str] = set()
         if normalizer is None or normalizer["type"] == "BertNormalizer":
             self.bare = Tokenizer.from_str(state)
             self.bare.normalizer = None
-        self.kept = {chr(code) for code in range(0x20, 0x7F) if self._keeps(chr(code))}
-        self.changed: set[str] = set()
-        self._outside_kept = _outside(self.kept)
+            self.kept = {chr(code) for code in range(0x20, 0x7F) if self._keeps(chr(code))}
+            self._outside_kept = _outside(self.kept)
 
     def __call__(self, texts: Sequence[str]) -> list[list[int]]:
         if self.bare is None:
