@@ -201,3 +201,123 @@ def data_inspect(directory: Annotated[Path, typer.Argument(help="A prepared dire
         typer.echo(describe(directory))
     except CrammitError as error:
         raise _fail(error) from None
+
+
+study_app = typer.Typer(help="Scaling studies on Ray Tune: sweep budgets x sizes, fit laws, plot.",
+                        no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+def _run_study(spec, out: Path | None, data: Path | None, address: str | None, dry_run: bool,
+               cache_dir: Path | None) -> None:
+    """Print the plan; unless `dry_run`, run the study and print its fitted laws."""
+    import dataclasses
+    import time
+
+    from crammit.cluster import cluster_resources
+    from crammit.study.sweep import plan_study, run_study
+
+    if data is not None:
+        spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, data=str(data.resolve())))
+    out = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}"
+    cluster = cluster_resources(address or os.environ.get("RAY_ADDRESS"))
+    typer.echo(plan_study(spec, out, cluster).render())
+    if dry_run:
+        return
+    run_study(spec, out, cluster, cache_dir or default_cache_dir(), address, echo=typer.echo)
+    typer.echo(f"study directory: {out}")
+
+
+@study_app.command("scaling")
+def study_scaling(
+    budgets: Annotated[str, typer.Option(help="Comma-separated budgets, e.g. 6,12,24.")],
+    sizes: Annotated[str, typer.Option(help="Comma-separated model sizes.")] = "small,base,crammed",
+    unit: Annotated[str, typer.Option(help="Budget unit: hours, minutes, tokens or flops.")] = "hours",
+    gpus_per_trial: Annotated[int, typer.Option("--gpus-per-trial", "--gpus",
+                                                help="GPUs per trial; 0 trains on CPU workers.")] = 1,
+    workers: Annotated[int, typer.Option(help="CPU workers per trial when --gpus 0.")] = 1,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per step after the ramp (8192).")]
+    = None,
+    micro_batch: Annotated[int | None, typer.Option(help="Sequences per worker per pass (128).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (1e-3).")] = None,
+    corpus: Annotated[str, typer.Option(help="Prepared once for every trial: any `data prepare --corpus`.")]
+    = "embedded",
+    data: Annotated[Path | None, typer.Option(help="A `crammit data prepare` directory (replaces --corpus).")]
+    = None,
+    out: Annotated[Path | None, typer.Option(help="Study directory (default runs/<time>-scaling).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan and stop.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")] = None,
+) -> None:
+    """Sweep budgets x model sizes with the crammed recipe, then fit and plot scaling laws."""
+    from crammit.study.spec import Setting, StudyData, StudySpec, StudyUnit, parse_budgets
+
+    try:
+        units = [choice.value for choice in StudyUnit]
+        if unit not in units:
+            raise CrammitError(f"unknown --unit {unit!r}; use one of {', '.join(units)}")
+        overrides = {key: value for key, value in
+                     (("batch_size", batch_size), ("micro_batch_size", micro_batch), ("peak_lr", lr))
+                     if value is not None}
+        setting = Setting(name="crammed", sizes=tuple(s.strip() for s in sizes.split(",") if s.strip()),
+                          budgets=parse_budgets(budgets), gpus=gpus_per_trial, workers=workers,
+                          overrides=overrides)
+        spec = StudySpec(name="scaling", settings=(setting,), unit=StudyUnit(unit),
+                         data=StudyData(corpus=corpus))
+        _run_study(spec, out, data, address, dry_run, cache_dir)
+    except CrammitError as error:
+        raise _fail(error) from None
+
+
+@study_app.command("run")
+def study_run(
+    study_file: Annotated[Path, typer.Argument(help="A study file, e.g. studies/smoke.toml.")],
+    out: Annotated[Path | None, typer.Option(help="Study directory (default runs/<time>-<name>).")] = None,
+    data: Annotated[Path | None, typer.Option(help="A prepared directory replacing the file's [data].")]
+    = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan and stop.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")] = None,
+) -> None:
+    """Run the settings of a study file (each a size, recipe overrides, GPUs and budgets)."""
+    from crammit.study.spec import read_study_file
+
+    try:
+        _run_study(read_study_file(study_file), out, data, address, dry_run, cache_dir)
+    except CrammitError as error:
+        raise _fail(error) from None
+
+
+@study_app.command("fit")
+def study_fit(
+    source: Annotated[Path, typer.Argument(help="A study directory, or a CSV/Parquet table with "
+                                                 "params, tokens, loss (optional flops, setting).")],
+    out: Annotated[Path | None, typer.Option(help="Where fit.json goes (default: beside the source).")]
+    = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+) -> None:
+    """Refit the scaling laws without training, with bootstrap intervals."""
+    from crammit.study.fit import FitOptions
+    from crammit.study.report import fit_source, summarize
+
+    try:
+        if resamples < 1:
+            raise CrammitError(f"--resamples must be at least 1, got {resamples}")
+        fitted, target = fit_source(source, FitOptions(resamples=resamples, seed=seed), out)
+    except CrammitError as error:
+        raise _fail(error) from None
+    typer.echo(summarize(fitted))
+    typer.echo(f"fit: {target}")
+
+
+@study_app.command("plot")
+def study_plot(directory: Annotated[Path, typer.Argument(help="A study directory.")]) -> None:
+    """Redraw a study's figures (PNG and SVG in DIR/plots) from its tables and fit.json."""
+    from crammit.study.report import plot_directory
+
+    try:
+        figures = plot_directory(directory)
+    except CrammitError as error:
+        raise _fail(error) from None
+    typer.echo("\n".join(str(path) for path in figures))

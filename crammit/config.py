@@ -151,6 +151,7 @@ class TrainConfig:
     eval_sequences: int = 512
     checkpoint_every_s: float = 1800.0  # wall-clock seconds between checkpoints
     checkpoint_every_steps: int = 0  # 0: by time only; tests checkpoint by step
+    report_every_s: float = 10.0  # wall-clock seconds between reports to Ray Train (and Tune)
     keep_checkpoints: int = 2
     deterministic: bool = False
     progress_bar: bool = True

@@ -102,3 +102,44 @@ def test_data_prepare_bad_input(tmp_path, corpus, extra, fragment):
 def test_data_inspect_of_a_directory_that_is_not_prepared(tmp_path):
     result = CliRunner().invoke(app, ["data", "inspect", str(tmp_path)])
     assert result.exit_code == 2 and "not a prepared corpus" in result.output
+
+
+def test_study_scaling_dry_run_prints_the_plan_without_training(tmp_path):
+    result = crammit("study", "scaling", "--budgets", "6,12,24", "--dry-run", "--out", str(tmp_path / "s"))
+    assert result.returncode == 0, result.stderr
+    for fragment in ("9 trials", "crammed-small-6h", "crammed-crammed-24h", "126.00 GPU-hours"):
+        assert fragment in result.stdout
+    assert "cannot run this study as asked" in result.stdout  # this machine has no GPU
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--budgets", "6", "--sizes", "huge"], "unknown model size 'huge'"),
+    (["--budgets", "6,0"], "0 is not positive"),
+    (["--budgets", "six"], "'six' is not a number"),
+    (["--budgets", "6", "--unit", "days"], "unknown --unit 'days'"),
+    (["--budgets", "6", "--sizes", "tiny", "--gpus-per-trial", "4"], "need 4 GPU(s) each"),
+])
+def test_study_scaling_bad_input(args, fragment, tmp_path):
+    result = CliRunner().invoke(app, ["study", "scaling", *args, "--out", str(tmp_path / "s")])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and fragment in errors[0], result.output
+    assert "Traceback" not in result.output and not (tmp_path / "s").exists()
+
+
+def test_study_file_with_an_unknown_key_is_one_line(tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text('name = "x"\n[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudget = [1]\n')
+    assert_one_line_error(crammit("study", "run", str(study), "--dry-run"), "unknown key(s) budget")
+
+
+def test_study_fit_of_a_table_it_cannot_fit(tmp_path):
+    missing = tmp_path / "missing.csv"
+    missing.write_text("params,loss\n1e6,3.0\n")
+    few = tmp_path / "few.csv"
+    few.write_text("params,tokens,loss\n1e6,1e8,3.0\n2e6,1e8,2.9\n")
+    for table, fragment in ((missing, "tokens"), (few, "2 usable runs"),
+                            (tmp_path / "absent.csv", "does not exist")):
+        result = CliRunner().invoke(app, ["study", "fit", str(table)])
+        assert result.exit_code == 2 and fragment in result.output, result.output
+    assert not (tmp_path / "fit.json").exists()

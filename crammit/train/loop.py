@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import ray.train
 import torch
 import torch.distributed as dist
 
@@ -46,6 +47,7 @@ def _train(config: TrainConfig) -> dict:
     rank, world_size = dist.get_rank(), dist.get_world_size()
 
     state = load_checkpoint(engine, run_dir) or TrainState()
+    resumed_at_step = state.step
     train_batches, eval_batches = training_data(config, rank, world_size, state.sequences)
     if state.initial_eval_loss is None:
         state.initial_eval_loss = evaluate(engine, eval_batches, config, device)
@@ -53,7 +55,7 @@ def _train(config: TrainConfig) -> dict:
     flops_per_token = training_flops_per_token(config.model, config.recipe.mask_rate)
     peak = peak_flops(torch.cuda.get_device_name()) if config.device == Device.CUDA else None
     progress = Progress(config.budget, enabled=config.progress_bar and rank == 0)
-    last_checkpoint_s = state.elapsed_s
+    last_checkpoint_s = last_report_s = state.elapsed_s
     clock_start = time.perf_counter() - state.elapsed_s
 
     while (fraction := config.budget.progress(state.elapsed_s, state.tokens, state.flops)) < 1.0:
@@ -92,6 +94,9 @@ def _train(config: TrainConfig) -> dict:
                 metrics.flush()
             save_checkpoint(engine, run_dir, state, config.keep_checkpoints)
             last_checkpoint_s = state.elapsed_s
+        if state.elapsed_s - last_report_s >= config.report_every_s:
+            _report(row, fraction=config.budget.progress(elapsed, state.tokens, state.flops))
+            last_report_s = state.elapsed_s
     progress.close()
 
     results = {
@@ -103,13 +108,23 @@ def _train(config: TrainConfig) -> dict:
         "elapsed_s": state.elapsed_s,
         "budget": config.budget.describe(),
         "eval_sequences": len(eval_batches.sequences),
+        "resumed_at_step": resumed_at_step,
     }
     save_checkpoint(engine, run_dir, state, config.keep_checkpoints)
     if rank == 0:
         metrics.flush()
         rundir.save_final_model(run_dir, engine.module, config)
         rundir.save_final(run_dir, results)
+    ray.train.report({"step": state.step, "tokens": state.tokens, "budget_spent": 1.0,
+                      "eval_loss": results["eval_loss"]})
     return results
+
+
+def _report(row: rundir.StepMetrics, fraction: float) -> None:
+    """Live metrics for Ray Train's driver (and Tune's table when the run is a trial).
+    Every rank reports at the same step: a report is a barrier across workers."""
+    ray.train.report({"step": row.step, "tokens": row.tokens, "loss": row.loss,
+                      "budget_spent": round(fraction, 4), "tokens_per_s": row.tokens_per_s})
 
 
 def train_step(engine, batches: list[MaskedBatch], world_size: int, device: torch.device) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -82,11 +83,17 @@ def connect(config: TrainConfig, address: str | None = None) -> None:
     _check_resources(ray.cluster_resources(), config.num_workers, config.device == Device.CUDA)
 
 
-def launch(config: TrainConfig, in_process: bool = False) -> dict:
+def launch(config: TrainConfig, in_process: bool = False, concurrent_runs: int = 1,
+           driver_cpus: float = 0.0, callbacks: Sequence = (), data: dict | None = None) -> dict:
     """Run `train_loop` on `config.num_workers` Ray Train workers, or with `in_process` in
-    this process (Ray Train's local mode: notebooks, tests, debugging); returns final.json."""
+    this process (Ray Train's local mode: notebooks, tests, debugging); returns final.json.
+
+    `concurrent_runs` is how many runs share the cluster's CPUs at once (a study's trials),
+    `driver_cpus` what the process calling this holds of them (a Tune trial's), and
+    `callbacks` are Ray Train callbacks (a study's `TuneReportCallback`) and `data` the
+    `ingest` of `config.data` when the caller made it already (a study's, shared by its trials)."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     run_dir = Path(config.run_dir).resolve()
@@ -94,19 +101,21 @@ def launch(config: TrainConfig, in_process: bool = False) -> dict:
     # CPU workers leave one logical CPU to Ray Data's readers (without it they are never
     # scheduled), but reading takes little compute: torch still gets every core.
     total_cpus = ray.cluster_resources()["CPU"]
-    cpus = max((total_cpus - 1) / config.num_workers, 0.5)
+    workers_on_cluster = config.num_workers * concurrent_runs
+    cpus = max(((total_cpus - 1) / concurrent_runs - driver_cpus) / config.num_workers, 0.5 / concurrent_runs)
     config = TrainConfig.from_dict({**config.to_dict(), "run_dir": str(run_dir),
-                                    "cpu_threads": max(int(total_cpus // config.num_workers), 1)})
+                                    "cpu_threads": max(int(total_cpus // workers_on_cluster), 1)})
     workers = 0 if in_process else config.num_workers
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config.to_dict(),
-        **ingest(Path(config.data)),
+        **(data or ingest(Path(config.data))),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": cpus}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}",
-                             storage_path=str(run_dir / "ray")),
+                             storage_path=str(run_dir / "ray"), callbacks=list(callbacks),
+                             logging_config=LoggingConfig(log_level="WARNING")),
     )
     trainer.fit()
     return rundir.read_final(run_dir)
@@ -130,6 +139,8 @@ def ingest(data: Path, object_store_share: float = OBJECT_STORE_SHARE) -> dict:
     sequences.context.execution_options.preserve_order = True  # local mode reads it unsplit
     if training_bytes(manifest) <= object_store_share * ray.cluster_resources().get("object_store_memory", 0):
         sequences = sequences.materialize()
+    # Each epoch is an execution of this dataset: its progress bars would bury the run's own.
+    sequences.context.enable_progress_bars = False
     return {"datasets": {TRAIN_DATASET: sequences}, "dataset_config": DataConfig(execution_options=options)}
 
 

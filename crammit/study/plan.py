@@ -1,0 +1,156 @@
+"""The plan a study prints before it trains: its trials, what each needs, the GPU-hours in
+all and the wall time on this cluster, and whether this cluster can run it at all.
+
+Hours and minutes budgets are the trials' training time. Token and FLOP budgets become
+time through a throughput: measured by the study's finished trials of the same setting
+and size, else a GPU's bf16 peak at the MFU the trainer reaches (`ASSUMED_MFU`), else
+unknown (CPUs), and the plan says which.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import pandas as pd
+
+from crammit.cluster import ClusterResources
+from crammit.model.flops import peak_flops
+from crammit.study.spec import StudySpec, StudyUnit, Trial
+
+# The crammed trainer's MFU on one H100 (benchmarks/RESULTS.md): a planning figure only.
+ASSUMED_MFU = 0.3
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    name: str
+    size: str
+    budget: str
+    resources: str  # e.g. "1 GPU" or "2 CPU workers"
+    hours: float | None  # training time; None when it cannot be estimated
+    status: str
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    study: str
+    trials: tuple[PlannedTrial, ...]
+    cluster: ClusterResources
+    concurrent_trials: int
+    gpu_hours: float | None  # GPU-hours of the trials still to run
+    wall_hours: float | None
+    estimate_note: str
+    problem: str  # why this cluster cannot run the study as asked; empty when it can
+
+    def render(self) -> str:
+        width = max(len(trial.name) for trial in self.trials)
+        lines = [f"study {self.study}: {len(self.trials)} trials",
+                 f"  {'trial':<{width}}  {'size':<8} {'budget':<14} {'per trial':<15} {'hours':>8}  status"]
+        for trial in self.trials:
+            lines.append(f"  {trial.name:<{width}}  {trial.size:<8} {trial.budget:<14} {trial.resources:<15} "
+                         f"{_hours(trial.hours):>8}  {trial.status}")
+        to_run = sum(trial.status != "ok" for trial in self.trials)
+        lines += [
+            f"cluster: {self.cluster.describe()}; {self.concurrent_trials} trial(s) at a time",
+            f"to run: {to_run} trials, {_hours(self.gpu_hours)} GPU-hours in all, "
+            f"wall time on this cluster {_duration(self.wall_hours)}",
+        ]
+        if self.estimate_note:
+            lines.append(f"({self.estimate_note})")
+        if self.problem:
+            lines.append(f"this cluster cannot run this study as asked: {self.problem}")
+        return "\n".join(lines)
+
+
+def concurrent_trials(spec: StudySpec, cluster: ClusterResources) -> int:
+    """Trials that fit on the cluster at once: GPU trials by GPUs, CPU trials by cores
+    (each worker's torch threads get cores of their own). At least 1, so a plan can still
+    be printed."""
+    limits = [cluster.gpus // setting.gpus if setting.gpus else cluster.cpus // setting.workers
+              for setting in spec.settings]
+    return max(min(limits), 1)
+
+
+def cluster_problem(spec: StudySpec, cluster: ClusterResources) -> str:
+    """Empty when every trial fits on the cluster, else what does not and how to fix it."""
+    gpus = max(setting.gpus for setting in spec.settings)
+    if gpus > cluster.gpus:
+        return (f"its trials need {gpus} GPU(s) each and the cluster has {cluster.gpus}; "
+                "use --gpus-per-trial 0 --workers K to train on CPUs, or --address of a cluster with GPUs")
+    workers = max((setting.workers for setting in spec.settings if not setting.gpus), default=0)
+    if workers > cluster.cpus:
+        return (f"its CPU trials need {workers} workers each and the cluster has {cluster.cpus} CPUs; "
+                "use fewer --workers")
+    return ""
+
+
+def make_plan(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources,
+              flops_per_token: dict[str, float]) -> StudyPlan:
+    """`trials` is the study's trial table (status, and measured figures of finished
+    trials); `flops_per_token` maps each size to its training FLOPs per token."""
+    status = dict(zip(trials["trial"], trials["status"], strict=True))
+    measured = _measured_flops_per_s(trials)
+    peak = peak_flops(cluster.accelerator) if cluster.accelerator else None
+    planned, notes = [], set()
+    for trial in spec.trials():
+        hours, note = _trial_hours(trial, flops_per_token[trial.size], measured, peak)
+        notes.add(note)
+        setting = trial.setting
+        resources = f"{setting.gpus} GPU" if setting.gpus else f"{setting.workers} CPU worker"
+        planned.append(PlannedTrial(trial.name, trial.size, f"{trial.budget:g} {trial.unit.value}",
+                                    resources + ("s" if setting.workers_per_trial > 1 else ""),
+                                    hours, status[trial.name]))
+    to_run = [(trial, plan) for trial, plan in zip(spec.trials(), planned, strict=True)
+              if plan.status != "ok"]
+    known = all(plan.hours is not None for _, plan in to_run)
+    gpu_known = all(plan.hours is not None for trial, plan in to_run if trial.setting.gpus)
+    concurrency = concurrent_trials(spec, cluster)
+    return StudyPlan(
+        study=spec.name, trials=tuple(planned), cluster=cluster, concurrent_trials=concurrency,
+        gpu_hours=sum(plan.hours * trial.setting.gpus for trial, plan in to_run if trial.setting.gpus)
+        if gpu_known else None,
+        wall_hours=_makespan([plan.hours for _, plan in to_run], concurrency) if known else None,
+        estimate_note="; ".join(sorted(note for note in notes if note)),
+        problem=cluster_problem(spec, cluster),
+    )
+
+
+def _trial_hours(trial: Trial, flops_per_token: float, measured: dict, peak: float | None
+                 ) -> tuple[float | None, str]:
+    if trial.unit in (StudyUnit.HOURS, StudyUnit.MINUTES):
+        return trial.unit.budget(trial.budget).amount, ""
+    flops = trial.budget * (flops_per_token if trial.unit is StudyUnit.TOKENS else 1.0)
+    rate = measured.get((trial.setting.name, trial.size))
+    if rate:
+        return flops / rate / 3600, "token and FLOP budgets timed at the throughput of finished trials"
+    if trial.setting.gpus and peak:
+        rate = peak * ASSUMED_MFU * trial.setting.gpus
+        return flops / rate / 3600, f"token and FLOP budgets timed at {ASSUMED_MFU:.0%} MFU until trials end"
+    return None, "token and FLOP budgets on CPUs: time unknown until the first trials finish"
+
+
+def _measured_flops_per_s(trials: pd.DataFrame) -> dict[tuple[str, str], float]:
+    done = trials[(trials["status"] == "ok") & (trials["elapsed_s"].fillna(0) > 0)]
+    rates = done["flops"] / done["elapsed_s"]
+    return rates.groupby([done["setting"], done["size"]]).median().to_dict()
+
+
+def _makespan(hours: list[float], slots: int) -> float:
+    """Longest trials first onto the slot that frees first: the study's wall time."""
+    finish = [0.0] * slots
+    for duration in sorted(hours, reverse=True):
+        heapq.heappush(finish, heapq.heappop(finish) + duration)
+    return max(finish)
+
+
+def _hours(hours: float | None) -> str:
+    return "?" if hours is None else f"{hours:,.2f}"
+
+
+def _duration(hours: float | None) -> str:
+    if hours is None:
+        return "unknown"
+    if hours >= 48:
+        return f"{hours:,.1f} h ({hours / 24:.1f} days)"
+    return f"{hours:,.2f} h" if hours >= 1 else f"{hours * 60:.1f} min"

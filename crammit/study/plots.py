@@ -1,0 +1,426 @@
+"""Figures of a scaling study: loss against compute with the fitted laws and their bands,
+settings side by side, equal-budget curves, training curves and residuals.
+
+Each figure is a function of the study's tables (`trials.parquet`, `curves.parquet`) and
+`fit.json` that returns a matplotlib Figure, so a notebook shows it inline; `draw_all`
+writes every figure the data supports. Only finished trials (status "ok") are drawn.
+Figures are made without pyplot, so no global state or display backend is touched.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullFormatter
+
+from crammit.errors import CrammitError
+from crammit.io import atomic_path
+
+LOSS_LABEL = "held-out MLM loss (nats/token)"
+FLOPS_LABEL = "training FLOPs"
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "p"]
+DASHES = ["-", "--", "-.", ":"]
+DPI = 150
+
+
+class NothingToDraw(CrammitError):
+    """The study has no data for this figure yet (too few trials, a law not fitted)."""
+
+
+def draw_all(trials: pd.DataFrame, curves: pd.DataFrame, fit: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Write each figure the data supports to `out_dir` as PNG and SVG; return the PNG paths.
+
+    A figure without data is skipped and any earlier copy of it removed, so the folder
+    never shows a figure of data the study no longer has.
+    """
+    figures: dict[str, Callable[[], Figure]] = {
+        "loss_vs_compute": lambda: loss_vs_compute(trials, fit),
+        "compute_frontier": lambda: compute_frontier(trials, fit),
+        "settings_comparison": lambda: settings_comparison(trials),
+        "iso_budget": lambda: iso_budget(trials),
+        "training_curves": lambda: training_curves(trials, curves),
+        "residuals": lambda: residuals(trials, fit),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, draw in figures.items():
+        try:
+            figure = draw()
+        except NothingToDraw:
+            for suffix in ("png", "svg"):
+                (out_dir / f"{name}.{suffix}").unlink(missing_ok=True)
+            continue
+        for suffix in ("png", "svg"):
+            with atomic_path(out_dir / f"{name}.{suffix}") as tmp:
+                figure.savefig(tmp, format=suffix, dpi=DPI, bbox_inches="tight")
+        written.append(out_dir / f"{name}.png")
+    return written
+
+
+def _styled(draw: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Draw inside seaborn's theme without changing matplotlib's global settings."""
+
+    @functools.wraps(draw)
+    def styled(*args: Any, **kwargs: Any) -> Figure:
+        with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+            return draw(*args, **kwargs)
+
+    return styled
+
+
+@_styled
+def loss_vs_compute(trials: pd.DataFrame, fit: dict[str, Any]) -> Figure:
+    """Final held-out loss of each trial against its training FLOPs, with each setting's
+    fitted L(C) = E + A·C^-α, its confidence band and its named predictions."""
+    finished = _finished(trials)
+    laws = _compute_laws(fit)
+    if finished.empty and not laws:
+        raise NothingToDraw("no finished trials and no fitted L(C)")
+    fig = Figure(figsize=(9.5, 5.5), layout="constrained")
+    ax = fig.subplots()
+    if not finished.empty:
+        settings = _setting_order(trials)
+        sizes, palette = _sizes(trials, finished["size"])
+        sns.scatterplot(data=finished, x="flops", y="eval_loss", hue="size", style="setting",
+                        hue_order=sizes, palette=palette,
+                        style_order=settings, markers=dict(zip(settings, MARKERS, strict=False)),
+                        s=70, zorder=3, ax=ax)
+    frontier = pd.DataFrame([point for law in laws.values() for point in law["points"] if point["frontier"]])
+    if not frontier.empty:
+        ax.scatter(frontier["flops"], frontier["loss"], s=180, facecolors="none", edgecolors="0.25",
+                   linewidths=1, zorder=2, label="on the compute frontier (fitted)")
+    confidence = _confidence(fit)
+    titles = []
+    for (setting, law), dashes in zip(laws.items(), itertools.cycle(DASHES)):
+        band = pd.DataFrame(law["band"])
+        ax.fill_between(band["flops"], band["low"], band["high"], color="0.5", alpha=0.18, lw=0,
+                        label=None if titles else f"{confidence} band")  # one entry serves every band
+        alpha = law["parameters"]["alpha"]
+        ax.plot(band["flops"], band["estimate"], color="0.15", ls=dashes, lw=1.5,
+                label=f"L(C), {setting}: α = {_interval(alpha)}{_unconverged(law)}")
+        for index, prediction in enumerate(law.get("predictions", [])):
+            _prediction(ax, prediction["flops"], prediction, prediction["name"], "0.15", index)
+        titles.append(f"{_compute_law_text(law)} ({setting})")
+    _log_log(ax, loss=True)
+    predicted = [prediction[key] for law in laws.values() for prediction in law.get("predictions", [])
+                 for key in ("estimate", "low")]
+    _loss_limits(ax, [*finished["eval_loss"], *predicted])
+    ax.set(xlabel=FLOPS_LABEL, ylabel=LOSS_LABEL)
+    ax.set_title("\n".join(titles) or "held-out loss vs training compute (no L(C) fitted)")
+    _legend_outside(ax)
+    return fig
+
+
+@_styled
+def compute_frontier(trials: pd.DataFrame, fit: dict[str, Any]) -> Figure:
+    """What L(N, D) implies at each compute: (a) the compute-optimal loss, (b) the
+    compute-optimal parameters and tokens, both with bands and the fitted trials."""
+    law = fit.get("params_tokens") or {"skipped": "fit.json has no L(N, D) fit"}
+    if "skipped" in law or not law.get("compute_optimal"):
+        raise NothingToDraw(f"L(N, D) was not fitted: {law.get('skipped', 'no compute-optimal curve')}")
+    optimal = pd.json_normalize(law["compute_optimal"])
+    points = pd.DataFrame(law["points"]).fillna({"size": "unknown"})
+    sizes, palette = _sizes(trials, points["size"])
+    confidence = _confidence(fit)
+    fig = Figure(figsize=(14, 5.2), layout="constrained")
+    loss_ax, allocation_ax = fig.subplots(1, 2)
+
+    sns.scatterplot(data=points, x="flops", y="loss", hue="size", hue_order=sizes, palette=palette, s=60,
+                    zorder=3, ax=loss_ax)
+    _band(loss_ax, optimal, "loss", "0.15", f"compute-optimal loss ({confidence} band)")
+    for prediction in law.get("predictions", []):
+        _prediction(loss_ax, prediction["flops"], prediction["loss"], prediction["name"], "0.15")
+    _log_log(loss_ax, loss=True)
+    loss_ax.set(xlabel=FLOPS_LABEL, ylabel=LOSS_LABEL, title="(a) loss at the compute-optimal N, D")
+    _legend_outside(loss_ax)
+
+    for column, color, marker, name in [("params", "C0", "o", "parameters N"),
+                                        ("tokens", "C1", "s", "training tokens D")]:
+        _band(allocation_ax, optimal, column, color, f"optimal {name} ({confidence} band)")
+        allocation_ax.scatter(points["flops"], points[column], color=color, marker=marker, s=40,
+                              edgecolors="white", zorder=3, label=f"trials: {name}")
+        for prediction in law.get("predictions", []):
+            _prediction(allocation_ax, prediction["flops"], prediction[column], prediction["name"], color)
+    _log_log(allocation_ax)
+    allocation_ax.set(xlabel=FLOPS_LABEL, ylabel="parameters N, training tokens D",
+                      title="(b) compute-optimal allocation, C ≈ 6·N·D")
+    _legend_outside(allocation_ax)
+    fig.suptitle(_params_tokens_law_text(law))
+    return fig
+
+
+@_styled
+def settings_comparison(trials: pd.DataFrame) -> Figure:
+    """Settings side by side: final loss against training FLOPs and against device-hours,
+    each (setting, size) joined in budget order."""
+    finished = _finished(trials)
+    if finished["setting"].nunique() < 2:
+        raise NothingToDraw("fewer than two settings have finished trials")
+    finished = finished.sort_values(["setting", "size", "budget"])
+    sizes, _ = _sizes(trials, finished["size"])
+    hours = _device_hours_label(finished)
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, column, label in [(axes[0], "flops", FLOPS_LABEL), (axes[1], "device_hours", hours)]:
+        sns.lineplot(data=finished, x=column, y="eval_loss", hue="setting", hue_order=_setting_order(trials),
+                     style="size", style_order=sizes, markers=dict(zip(sizes, MARKERS, strict=False)),
+                     dashes=False, markersize=8, estimator=None, sort=False, ax=ax,
+                     legend=ax is axes[1], palette="colorblind")
+        _log_log(ax, loss=True)
+        ax.set(xlabel=label, ylabel=LOSS_LABEL)
+    axes[0].set_title("loss vs training compute")
+    axes[1].set_title(f"loss vs {hours}")
+    _legend_outside(axes[1])
+    fig.suptitle("settings compared: final loss of each trial, lines join budgets of one size")
+    return fig
+
+
+@_styled
+def iso_budget(trials: pd.DataFrame) -> Figure:
+    """Loss against model size at equal budget, one line per budget and one panel per
+    setting, for every (setting, budget) with three or more sizes; the best size is starred."""
+    finished = _finished(trials)
+    groups = finished.groupby(["setting", "budget_unit", "budget"]).filter(lambda g: g["size"].nunique() >= 3)
+    if groups.empty:
+        raise NothingToDraw("no (setting, budget) has finished trials of three or more sizes")
+    # Repeated (size, budget) trials average to one point, so the line and the star agree.
+    means = (groups.groupby(["setting", "budget_unit", "budget", "size"], as_index=False)
+             .agg(params=("params", "median"), eval_loss=("eval_loss", "mean")))
+    means["label"], order = _budget_labels(means)
+    panels = list(means.groupby(["setting", "budget_unit"], sort=False))
+    fig = Figure(figsize=(5.5 * len(panels) + 2, 5), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, ((setting, unit), panel) in zip(axes, panels, strict=True):
+        budgets = [label for label in order if label in set(panel["label"])]
+        palette = dict(zip(budgets, sns.color_palette("flare", len(budgets)), strict=True))
+        sns.lineplot(data=panel.sort_values("params"), x="params", y="eval_loss", hue="label",
+                     hue_order=budgets, palette=palette, marker="o", markersize=7, estimator=None,
+                     sort=False, ax=ax)
+        best = panel.loc[panel.groupby("label")["eval_loss"].idxmin()]
+        ax.scatter(best["params"], best["eval_loss"], marker="*", s=260,
+                   color=best["label"].map(palette).tolist(), edgecolors="black", linewidths=0.8, zorder=4)
+        ax.scatter([], [], marker="*", s=260, color="white", edgecolors="black",
+                   label="best size of the budget")  # a legend entry in no budget's colour
+        _size_names(ax, panel)
+        _count_axis(ax)
+        ax.set(xlabel="parameters", ylabel=LOSS_LABEL)
+        kind = "iso-FLOP" if unit == "flops" else f"equal budget ({unit})"
+        ax.set_title(f"{setting}: {kind}", pad=30)  # room for the size names
+        _legend_outside(ax, title="budget")
+    return fig
+
+
+@_styled
+def training_curves(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
+    """Training loss against tokens for each finished trial, one panel per setting; a
+    ringed dot at each curve's end marks the trial's final held-out loss."""
+    finished = _finished(trials)
+    steps = curves[curves["trial"].isin(finished["trial"])]
+    if steps.empty:
+        raise NothingToDraw("no training curves of finished trials")
+    labels, order = _budget_labels(steps)
+    steps = steps.assign(budget=labels)
+    settings = [setting for setting in _setting_order(trials) if setting in set(steps["setting"])]
+    columns = min(len(settings), 3)
+    rows = math.ceil(len(settings) / columns)
+    fig = Figure(figsize=(5.8 * columns + 2, 4.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False, sharey=True).ravel()
+    for ax, setting in zip(axes, settings, strict=False):
+        panel = steps[steps["setting"] == setting].sort_values(["trial", "step"])
+        budgets = [label for label in order if label in set(panel["budget"])]
+        sizes, palette = _sizes(trials, panel["size"])
+        sns.lineplot(data=panel, x="tokens", y="loss", hue="size", hue_order=sizes, palette=palette,
+                     style="budget", style_order=budgets, units="trial",
+                     estimator=None, sort=False, lw=1.2, ax=ax)
+        ends = panel.groupby("trial").tail(1).merge(finished[["trial", "eval_loss"]], on="trial")
+        ax.scatter(ends["tokens"], ends["eval_loss"], color=ends["size"].map(palette).tolist(), s=55,
+                   edgecolors="black", linewidths=1, zorder=4, label="final held-out loss")
+        ax.set_xscale("log")
+        ax.set(xlabel="training tokens", ylabel="MLM loss (nats/token)", title=setting)
+        _legend_outside(ax)
+    for ax in axes[len(settings):]:
+        ax.set_visible(False)
+    fig.suptitle("training loss per step (lines) and final held-out loss (dots)")
+    return fig
+
+
+@_styled
+def residuals(trials: pd.DataFrame, fit: dict[str, Any]) -> Figure:
+    """Log-space residuals, log observed − log predicted loss, of each fitted law against
+    training FLOPs; open markers are held-out trials the law was not fitted on."""
+    rows = []
+    flops_of = dict(zip(trials["trial"], trials["flops"], strict=True))
+    fitted = {f"L(C), {setting}": (law, [p for p in law["points"] if p["frontier"]])
+              for setting, law in _compute_laws(fit).items()}
+    params_tokens = fit.get("params_tokens") or {"skipped": "not fitted"}
+    if "skipped" not in params_tokens:
+        fitted["L(N, D)"] = (params_tokens, params_tokens["points"])
+    for name, (law, points) in fitted.items():
+        rows += [{"law": name, "flops": p["flops"], "residual": math.log(p["loss"] / p["predicted"]),
+                  "held_out": False} for p in points]
+        rows += [{"law": name, "flops": held.get("flops", flops_of.get(held["trial"])),
+                  "residual": math.log(held["loss"] / held["estimate"]), "held_out": True}
+                 for held in law.get("holdout", {}).get("held_out", [])]
+    if not rows:
+        raise NothingToDraw("no law was fitted")
+    frame = pd.DataFrame(rows).dropna()
+    palette = dict(zip(fitted, sns.color_palette("colorblind", len(fitted)), strict=True))
+    markers = dict(zip(fitted, MARKERS, strict=False))
+    fig = Figure(figsize=(9.5, 5), layout="constrained")
+    ax = fig.subplots()
+    ax.axhline(0, color="0.3", lw=1)
+    for name in fitted:
+        for held_out, part in frame[frame["law"] == name].groupby("held_out"):
+            ax.scatter(part["flops"], part["residual"], marker=markers[name], s=55, linewidths=1.2,
+                       facecolors="none" if held_out else palette[name], edgecolors=palette[name],
+                       label=f"{name}, held out" if held_out else name, zorder=3)
+    ax.set_xscale("log")
+    ax.set(xlabel=FLOPS_LABEL, ylabel="log observed − log predicted loss",
+           title="residuals of the fitted laws (filled: fitted, open: held out)")
+    _legend_outside(ax)
+    return fig
+
+
+def _finished(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials that finished with a held-out loss; failed and pending ones are not drawn."""
+    return trials[trials["status"].eq("ok") & trials["eval_loss"].notna()]
+
+
+def _sizes(trials: pd.DataFrame, shown: pd.Series) -> tuple[list[str], dict[str, Any]]:
+    """The `shown` sizes smallest first by parameter count, and a palette that gives each
+    size of the study the same colour in every figure, light to dark as sizes grow."""
+    order = trials.groupby("size")["params"].median().sort_values().index.tolist()
+    order += sorted(set(shown) - set(order))
+    palette = dict(zip(order, sns.color_palette("viridis_r", len(order)), strict=True))
+    return [size for size in order if size in set(shown)], palette
+
+
+def _setting_order(trials: pd.DataFrame) -> list[str]:
+    """Settings cheapest first by their trials' median FLOPs (crammed before larger ones)."""
+    return trials.groupby("setting")["flops"].median().sort_values().index.tolist()
+
+
+def _compute_laws(fit: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The settings whose L(C) was fitted, skipping those with too few points."""
+    return {setting: law for setting, law in (fit.get("compute") or {}).items() if "skipped" not in law}
+
+
+def _confidence(fit: dict[str, Any]) -> str:
+    return f"{fit.get('options', {}).get('confidence', 0.95):.0%}"
+
+
+def _device_hours_label(trials: pd.DataFrame) -> str:
+    """GPU-hours and CPU-worker-hours are not the same resource; say which one is on the axis."""
+    devices = set(trials["device"])
+    return {frozenset({"cuda"}): "GPU-hours", frozenset({"cpu"}): "CPU-worker-hours"}.get(
+        frozenset(devices), "device-hours")
+
+
+def _budget_labels(frame: pd.DataFrame) -> tuple[pd.Series, list[str]]:
+    """Each row's budget as text ("2e7 tokens"), and the labels in order: by unit, then amount."""
+    labels = frame["budget"].map(_num) + " " + frame["budget_unit"]
+    return labels, labels[frame.sort_values(["budget_unit", "budget"]).index].unique().tolist()
+
+
+def _num(value: float) -> str:
+    """Three significant digits, exponents written 3.1e3 rather than 3.1e+03."""
+    text = f"{value:.3g}"
+    mantissa, _, exponent = text.partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else text
+
+
+def _count(value: float) -> str:
+    """A count with its SI-style suffix: 2.1M, 110M, 1.1B."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _interval(interval: dict[str, float]) -> str:
+    return f"{_num(interval['estimate'])} [{_num(interval['low'])}, {_num(interval['high'])}]"
+
+
+def _unconverged(law: dict[str, Any]) -> str:
+    return "" if law.get("converged", True) else " (not converged)"
+
+
+def _compute_law_text(law: dict[str, Any]) -> str:
+    p = {name: _num(value["estimate"]) for name, value in law["parameters"].items()}
+    return f"L(C) = {p['E']} + {p['A']}·$C^{{-{p['alpha']}}}$"
+
+
+def _params_tokens_law_text(law: dict[str, Any]) -> str:
+    p = {name: _num(value["estimate"]) for name, value in law["parameters"].items()}
+    return (f"L(N, D) = {p['E']} + {p['A']} / $N^{{{p['alpha']}}}$ + {p['B']} / $D^{{{p['beta']}}}$"
+            f"{_unconverged(law)}, fitted on {len(law['points'])} trials")
+
+
+def _band(ax: Axes, frame: pd.DataFrame, column: str, color: Any, label: str) -> None:
+    """An interval column of a json-normalised table as a line with its shaded band."""
+    ax.fill_between(frame["flops"], frame[f"{column}.low"], frame[f"{column}.high"], color=color,
+                    alpha=0.18, lw=0)
+    ax.plot(frame["flops"], frame[f"{column}.estimate"], color=color, lw=1.5, label=label)
+
+
+def _prediction(ax: Axes, flops: float, interval: dict[str, float], name: str, color: Any,
+                index: int = 0) -> None:
+    """A named extrapolation as a diamond with its interval as the error bar."""
+    estimate = interval["estimate"]
+    ax.errorbar([flops], [estimate], yerr=[[estimate - interval["low"]], [interval["high"] - estimate]],
+                fmt="D", color=color, markersize=6, capsize=4, zorder=4)
+    # Above the error bar: neighbouring budgets (one and eight days) sit too close for side labels.
+    ax.annotate(name, (flops, interval["estimate"]), xytext=(8, 10 + 11 * index), textcoords="offset points",
+                ha="left", va="bottom", fontsize="x-small")
+
+
+def _loss_limits(ax: Axes, losses: list[float]) -> None:
+    """Scale the loss axis to the trials and predictions: a band that is wide where the law is
+    unsure (far from its points) would otherwise squash them."""
+    finite = [loss for loss in losses if loss is not None and math.isfinite(loss) and loss > 0]
+    if finite:
+        ax.set_ylim(min(finite) / 1.25, max(finite) * 1.25)
+
+
+def _log_log(ax: Axes, loss: bool = False) -> None:
+    """Log axes; a loss axis spans less than a decade, so its ticks read 2, 3, 4 rather than 2×10⁰."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if loss:
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 1)))
+        ax.grid(True, which="minor", axis="y", lw=0.6, alpha=0.6)
+
+
+def _size_names(ax: Axes, panel: pd.DataFrame) -> None:
+    """Name each size above the axes at its parameter count."""
+    for size, params in panel.groupby("size")["params"].median().items():
+        ax.annotate(size, (params, 1), xycoords=("data", "axes fraction"), xytext=(0, 4),
+                    textcoords="offset points", rotation=30, fontsize="small")
+
+
+def _count_axis(ax: Axes) -> None:
+    """A log x axis of counts that reads 2M, 5M, 10M, 1.1B rather than 2×10⁶."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _count(value)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _legend_outside(ax: Axes, title: str | None = None) -> None:
+    """Every labelled artist of `ax` in one legend right of the axes, clear of the data;
+    the title of seaborn's legend, when it made one, is kept."""
+    handles, labels = ax.get_legend_handles_labels()
+    if title is None and ax.get_legend() is not None:
+        title = ax.get_legend().get_title().get_text() or None
+    ax.legend(handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False,
+              fontsize="small", title_fontsize="small", alignment="left")

@@ -1,0 +1,128 @@
+"""The study directory: its files, each trial's state, and the tables built from the
+trials' run directories.
+
+The run directories are the record: `trials.parquet` and `curves.parquet` are rebuilt
+from them whenever a trial ends, so a study killed at any moment loses no finished trial
+and can never list one twice.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import pandas as pd
+import tomli_w
+
+from crammit.config import Device
+from crammit.errors import CrammitError
+from crammit.io import atomic_path
+from crammit.model.flops import non_embedding_parameter_count, parameter_count
+from crammit.study.spec import StudySpec, Trial, read_study_file
+from crammit.train import rundir
+
+STUDY_FILE = "study.toml"
+TRIALS_FILE = "trials.parquet"
+CURVES_FILE = "curves.parquet"
+FIT_FILE = "fit.json"
+PLOTS_DIR = "plots"
+TRIALS_DIR = "trials"
+DATA_DIR = "data"
+ERROR_FILE = "error.txt"  # in a trial's run directory: why its last attempt failed
+
+
+class TrialStatus(str, Enum):
+    OK = "ok"  # final.json written
+    INTERRUPTED = "interrupted"  # started (config.json) but not finished: resumed from its checkpoint
+    FAILED = "failed"  # its last attempt raised: retried by the next run of the study
+    PENDING = "pending"  # not started
+
+
+def trial_dir(study_dir: Path, trial: Trial) -> Path:
+    return study_dir / TRIALS_DIR / trial.name
+
+
+def trial_status(run_dir: Path) -> TrialStatus:
+    if (run_dir / rundir.FINAL_FILE).is_file():
+        return TrialStatus.OK
+    if (run_dir / ERROR_FILE).is_file():
+        return TrialStatus.FAILED
+    if rundir.is_run_dir(run_dir):
+        return TrialStatus.INTERRUPTED
+    return TrialStatus.PENDING
+
+
+def save_spec(study_dir: Path, spec: StudySpec) -> None:
+    with atomic_path(study_dir / STUDY_FILE) as tmp:
+        tmp.write_text(tomli_w.dumps(spec.to_dict()))
+
+
+def load_spec(study_dir: Path) -> StudySpec:
+    if not (study_dir / STUDY_FILE).is_file():
+        raise CrammitError(f"{study_dir} is not a study directory (no {STUDY_FILE}); "
+                           "pass the --out directory of a `crammit study` run")
+    return read_study_file(study_dir / STUDY_FILE)
+
+
+def trials_table(spec: StudySpec, study_dir: Path) -> pd.DataFrame:
+    """One row per trial of the spec, finished or not (see the README for the columns)."""
+    return pd.DataFrame([_trial_row(trial, study_dir) for trial in spec.trials()])
+
+
+def _trial_row(trial: Trial, study_dir: Path) -> dict:
+    run_dir = trial_dir(study_dir, trial)
+    status = trial_status(run_dir)
+    row = {"trial": trial.name, "setting": trial.setting.name, "size": trial.size,
+           "recipe": trial.setting.recipe_label(), "gpus": trial.setting.gpus,
+           "workers": trial.setting.workers_per_trial,
+           "device": (Device.CUDA if trial.setting.gpus else Device.CPU).value,
+           "budget": float(trial.budget), "budget_unit": trial.unit.value, "params": None,
+           "non_embedding_params": None, "tokens": None, "flops": None, "elapsed_s": None,
+           "gpu_hours": None, "device_hours": None, "eval_loss": None, "initial_eval_loss": None,
+           "status": status.value, "error": None,
+           "run_dir": str(run_dir.relative_to(study_dir))}
+    if rundir.is_run_dir(run_dir):
+        model = rundir.load_config(run_dir).model
+        row.update(params=parameter_count(model), non_embedding_params=non_embedding_parameter_count(model))
+    if status is TrialStatus.OK:
+        final = rundir.read_final(run_dir)
+        hours = final["elapsed_s"] / 3600
+        row.update(tokens=final["tokens"], flops=final["flops"], elapsed_s=final["elapsed_s"],
+                   gpu_hours=hours * trial.setting.gpus, device_hours=hours * trial.setting.workers_per_trial,
+                   eval_loss=final["eval_loss"], initial_eval_loss=final["initial_eval_loss"])
+    elif status is TrialStatus.FAILED:
+        row["error"] = (run_dir / ERROR_FILE).read_text().strip()
+    return row
+
+
+def curves_table(trials: pd.DataFrame, study_dir: Path) -> pd.DataFrame:
+    """Every trial's step metrics, with the trial's identity in front."""
+    identity = ["trial", "setting", "size", "budget", "budget_unit"]
+    frames = []
+    for row in trials.itertuples():
+        metrics = study_dir / row.run_dir / rundir.METRICS_FILE
+        if metrics.is_file():
+            frame = pd.read_parquet(metrics)
+            frames.append(frame.assign(**{name: getattr(row, name) for name in identity}))
+    if not frames:
+        return pd.DataFrame(columns=identity)
+    curves = pd.concat(frames, ignore_index=True)
+    return curves[identity + [c for c in curves.columns if c not in identity]]
+
+
+def write_tables(spec: StudySpec, study_dir: Path) -> pd.DataFrame:
+    """Rebuild trials.parquet and curves.parquet from the run directories; returns the trials."""
+    trials = trials_table(spec, study_dir)
+    for name, table in ((TRIALS_FILE, trials), (CURVES_FILE, curves_table(trials, study_dir))):
+        with atomic_path(study_dir / name) as tmp:
+            table.to_parquet(tmp, index=False)
+    return trials
+
+
+def read_tables(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if not (study_dir / TRIALS_FILE).is_file():
+        raise CrammitError(f"{study_dir} holds no {TRIALS_FILE}; pass a study directory")
+    curves = study_dir / CURVES_FILE
+    return pd.read_parquet(study_dir / TRIALS_FILE), (pd.read_parquet(curves) if curves.is_file() else
+                                                      pd.DataFrame())
+

@@ -1,0 +1,222 @@
+"""What a study runs: settings (a recipe, sizes, GPUs per trial, budgets) and the trials
+they expand to, read from a study file or built by `crammit study scaling`.
+
+A study file (`studies/*.toml`) is checked key by key: a misspelt key is an error, not a
+silently ignored default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from crammit.config import Budget, RecipeConfig, model_config
+from crammit.errors import CrammitError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CRAMMED_RECIPE = "crammed"  # the paper's recipe (RecipeConfig's defaults)
+RECIPES = (CRAMMED_RECIPE,)
+
+
+class StudyUnit(str, Enum):
+    """Units a study's budgets are given in; minutes become an hours budget."""
+
+    HOURS = "hours"
+    MINUTES = "minutes"
+    TOKENS = "tokens"
+    FLOPS = "flops"
+
+    def budget(self, amount: float) -> Budget:
+        if self is StudyUnit.MINUTES:
+            return Budget.hours(amount / 60)
+        return {StudyUnit.HOURS: Budget.hours, StudyUnit.TOKENS: Budget.tokens,
+                StudyUnit.FLOPS: Budget.flops}[self](amount)
+
+    @property
+    def suffix(self) -> str:
+        return {StudyUnit.HOURS: "h", StudyUnit.MINUTES: "m", StudyUnit.TOKENS: "tok",
+                StudyUnit.FLOPS: "flop"}[self]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration a study compares: a recipe (with overrides), model sizes, the
+    resources of each trial, and the budgets each size is trained for."""
+
+    name: str
+    sizes: tuple[str, ...]
+    budgets: tuple[float, ...]
+    gpus: int = 1  # GPUs per trial; 0 trains on CPU workers
+    workers: int = 1  # CPU workers per trial when gpus == 0
+    recipe: str = CRAMMED_RECIPE
+    overrides: dict[str, Any] = field(default_factory=dict)  # RecipeConfig fields
+
+    def __post_init__(self) -> None:
+        where = f"setting {self.name!r}"
+        if not self.name or not all(c.isalnum() or c in "_." for c in self.name):
+            raise CrammitError(f"{where}: a setting name uses letters, digits, '_' and '.' only")
+        if not self.sizes:
+            raise CrammitError(f"{where}: give at least one size")
+        for size in self.sizes:
+            model_config(size)
+        if not self.budgets:
+            raise CrammitError(f"{where}: give at least one budget")
+        for budget in self.budgets:
+            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+                raise CrammitError(f"{where}: budget {budget!r} is not a positive number")
+        if self.gpus < 0 or self.workers < 1:
+            raise CrammitError(f"{where}: gpus must be >= 0 and workers >= 1")
+        if self.recipe not in RECIPES:
+            raise CrammitError(f"{where}: unknown recipe {self.recipe!r}; use one of {', '.join(RECIPES)}")
+        self.recipe_config()  # unknown or invalid overrides fail here, before any work
+
+    @property
+    def workers_per_trial(self) -> int:
+        return self.gpus or self.workers
+
+    def recipe_config(self) -> RecipeConfig:
+        known = {f.name for f in dataclasses.fields(RecipeConfig)}
+        unknown = sorted(set(self.overrides) - known)
+        if unknown:
+            raise CrammitError(f"setting {self.name!r}: unknown recipe key(s) {', '.join(unknown)}; "
+                               f"known: {', '.join(sorted(known))}")
+        values = dict(self.overrides)
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return RecipeConfig(**values)
+
+    def recipe_label(self) -> str:
+        """The `recipe` column: the recipe's name and what the setting changes in it."""
+        changes = ", ".join(f"{key}={value}" for key, value in sorted(self.overrides.items()))
+        return f"{self.recipe} ({changes})" if changes else self.recipe
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """The one corpus every trial of a study trains on."""
+
+    corpus: str = "embedded"
+    data: str = ""  # a `crammit data prepare` directory; replaces corpus when set
+    vocab_size: int = 32768
+    seq_len: int = 128
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A whole study: its settings, budget unit, data, and how trials checkpoint."""
+
+    name: str
+    settings: tuple[Setting, ...]
+    unit: StudyUnit = StudyUnit.HOURS
+    data: StudyData = field(default_factory=StudyData)
+    checkpoint_minutes: float = 30.0
+    eval_sequences: int = 512
+    resamples: int = 1000  # bootstrap resamples of the fits' intervals
+
+    def __post_init__(self) -> None:
+        if not self.settings:
+            raise CrammitError(f"study {self.name!r} has no settings")
+        names = [setting.name for setting in self.settings]
+        if len(set(names)) != len(names):
+            raise CrammitError(f"study {self.name!r}: setting names must be unique, got {', '.join(names)}")
+        if not self.checkpoint_minutes > 0:
+            raise CrammitError(f"checkpoint_minutes must be positive, got {self.checkpoint_minutes}")
+
+    def trials(self) -> list[Trial]:
+        return [Trial(setting, size, budget, self.unit)
+                for setting in self.settings for size in setting.sizes for budget in setting.budgets]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML layout a study file uses (what `study.toml` holds)."""
+        return {
+            "name": self.name, "unit": self.unit.value, "checkpoint_minutes": self.checkpoint_minutes,
+            "eval_sequences": self.eval_sequences, "resamples": self.resamples,
+            "data": {key: value for key, value in dataclasses.asdict(self.data).items() if value != ""},
+            "settings": [
+                {"name": s.name, "recipe": s.recipe, "sizes": list(s.sizes), "budgets": list(s.budgets),
+                 "gpus": s.gpus, "workers": s.workers, **({"overrides": s.overrides} if s.overrides else {})}
+                for s in self.settings
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "study") -> StudySpec:
+        _check_keys(raw, {"name", "unit", "checkpoint_minutes", "eval_sequences", "resamples", "data",
+                          "settings"}, source)
+        data = raw.get("data", {})
+        _check_keys(data, {f.name for f in dataclasses.fields(StudyData)}, f"{source} [data]")
+        settings = []
+        for index, setting in enumerate(raw.get("settings", [])):
+            where = f"{source} [[settings]] #{index + 1}"
+            _check_keys(setting, {f.name for f in dataclasses.fields(Setting)}, where)
+            if "name" not in setting:
+                raise CrammitError(f"{where}: every setting needs a name")
+            settings.append(Setting(
+                **{key: value for key, value in setting.items() if key not in ("sizes", "budgets")},
+                sizes=tuple(setting.get("sizes", ())), budgets=tuple(setting.get("budgets", ())),
+            ))
+        unit = raw.get("unit", StudyUnit.HOURS.value)
+        if unit not in [u.value for u in StudyUnit]:
+            raise CrammitError(f"{source}: unknown unit {unit!r}; use one of "
+                               f"{', '.join(u.value for u in StudyUnit)}")
+        return cls(
+            name=raw.get("name", Path(source).stem), settings=tuple(settings), unit=StudyUnit(unit),
+            data=StudyData(**data),
+            **{key: raw[key] for key in ("checkpoint_minutes", "eval_sequences", "resamples") if key in raw},
+        )
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training run of a study: a setting's size at one budget."""
+
+    setting: Setting
+    size: str
+    budget: float
+    unit: StudyUnit
+
+    @property
+    def name(self) -> str:
+        """Deterministic, so a re-run of the study finds the trial's directory again."""
+        amount = f"{self.budget:g}".replace("e+0", "e").replace("e+", "e")
+        return f"{self.setting.name}-{self.size}-{amount}{self.unit.suffix}"
+
+
+def read_study_file(path: Path) -> StudySpec:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as error:
+        raise CrammitError(f"cannot read study file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise CrammitError(f"study file {path} is not valid TOML: {error}") from None
+    return StudySpec.from_dict(raw, source=str(path))
+
+
+def parse_budgets(text: str) -> tuple[float, ...]:
+    """`--budgets 6,12,24` as numbers, each positive."""
+    budgets = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise CrammitError(f"--budgets: {item.strip()!r} is not a number; give e.g. 6,12,24") from None
+        if not value > 0:
+            raise CrammitError(f"--budgets: {item.strip()} is not positive; give e.g. 6,12,24")
+        budgets.append(value)
+    return tuple(budgets)
+
+
+def _check_keys(table: Any, known: set[str], where: str) -> None:
+    if not isinstance(table, dict):
+        raise CrammitError(f"{where} must be a table")
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise CrammitError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

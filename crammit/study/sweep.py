@@ -1,0 +1,194 @@
+"""Run a study on Ray Tune: one trial per (setting, size, budget), each a full crammit
+training run in its own run directory under `DIR/trials/`.
+
+Each Tune trial is a function that starts the ordinary trainer (`launch`: a TorchTrainer
+with the trial's workers, `fit()` inside the trial, the Ray Train V2 way);
+`TuneReportCallback` carries the trainer's live reports into Tune's table. The trial's run
+directory is the record of its progress, so a study run again re-uses finished trials,
+resumes interrupted ones from their checkpoints and runs the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+from ray import tune
+
+from crammit.cluster import ClusterResources, start_ray
+from crammit.config import Device, ModelConfig, PrepareConfig, TrainConfig, model_config
+from crammit.errors import CrammitError
+from crammit.io import atomic_path
+from crammit.model.flops import training_flops_per_token
+from crammit.study import results
+from crammit.study.fit import FitOptions
+from crammit.study.plan import StudyPlan, cluster_problem, concurrent_trials, make_plan
+from crammit.study.report import write_report
+from crammit.study.spec import StudySpec, Trial
+from crammit.train import rundir
+from crammit.train.recipe import accumulation_target
+
+# What a resumed trial must share with the study's current spec: anything else would mix
+# two different runs in one directory.
+RUN_DEFINING_FIELDS = ("model", "recipe", "budget", "data", "device", "num_workers")
+# A trial's function only starts the trainer, whose workers hold the real resources; Tune
+# needs a non-empty reservation for it.
+TRIAL_DRIVER_CPUS = 0.01
+TUNE_DIR = "tune"
+
+
+def plan_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources) -> StudyPlan:
+    """The plan of `spec` on `cluster`, counting trials `study_dir` already finished."""
+    flops_per_token = {size: training_flops_per_token(trial_model(spec, size), recipe_mask_rate(spec))
+                       for size in {trial.size for trial in spec.trials()}}
+    return make_plan(spec, results.trials_table(spec, study_dir), cluster, flops_per_token)
+
+
+def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache_dir: Path,
+              address: str | None = None, echo: Callable[[str], None] = print) -> pd.DataFrame:
+    """Prepare the study's corpus once, run every unfinished trial on Ray Tune, then write
+    the tables, the fits and the plots. Returns the trials table."""
+    problem = cluster_problem(spec, cluster)
+    if problem:
+        raise CrammitError(f"this cluster cannot run the study as asked: {problem}")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    results.save_spec(study_dir, spec)
+    start_ray(address)
+    data = _study_data(spec, study_dir, cache_dir)
+    configs = {trial.name: trial_config(spec, trial, study_dir, data) for trial in spec.trials()}
+    for name, config in configs.items():
+        _check_compatible(config, name)
+    pending = [name for name in configs
+               if results.trial_status(Path(configs[name].run_dir)) is not results.TrialStatus.OK]
+    if pending:
+        _tune(spec, study_dir, configs, pending, concurrent_trials(spec, cluster), cache_dir)
+    trials = results.write_tables(spec, study_dir)
+    write_report(study_dir, FitOptions(resamples=spec.resamples), echo=echo)
+    return trials
+
+
+def trial_model(spec: StudySpec, size: str) -> ModelConfig:
+    """The size's shape on the study's corpus (its vocabulary and sequence length)."""
+    if spec.data.data:
+        from crammit.train.run import model_for
+
+        return model_for(size, Path(spec.data.data))
+    return dataclasses.replace(model_config(size), vocab_size=spec.data.vocab_size, seq_len=spec.data.seq_len)
+
+
+def recipe_mask_rate(spec: StudySpec) -> float:
+    rates = {setting.recipe_config().mask_rate for setting in spec.settings}
+    return rates.pop() if len(rates) == 1 else max(rates)
+
+
+def trial_config(spec: StudySpec, trial: Trial, study_dir: Path, data: Path) -> TrainConfig:
+    """The run a trial is: an ordinary `crammit train` config in the trial's directory."""
+    setting = trial.setting
+    config = TrainConfig(
+        run_dir=str(results.trial_dir(study_dir, trial).resolve()),
+        model=trial_model(spec, trial.size),
+        recipe=setting.recipe_config(),
+        budget=trial.unit.budget(trial.budget),
+        data=str(data.resolve()),
+        size_name=trial.size,
+        device=Device.CUDA if setting.gpus else Device.CPU,
+        num_workers=setting.workers_per_trial,
+        compile=bool(setting.gpus),
+        eval_sequences=spec.eval_sequences,
+        checkpoint_every_s=spec.checkpoint_minutes * 60,
+        progress_bar=False,  # Tune's table shows every trial's progress
+    )
+    accumulation_target(config.recipe, config.num_workers)  # fail before any work
+    return config
+
+
+def _study_data(spec: StudySpec, study_dir: Path, cache_dir: Path) -> Path:
+    """The study's one corpus: the given prepared directory, or its corpus prepared once
+    into `DIR/data` (resumable: a re-run finds it prepared)."""
+    if spec.data.data:
+        return Path(spec.data.data)
+    from crammit.data.pipeline import prepare_corpus
+
+    data = study_dir / results.DATA_DIR
+    prepare_corpus(PrepareConfig(corpus=spec.data.corpus, vocab_size=spec.data.vocab_size,
+                                 seq_len=spec.data.seq_len), data, cache_dir)
+    return data
+
+
+def _check_compatible(config: TrainConfig, name: str) -> None:
+    run_dir = Path(config.run_dir)
+    if not rundir.is_run_dir(run_dir):
+        return
+    started = rundir.load_config(run_dir).to_dict()
+    wanted = config.to_dict()
+    differ = [key for key in RUN_DEFINING_FIELDS if started[key] != wanted[key]]
+    if differ:
+        raise CrammitError(f"trial {name} in {run_dir} was started with another {', '.join(differ)}; "
+                           "run the study file it was started with, or use another --out")
+
+
+def _tune(spec: StudySpec, study_dir: Path, configs: dict[str, TrainConfig], pending: list[str],
+          concurrency: int, cache_dir: Path) -> None:
+    from crammit.train.run import ingest
+
+    # Read once, shared by every trial: each trial's own read would start Ray Data anew.
+    data = ingest(Path(next(iter(configs.values())).data))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, configs={name: configs[name].to_dict() for name in pending},
+                             concurrency=concurrency, cache_dir=str(cache_dir), data=data),
+        {"cpu": TRIAL_DRIVER_CPUS},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(pending)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                  storage_path=str((study_dir / TUNE_DIR).resolve()),
+                                  callbacks=[_StudyTables(spec, study_dir)]),
+    )
+    tuner.fit()  # a failed trial is recorded in its directory and does not stop the others
+
+
+def run_trial(params: dict, configs: dict, concurrency: int, cache_dir: str, data: dict) -> dict:
+    """One Tune trial: start (or resume) the trial's run and train it to its budget. A
+    failure is written to the run directory, where the study's table reads it."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from crammit.train.run import launch, prepare_run
+
+    config = TrainConfig.from_dict(configs[params["trial"]])
+    run_dir = Path(config.run_dir)
+    (run_dir / results.ERROR_FILE).unlink(missing_ok=True)
+    try:
+        if not rundir.is_run_dir(run_dir):
+            prepare_run(config, Path(cache_dir))
+        final = launch(config, concurrent_runs=concurrency, driver_cpus=TRIAL_DRIVER_CPUS,
+                       callbacks=[TuneReportCallback()], data=data)
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}".splitlines()[0]
+        with atomic_path(run_dir / results.ERROR_FILE) as tmp:
+            tmp.write_text(message + "\n")
+        raise
+    return {"eval_loss": final["eval_loss"], "tokens": final["tokens"], "step": final["steps"]}
+
+
+def _trial_name(trial) -> str:
+    return trial.config["trial"]
+
+
+class _StudyTables(tune.Callback):
+    """Rebuilds the study's tables whenever a trial ends, so they are current even if the
+    study is killed before it finishes."""
+
+    def __init__(self, spec: StudySpec, study_dir: Path) -> None:
+        self.spec, self.study_dir = spec, study_dir
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        results.write_tables(self.spec, self.study_dir)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        results.write_tables(self.spec, self.study_dir)

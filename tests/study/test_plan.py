@@ -1,0 +1,64 @@
+"""The plan a study prints before training: GPU-hours, wall time, and what cannot run."""
+
+import pandas as pd
+
+from crammit.cluster import ClusterResources
+from crammit.study.plan import concurrent_trials, make_plan
+from crammit.study.spec import Setting, StudySpec, StudyUnit
+
+SCALING = StudySpec("scaling", (Setting("crammed", ("small", "base", "crammed"), (6, 12, 24), gpus=1),))
+
+
+def pending(spec: StudySpec, **done) -> pd.DataFrame:
+    """A trial table with every trial pending except `done` (name -> (flops, elapsed_s))."""
+    rows = [{"trial": t.name, "setting": t.setting.name, "size": t.size, "status": "pending",
+             "flops": None, "elapsed_s": None} for t in spec.trials()]
+    for row in rows:
+        if row["trial"] in done:
+            row.update(status="ok", flops=done[row["trial"]][0], elapsed_s=done[row["trial"]][1])
+    return pd.DataFrame(rows)
+
+
+def flops_per_token(spec: StudySpec) -> dict[str, float]:
+    return {size: 1e9 for setting in spec.settings for size in setting.sizes}
+
+
+def test_hours_study_on_eight_gpus():
+    plan = make_plan(SCALING, pending(SCALING), ClusterResources(64, 8, "H100"), flops_per_token(SCALING))
+    assert plan.gpu_hours == 3 * (6 + 12 + 24)
+    assert plan.concurrent_trials == 8
+    assert plan.wall_hours == 24  # eight at once, longest first: the ninth (6 h) follows a 6 h one
+    assert plan.problem == ""
+    assert "126.00 GPU-hours" in plan.render()
+
+
+def test_a_machine_without_gpus_is_told_it_cannot_run_it():
+    plan = make_plan(SCALING, pending(SCALING), ClusterResources(2, 0), flops_per_token(SCALING))
+    assert plan.wall_hours == 3 * 42  # one trial at a time: five days and six hours
+    text = plan.render()
+    assert "cannot run this study as asked" in text and "--gpus-per-trial 0" in text
+    assert "(5.2 days)" in text
+
+
+def test_finished_trials_are_not_planned_again_and_time_token_budgets():
+    spec = StudySpec("t", (Setting("cpu", ("tiny",), (1e6, 2e6), gpus=0),), unit=StudyUnit.TOKENS)
+    cluster = ClusterResources(2, 0)
+    unknown = make_plan(spec, pending(spec), cluster, {"tiny": 1e9})
+    assert unknown.wall_hours is None and "unknown" in unknown.render()
+    # The finished 1e6-token trial ran at 1e9 FLOP/token / 3600 s = 1e12 FLOP in an hour.
+    measured = make_plan(spec, pending(spec, **{"cpu-tiny-1e6tok": (1e15, 3600.0)}), cluster, {"tiny": 1e9})
+    assert measured.wall_hours == 2.0  # the 2e6-token trial, at the measured 2.8e11 FLOP/s
+    assert [t.status for t in measured.trials] == ["ok", "pending"]
+
+
+def test_token_budgets_on_known_gpus_are_timed_at_the_assumed_mfu():
+    spec = StudySpec("t", (Setting("g", ("tiny",), (1e12,), gpus=2),), unit=StudyUnit.TOKENS)
+    plan = make_plan(spec, pending(spec), ClusterResources(16, 8, "H100"), {"tiny": 1e9})
+    assert plan.gpu_hours is not None and plan.gpu_hours > 0 and "MFU" in plan.estimate_note
+
+
+def test_concurrency_follows_the_trials_needs():
+    two_gpu = StudySpec("t", (Setting("g", ("tiny",), (1,), gpus=2),))
+    assert concurrent_trials(two_gpu, ClusterResources(32, 8)) == 4
+    cpu = StudySpec("t", (Setting("c", ("tiny",), (1,), gpus=0, workers=2),))
+    assert concurrent_trials(cpu, ClusterResources(9, 0)) == 4  # a core for each worker's threads

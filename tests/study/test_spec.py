@@ -1,0 +1,91 @@
+"""Study specifications: study files, the trials they expand to, and their mistakes."""
+
+from pathlib import Path
+
+import pytest
+
+from crammit.config import Budget
+from crammit.errors import CrammitError
+from crammit.study.spec import Setting, StudySpec, StudyUnit, parse_budgets, read_study_file
+
+STUDIES = Path(__file__).parents[2] / "studies"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return path
+
+
+def test_every_shipped_study_file_reads():
+    specs = {path.stem: read_study_file(path) for path in STUDIES.glob("*.toml")}
+    assert {"scaling", "crammed_vs_large", "smoke"} <= set(specs)
+    scaling = specs["scaling"]
+    assert [(s.sizes, s.budgets, s.gpus) for s in scaling.settings] == [
+        (("small", "base", "crammed"), (6, 12, 24), 1)]
+    assert len(specs["smoke"].trials()) >= 6
+
+
+def test_trials_are_the_grid_with_deterministic_names():
+    spec = StudySpec("s", settings=(Setting("crammed", sizes=("tiny", "mini"), budgets=(0.5, 2e6)),),
+                     unit=StudyUnit.TOKENS)
+    assert [trial.name for trial in spec.trials()] == [
+        "crammed-tiny-0.5tok", "crammed-tiny-2e6tok", "crammed-mini-0.5tok", "crammed-mini-2e6tok"]
+    assert [t.name for t in StudySpec("s", (Setting("x", ("tiny",), (6, 24)),)).trials()] == [
+        "x-tiny-6h", "x-tiny-24h"]
+
+
+def test_minutes_become_an_hours_budget():
+    assert StudyUnit.MINUTES.budget(30) == Budget.hours(0.5)
+    assert StudyUnit.FLOPS.budget(1e15) == Budget.flops(1e15)
+
+
+def test_a_study_file_round_trips_through_its_dict(tmp_path):
+    spec = read_study_file(write(tmp_path, """
+name = "mine"
+unit = "minutes"
+[data]
+vocab_size = 8192
+[[settings]]
+name = "small_batch"
+sizes = ["tiny"]
+budgets = [1, 2]
+gpus = 0
+workers = 2
+[settings.overrides]
+batch_size = 64
+micro_batch_size = 16
+"""))
+    assert spec.settings[0].recipe_config().batch_size == 64
+    assert spec.settings[0].recipe_label() == "crammed (batch_size=64, micro_batch_size=16)"
+    assert StudySpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ('name = "x"\ncolour = "red"\n[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]',
+     "unknown key(s) colour"),
+    ('[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]\nlr = 1', "unknown key(s) lr"),
+    ('[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]\n[settings.overrides]\nlearning_rate = 1',
+     "unknown recipe key(s) learning_rate"),
+    ('[data]\nvocab = 5\n[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]', "[data]: unknown key"),
+    ('[[settings]]\nname = "a"\nsizes = ["huge"]\nbudgets = [1]', "unknown model size 'huge'"),
+    ('[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [0]', "is not a positive number"),
+    ('[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = ["six"]', "is not a positive number"),
+    ('unit = "days"\n[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]', "unknown unit 'days'"),
+    ('name = "x"', "has no settings"),
+    ('[[settings]]\nname = "a-b"\nsizes = ["tiny"]\nbudgets = [1]', "letters, digits"),
+    ("this is not toml", "not valid TOML"),
+])
+def test_study_file_mistakes_are_named(tmp_path, text, fragment):
+    with pytest.raises(CrammitError, match=None) as error:
+        read_study_file(write(tmp_path, text))
+    assert fragment in str(error.value)
+
+
+def test_budgets_flag():
+    assert parse_budgets("6,12, 24") == (6.0, 12.0, 24.0)
+    for text, fragment in (("6,x", "'x' is not a number"), ("6,-1", "-1 is not positive"),
+                           ("0", "not positive")):
+        with pytest.raises(CrammitError) as error:
+            parse_budgets(text)
+        assert fragment in str(error.value)
