@@ -86,15 +86,15 @@ def cluster_problem(spec: StudySpec, cluster: ClusterResources) -> str:
 
 
 def make_plan(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources,
-              flops_per_token: dict[str, float]) -> StudyPlan:
+              flops_per_token: dict[tuple[str, str], float]) -> StudyPlan:
     """`trials` is the study's trial table (status, and measured figures of finished
-    trials); `flops_per_token` maps each size to its training FLOPs per token."""
+    trials); `flops_per_token` maps each (setting, size) to its training FLOPs per token."""
     status = dict(zip(trials["trial"], trials["status"], strict=True))
     measured = _measured_flops_per_s(trials)
     peak = peak_flops(cluster.accelerator) if cluster.accelerator else None
     planned, notes = [], set()
     for trial in spec.trials():
-        hours, note = _trial_hours(trial, flops_per_token[trial.size], measured, peak)
+        hours, note = _trial_hours(trial, flops_per_token[(trial.setting.name, trial.size)], measured, peak)
         notes.add(note)
         setting = trial.setting
         resources = f"{setting.gpus} GPU" if setting.gpus else f"{setting.workers} CPU worker"

@@ -42,8 +42,9 @@ TUNE_DIR = "tune"
 
 def plan_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources) -> StudyPlan:
     """The plan of `spec` on `cluster`, counting trials `study_dir` already finished."""
-    flops_per_token = {size: training_flops_per_token(trial_model(spec, size), recipe_mask_rate(spec))
-                       for size in {trial.size for trial in spec.trials()}}
+    flops_per_token = {(setting.name, size): training_flops_per_token(trial_model(spec, size),
+                                                                       setting.recipe_config().mask_rate)
+                       for setting in spec.settings for size in setting.sizes}
     return make_plan(spec, results.trials_table(spec, study_dir), cluster, flops_per_token)
 
 
@@ -64,7 +65,7 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
     pending = [name for name in configs
                if results.trial_status(Path(configs[name].run_dir)) is not results.TrialStatus.OK]
     if pending:
-        _tune(spec, study_dir, configs, pending, concurrent_trials(spec, cluster), cache_dir)
+        _tune(spec, study_dir, data, configs, pending, concurrent_trials(spec, cluster), cache_dir)
     trials = results.write_tables(spec, study_dir)
     write_report(study_dir, FitOptions(resamples=spec.resamples), echo=echo)
     return trials
@@ -77,11 +78,6 @@ def trial_model(spec: StudySpec, size: str) -> ModelConfig:
 
         return model_for(size, Path(spec.data.data))
     return dataclasses.replace(model_config(size), vocab_size=spec.data.vocab_size, seq_len=spec.data.seq_len)
-
-
-def recipe_mask_rate(spec: StudySpec) -> float:
-    rates = {setting.recipe_config().mask_rate for setting in spec.settings}
-    return rates.pop() if len(rates) == 1 else max(rates)
 
 
 def trial_config(spec: StudySpec, trial: Trial, study_dir: Path, data: Path) -> TrainConfig:
@@ -130,15 +126,14 @@ def _check_compatible(config: TrainConfig, name: str) -> None:
                            "run the study file it was started with, or use another --out")
 
 
-def _tune(spec: StudySpec, study_dir: Path, configs: dict[str, TrainConfig], pending: list[str],
-          concurrency: int, cache_dir: Path) -> None:
+def _tune(spec: StudySpec, study_dir: Path, data: Path, configs: dict[str, TrainConfig],
+          pending: list[str], concurrency: int, cache_dir: Path) -> None:
     from crammit.train.run import ingest
 
     # Read once, shared by every trial: each trial's own read would start Ray Data anew.
-    data = ingest(Path(next(iter(configs.values())).data))
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, configs={name: configs[name].to_dict() for name in pending},
-                             concurrency=concurrency, cache_dir=str(cache_dir), data=data),
+                             concurrency=concurrency, cache_dir=str(cache_dir), data=ingest(data)),
         {"cpu": TRIAL_DRIVER_CPUS},
     )
     tuner = tune.Tuner(

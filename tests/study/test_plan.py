@@ -19,8 +19,8 @@ def pending(spec: StudySpec, **done) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def flops_per_token(spec: StudySpec) -> dict[str, float]:
-    return {size: 1e9 for setting in spec.settings for size in setting.sizes}
+def flops_per_token(spec: StudySpec) -> dict[tuple[str, str], float]:
+    return {(setting.name, size): 1e9 for setting in spec.settings for size in setting.sizes}
 
 
 def test_hours_study_on_eight_gpus():
@@ -43,17 +43,18 @@ def test_a_machine_without_gpus_is_told_it_cannot_run_it():
 def test_finished_trials_are_not_planned_again_and_time_token_budgets():
     spec = StudySpec("t", (Setting("cpu", ("tiny",), (1e6, 2e6), gpus=0),), unit=StudyUnit.TOKENS)
     cluster = ClusterResources(2, 0)
-    unknown = make_plan(spec, pending(spec), cluster, {"tiny": 1e9})
+    unknown = make_plan(spec, pending(spec), cluster, flops_per_token(spec))
     assert unknown.wall_hours is None and "unknown" in unknown.render()
-    # The finished 1e6-token trial ran at 1e9 FLOP/token / 3600 s = 1e12 FLOP in an hour.
-    measured = make_plan(spec, pending(spec, **{"cpu-tiny-1e6tok": (1e15, 3600.0)}), cluster, {"tiny": 1e9})
-    assert measured.wall_hours == 2.0  # the 2e6-token trial, at the measured 2.8e11 FLOP/s
+    # The finished 1e6-token trial did its 1e15 FLOPs in an hour: the 2e6-token one takes two.
+    finished = pending(spec, **{"cpu-tiny-1e6tok": (1e15, 3600.0)})
+    measured = make_plan(spec, finished, cluster, flops_per_token(spec))
+    assert measured.wall_hours == 2.0
     assert [t.status for t in measured.trials] == ["ok", "pending"]
 
 
 def test_token_budgets_on_known_gpus_are_timed_at_the_assumed_mfu():
     spec = StudySpec("t", (Setting("g", ("tiny",), (1e12,), gpus=2),), unit=StudyUnit.TOKENS)
-    plan = make_plan(spec, pending(spec), ClusterResources(16, 8, "H100"), {"tiny": 1e9})
+    plan = make_plan(spec, pending(spec), ClusterResources(16, 8, "H100"), flops_per_token(spec))
     assert plan.gpu_hours is not None and plan.gpu_hours > 0 and "MFU" in plan.estimate_note
 
 
