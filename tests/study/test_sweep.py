@@ -18,19 +18,18 @@ STEP_TOKENS = 16 * 128
 
 
 def study_file(tmp_path: Path) -> Path:
-    """Four token budgets of the tiny model (enough points for L(C)), checkpointing every
-    second or so, and a setting whose one trial fails: its micro-batch exceeds the held-out set."""
+    """Two token budgets of the tiny model, checkpointing every second or so, and a setting
+    whose one trial fails: its micro-batch exceeds the held-out set."""
     path = tmp_path / "study.toml"
     path.write_text(f"""
 name = "killed"
 unit = "tokens"
 checkpoint_minutes = 0.02
 eval_sequences = 32
-resamples = 100
 [[settings]]
 name = "tiny"
 sizes = ["tiny"]
-budgets = [{", ".join(str(steps * STEP_TOKENS) for steps in (20, 30, 40, 50))}]
+budgets = [{", ".join(str(steps * STEP_TOKENS) for steps in (20, 30))}]
 gpus = 0
 [settings.overrides]
 batch_size = 16
@@ -81,7 +80,7 @@ def test_a_killed_study_resumes_and_completes_without_losing_or_repeating_trials
     assert second.returncode == 0, output[-3000:]
 
     trials = pd.read_parquet(out / results.TRIALS_FILE)
-    assert sorted(trials["trial"]) == sorted(set(trials["trial"])) and len(trials) == 5
+    assert sorted(trials["trial"]) == sorted(set(trials["trial"])) and len(trials) == 3
     done = trials[trials["setting"] == "tiny"]
     assert (done["status"] == "ok").all() and (done["eval_loss"] < done["initial_eval_loss"]).all()
     broken = trials[trials["setting"] == "broken"].iloc[0]
@@ -94,7 +93,7 @@ def test_a_killed_study_resumes_and_completes_without_losing_or_repeating_trials
 
     curves = pd.read_parquet(out / results.CURVES_FILE)
     assert set(curves["trial"]) == set(done["trial"])
-    fit = json.loads((out / results.FIT_FILE).read_text())
-    assert "parameters" in fit["compute"]["tiny"]
-    assert (out / results.STUDY_FILE).is_file() and list((out / results.PLOTS_DIR).glob("*.png"))
-    assert "L(C) = E + A*C^-alpha, tiny" in output
+    # Two finished trials are too few for any law: the study still ends with its tables and curves.
+    assert "no scaling law fitted" in output and not (out / results.FIT_FILE).exists()
+    assert (out / results.STUDY_FILE).is_file()
+    assert (out / results.PLOTS_DIR / "training_curves.png").is_file()
