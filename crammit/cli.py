@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from crammit.config import Budget, Device, RecipeConfig, TrainConfig
+from crammit.config import Budget, Device, GlueRecipe, RecipeConfig, TrainConfig
 from crammit.errors import CrammitError
 
 app = typer.Typer(
@@ -203,22 +203,39 @@ def data_inspect(directory: Annotated[Path, typer.Argument(help="A prepared dire
         raise _fail(error) from None
 
 
+GLUE_TASKS_HELP = ("GLUE tasks to fine-tune each finished trial on, e.g. rte,mrpc or all; "
+                   "adds their scores to trials.parquet.")
+GLUE_DIR_HELP = "The official GLUE TSV layout (e.g. RTE/train.tsv); default: the Hugging Face hub."
+
 study_app = typer.Typer(help="Scaling studies on Ray Tune: sweep budgets x sizes, fit laws, plot.",
                         no_args_is_help=True)
 app.add_typer(study_app, name="study")
 
 
-def _run_study(spec, out: Path | None, data: Path | None, address: str | None, dry_run: bool,
-               cache_dir: Path | None) -> None:
-    """Print the plan; unless `dry_run`, run the study and print its fitted laws."""
+def _with_flags(spec, data: Path | None, glue: str | None, glue_dir: Path | None, glue_seeds: int | None):
+    """The study spec with what the command line replaces: its data, its GLUE evaluation."""
     import dataclasses
+
+    from crammit.study.spec import StudyGlue
+
+    if data is not None:
+        spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, data=str(data.resolve())))
+    tasks = tuple(task.strip() for task in glue.split(",") if task.strip()) if glue else None
+    given = {key: value for key, value in (("tasks", tasks), ("seeds", glue_seeds),
+                                           ("glue_dir", str(glue_dir.resolve()) if glue_dir else None))
+             if value is not None}
+    if given:
+        spec = dataclasses.replace(spec, glue=StudyGlue(**{**dataclasses.asdict(spec.glue), **given}))
+    return spec
+
+
+def _run_study(spec, out: Path | None, address: str | None, dry_run: bool, cache_dir: Path | None) -> None:
+    """Print the plan; unless `dry_run`, run the study and print its fitted laws."""
     import time
 
     from crammit.cluster import cluster_resources
     from crammit.study.sweep import plan_study, run_study
 
-    if data is not None:
-        spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, data=str(data.resolve())))
     out = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}"
     cluster = cluster_resources(address or os.environ.get("RAY_ADDRESS"))
     typer.echo(plan_study(spec, out, cluster).render())
@@ -248,6 +265,9 @@ def study_scaling(
     address: Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the plan and stop.")] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")] = None,
+    glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP)] = None,
+    glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
+    glue_seeds: Annotated[int | None, typer.Option(help="Fine-tunes per GLUE task and trial (1).")] = None,
 ) -> None:
     """Sweep budgets x model sizes with the crammed recipe, then fit and plot scaling laws."""
     from crammit.study.spec import Setting, StudyData, StudySpec, StudyUnit, parse_budgets
@@ -264,7 +284,7 @@ def study_scaling(
                           overrides=overrides)
         spec = StudySpec(name="scaling", settings=(setting,), unit=StudyUnit(unit),
                          data=StudyData(corpus=corpus))
-        _run_study(spec, out, data, address, dry_run, cache_dir)
+        _run_study(_with_flags(spec, data, glue, glue_dir, glue_seeds), out, address, dry_run, cache_dir)
     except CrammitError as error:
         raise _fail(error) from None
 
@@ -278,12 +298,17 @@ def study_run(
     address: Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the plan and stop.")] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")] = None,
+    glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP + " Replaces the file's [glue] tasks.")]
+    = None,
+    glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
+    glue_seeds: Annotated[int | None, typer.Option(help="Fine-tunes per GLUE task and trial.")] = None,
 ) -> None:
     """Run the settings of a study file (each a size, recipe overrides, GPUs and budgets)."""
     from crammit.study.spec import read_study_file
 
     try:
-        _run_study(read_study_file(study_file), out, data, address, dry_run, cache_dir)
+        spec = _with_flags(read_study_file(study_file), data, glue, glue_dir, glue_seeds)
+        _run_study(spec, out, address, dry_run, cache_dir)
     except CrammitError as error:
         raise _fail(error) from None
 
@@ -321,3 +346,71 @@ def study_plot(directory: Annotated[Path, typer.Argument(help="A study directory
     except CrammitError as error:
         raise _fail(error) from None
     typer.echo("\n".join(str(path) for path in figures))
+
+
+eval_app = typer.Typer(help="Evaluate finished runs downstream: GLUE fine-tuning on Ray Tune.",
+                       no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+def _betas(text: str) -> tuple[float, float]:
+    try:
+        first, second = (float(value) for value in text.split(","))
+    except ValueError:
+        raise CrammitError(f"--betas {text!r} is not two numbers; give e.g. 0.9,0.98") from None
+    return first, second
+
+
+@eval_app.command("glue")
+def eval_glue(
+    run_dir: Annotated[Path, typer.Argument(help="A finished `crammit train` run directory.")],
+    tasks: Annotated[str, typer.Option(help="'all' or a comma-separated list of "
+                                            "cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte.")] = "all",
+    glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
+    seeds: Annotated[int, typer.Option(help="Fine-tunes per task (seeds 0..N-1); the median is reported.")]
+    = 5,
+    gpus: Annotated[int, typer.Option(help="GPUs, one fine-tune on each at a time; 0 fine-tunes on CPUs.")]
+    = 1,
+    workers: Annotated[int, typer.Option(help="CPU fine-tunes at once when --gpus 0.")] = 1,
+    from_scratch: Annotated[bool, typer.Option(
+        help="Fine-tune a randomly initialised model of the same size instead (the control).")] = False,
+    max_train_examples: Annotated[int, typer.Option(help="Fine-tune on a fixed random subset this large "
+                                                         "(0: the whole training set).")] = 0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = GlueRecipe.lr,
+    betas: Annotated[str, typer.Option(help="AdamW betas, e.g. 0.9,0.98.")] = "0.9,0.98",
+    adam_eps: Annotated[float, typer.Option(help="AdamW epsilon.")] = GlueRecipe.adam_eps,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = GlueRecipe.batch_size,
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = GlueRecipe.epochs,
+    warmup: Annotated[float, typer.Option(help="Fraction of steps of linear warm-up.")]
+    = GlueRecipe.warmup_fraction,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = GlueRecipe.weight_decay,
+    seq_len: Annotated[int, typer.Option(help="Tokens per example (pairs truncated).")] = GlueRecipe.seq_len,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")] = None,
+) -> None:
+    """Fine-tune the run's final model on GLUE tasks (the paper's GLUE-sane recipe) and
+    report dev scores: median over seeds, spread, and the average over the tasks run."""
+    from crammit.eval.glue import Init, Placement, evaluate_glue, render
+    from crammit.eval.glue_data import parse_tasks
+
+    try:
+        if seeds < 1 or gpus < 0 or workers < 1:
+            raise CrammitError("--seeds and --workers must be at least 1, --gpus at least 0")
+        if gpus and workers != 1:
+            raise CrammitError("--workers is for CPU fine-tunes; with GPUs there is one fine-tune per GPU")
+        recipe = GlueRecipe(lr=lr, betas=_betas(betas), adam_eps=adam_eps, weight_decay=weight_decay,
+                            batch_size=batch_size, epochs=epochs, warmup_fraction=warmup, seq_len=seq_len,
+                            max_train_examples=max_train_examples)
+        evaluation = evaluate_glue(
+            [run_dir], parse_tasks(tasks), range(seeds), recipe, glue_dir, Placement(gpus, workers),
+            Init.SCRATCH if from_scratch else Init.PRETRAINED, address or os.environ.get("RAY_ADDRESS"),
+            echo=typer.echo,
+        )
+    except CrammitError as error:
+        raise _fail(error) from None
+    for directory, summary in evaluation.summaries.items():
+        typer.echo(render(summary))
+        typer.echo(f"results: {directory / Init(summary['init']).directory}")
+    if evaluation.failed:
+        typer.echo(f"error: {len(evaluation.failed)} fine-tunes failed ({', '.join(evaluation.failed)}); "
+                   "run the command again to retry them", err=True)
+        raise typer.Exit(1)

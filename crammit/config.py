@@ -172,6 +172,38 @@ class TrainConfig:
         })
 
 
+@dataclass(frozen=True)
+class GlueRecipe:
+    """GLUE fine-tuning, the paper's "GLUE-sane": one set of hyper-parameters for every task
+    (AdamW, 10 % linear warm-up then cosine decay to zero, no dropout)."""
+
+    lr: float = 4e-5
+    betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-6
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    epochs: int = 5
+    warmup_fraction: float = 0.1
+    seq_len: int = 128  # tokens per example, pair included; longer pairs are truncated
+    max_train_examples: int = 0  # 0: the whole training set; else a fixed random subset
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "batch_size", "epochs", "seq_len"):
+            if not getattr(self, name) > 0:
+                raise CrammitError(f"GLUE {name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise CrammitError(f"GLUE warm-up fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.max_train_examples < 0:
+            raise CrammitError(f"--max-train-examples must be >= 0, got {self.max_train_examples}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GlueRecipe:
+        return cls(**{**data, "betas": tuple(data["betas"])})
+
+
 class SequenceOrder(str, Enum):
     PREVALENCE = "prevalence"  # the paper: sequences of common tokens first
     SHUFFLE = "shuffle"

@@ -79,3 +79,44 @@ def near_duplicate_documents(distinct: int, copies: int) -> tuple[list[str], lis
         words[rng.randrange(len(words))] = "changed"
         near_copies.append(" ".join(words))
     return originals, near_copies
+
+
+def write_finished_run(run_dir: Path, texts: list[str], seed: int = 0) -> Path:
+    """A run directory holding what a finished `crammit train` leaves for evaluation: the
+    config, a tokenizer trained on `texts`, and a (randomly initialised) tiny final model."""
+    import torch
+
+    from crammit.data.layout import TOKENIZER
+    from crammit.data.tokenizer import train_tokenizer
+    from crammit.model.bert import CrammedBert
+    from crammit.train import rundir
+
+    config = tiny_train_config(run_dir, Path("unused"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_tokenizer(texts, TINY_VOCAB).save(str(run_dir / TOKENIZER))
+    torch.manual_seed(seed)
+    rundir.save_final_model(run_dir, CrammedBert(config.model), config)
+    rundir.save_config(run_dir, config)
+    return run_dir
+
+
+GLUE_WORDS = ["cats", "dogs", "sleep", "run", "the", "park", "quietly", "today", "rain", "falls"]
+
+
+def write_glue_dir(root: Path, seed: int = 0) -> Path:
+    """Small RTE and SST-2 files in the official layout."""
+    rng = random.Random(seed)
+
+    def sentence() -> str:
+        return " ".join(rng.choices(GLUE_WORDS, k=6))
+
+    for split, rows in (("train", 40), ("dev", 16)):
+        (root / "RTE").mkdir(parents=True, exist_ok=True)
+        labels = ("entailment", "not_entailment")
+        lines = ["index\tsentence1\tsentence2\tlabel"] + [
+            f"{i}\t{sentence()}\t{sentence()}\t{rng.choice(labels)}" for i in range(rows)]
+        (root / "RTE" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+        (root / "SST-2").mkdir(parents=True, exist_ok=True)
+        lines = ["sentence\tlabel"] + [f"{sentence()} \t{rng.randint(0, 1)}" for _ in range(rows)]
+        (root / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root

@@ -143,3 +143,30 @@ def test_study_fit_of_a_table_it_cannot_fit(tmp_path):
         result = CliRunner().invoke(app, ["study", "fit", str(table)])
         assert result.exit_code == 2 and fragment in result.output, result.output
     assert not (tmp_path / "fit.json").exists()
+
+
+def test_eval_glue_unknown_task_is_one_line_in_a_real_process(tmp_path):
+    result = crammit("eval", "glue", str(tmp_path), "--tasks", "rte,wnli")
+    assert_one_line_error(result, "unknown GLUE task 'wnli'")
+
+
+def test_eval_glue_bad_input(tmp_path):
+    from tests.helpers import GLUE_WORDS, write_finished_run, write_glue_dir
+
+    run = write_finished_run(tmp_path / "run", [" ".join(GLUE_WORDS)] * 20)
+    glue = write_glue_dir(tmp_path / "glue")
+    dev = glue / "RTE" / "dev.tsv"
+    lines = dev.read_text().splitlines()
+    lines[4] = "4\tonly two fields"
+    dev.write_text("\n".join(lines) + "\n")
+    cases = [
+        ([str(tmp_path)], "holds no final model"),
+        ([str(run), "--tasks", "mrpc", "--glue-dir", str(glue)], "MRPC/train.tsv"),
+        ([str(run), "--tasks", "rte", "--glue-dir", str(glue)], f"{dev} line 5: expected 4 tab-separated"),
+        ([str(run), "--seeds", "0"], "--seeds and --workers must be at least 1"),
+    ]
+    for args, fragment in cases:
+        result = CliRunner().invoke(app, ["eval", "glue", *args, "--gpus", "0"])
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 2 and len(errors) == 1 and fragment in errors[0], result.output
+    assert not (run / "glue").exists()  # nothing started, nothing written

@@ -42,6 +42,7 @@ class StudyPlan:
     wall_hours: float | None
     estimate_note: str
     problem: str  # why this cluster cannot run the study as asked; empty when it can
+    glue: str = ""  # the GLUE fine-tunes that follow training; empty when none
 
     def render(self) -> str:
         width = max(len(trial.name) for trial in self.trials)
@@ -58,6 +59,8 @@ class StudyPlan:
         ]
         if self.estimate_note:
             lines.append(f"({self.estimate_note})")
+        if self.glue:
+            lines.append(self.glue)
         if self.problem:
             lines.append(f"this cluster cannot run this study as asked: {self.problem}")
         return "\n".join(lines)
@@ -113,7 +116,17 @@ def make_plan(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources,
         wall_hours=_makespan([plan.hours for _, plan in to_run], concurrency) if known else None,
         estimate_note="; ".join(sorted(note for note in notes if note)),
         problem=cluster_problem(spec, cluster),
+        glue=_glue_line(spec),
     )
+
+
+def _glue_line(spec: StudySpec) -> str:
+    glue = spec.glue
+    if not glue.tasks:
+        return ""
+    fine_tunes = len(spec.trials()) * len(glue.tasks) * glue.seeds
+    return (f"then GLUE: each finished trial fine-tuned on {', '.join(glue.tasks)} with {glue.seeds} "
+            f"seed(s), {fine_tunes} fine-tunes in all (not in the hours above)")
 
 
 def _trial_hours(trial: Trial, flops_per_token: float, measured: dict, peak: float | None

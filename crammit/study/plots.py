@@ -1,5 +1,6 @@
 """Figures of a scaling study: loss against compute with the fitted laws and their bands,
-settings side by side, equal-budget curves, training curves and residuals.
+settings side by side, equal-budget curves, GLUE scores beside loss, training curves and
+residuals.
 
 Each figure is a function of the study's tables (`trials.parquet`, `curves.parquet`) and
 `fit.json` that returns a matplotlib Figure, so a notebook shows it inline; `draw_all`
@@ -49,6 +50,7 @@ def draw_all(trials: pd.DataFrame, curves: pd.DataFrame, fit: dict[str, Any], ou
         "iso_budget": lambda: iso_budget(trials),
         "training_curves": lambda: training_curves(trials, curves),
         "residuals": lambda: residuals(trials, fit),
+        "glue_vs_compute": lambda: glue_vs_compute(trials),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -216,6 +218,37 @@ def iso_budget(trials: pd.DataFrame) -> Figure:
         kind = "iso-FLOP" if unit == "flops" else f"equal budget ({unit})"
         ax.set_title(f"{setting}: {kind}", pad=30)  # room for the size names
         _legend_outside(ax, title="budget")
+    return fig
+
+
+@_styled
+def glue_vs_compute(trials: pd.DataFrame) -> Figure:
+    """Downstream beside upstream: each trial's GLUE dev average (the study's tasks) and
+    its held-out loss against training FLOPs, lines joining the budgets of one size."""
+    finished = _finished(trials)
+    if "glue_average" not in finished or finished["glue_average"].isna().all():
+        raise NothingToDraw("no trial has GLUE results for every task of the study")
+    finished = finished.sort_values(["setting", "size", "flops"])
+    sizes, palette = _sizes(trials, finished["size"])
+    settings = _setting_order(trials)
+    tasks = sorted({column.split("_")[1] for column in finished.columns
+                    if column.startswith("glue_") and column != "glue_average"})
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True)
+    for ax, column, label in [(axes[0], "eval_loss", LOSS_LABEL),
+                              (axes[1], "glue_average", f"GLUE dev average ({', '.join(tasks)})")]:
+        sns.lineplot(data=finished.dropna(subset=[column]), x="flops", y=column, hue="size", hue_order=sizes,
+                     palette=palette, style="setting", style_order=settings,
+                     markers=dict(zip(settings, MARKERS, strict=False)), dashes=False, markersize=8,
+                     estimator=None, sort=False, ax=ax, legend=ax is axes[1])
+        if column == "eval_loss":
+            _log_log(ax, loss=True)
+        else:
+            ax.set_xscale("log")  # scores are percentages: a linear axis
+        ax.set(xlabel=FLOPS_LABEL, ylabel=label)
+    axes[0].set_title("upstream: held-out loss vs training compute")
+    axes[1].set_title("downstream: GLUE dev score (median over seeds) vs training compute")
+    _legend_outside(axes[1])
     return fig
 
 

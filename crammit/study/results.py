@@ -16,6 +16,7 @@ import tomli_w
 
 from crammit.config import Device
 from crammit.errors import CrammitError
+from crammit.eval.glue import trial_columns
 from crammit.io import atomic_path
 from crammit.model.flops import non_embedding_parameter_count, parameter_count
 from crammit.study.spec import StudySpec, Trial, read_study_file
@@ -66,10 +67,10 @@ def load_spec(study_dir: Path) -> StudySpec:
 
 def trials_table(spec: StudySpec, study_dir: Path) -> pd.DataFrame:
     """One row per trial of the spec, finished or not (see the README for the columns)."""
-    return pd.DataFrame([_trial_row(trial, study_dir) for trial in spec.trials()])
+    return pd.DataFrame([_trial_row(spec, trial, study_dir) for trial in spec.trials()])
 
 
-def _trial_row(trial: Trial, study_dir: Path) -> dict:
+def _trial_row(spec: StudySpec, trial: Trial, study_dir: Path) -> dict:
     run_dir = trial_dir(study_dir, trial)
     status = trial_status(run_dir)
     row = {"trial": trial.name, "setting": trial.setting.name, "size": trial.size,
@@ -92,6 +93,8 @@ def _trial_row(trial: Trial, study_dir: Path) -> dict:
                    eval_loss=final["eval_loss"], initial_eval_loss=final["initial_eval_loss"])
     elif status is TrialStatus.FAILED:
         row["error"] = (run_dir / ERROR_FILE).read_text().strip()
+    if spec.glue.tasks:
+        row.update(trial_columns(run_dir, spec.glue.task_list()))
     return row
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from crammit.config import Budget, RecipeConfig, model_config
 from crammit.errors import CrammitError
+from crammit.eval.glue_data import GlueTask, parse_tasks
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -110,6 +111,28 @@ class StudyData:
 
 
 @dataclass(frozen=True)
+class StudyGlue:
+    """GLUE fine-tuning of every finished trial's final model (the GLUE-sane recipe); no
+    tasks: none."""
+
+    tasks: tuple[str, ...] = ()
+    seeds: int = 1
+    glue_dir: str = ""  # the official GLUE TSV layout; empty: the Hugging Face hub
+    max_train_examples: int = 0  # 0: whole training sets
+
+    def __post_init__(self) -> None:
+        self.task_list()  # unknown tasks fail here, before any work
+        if self.seeds < 1:
+            raise CrammitError(f"GLUE seeds must be at least 1, got {self.seeds}")
+
+    def task_list(self) -> tuple[GlueTask, ...]:
+        return parse_tasks(",".join(self.tasks)) if self.tasks else ()
+
+    def data_path(self) -> Path | None:
+        return Path(self.glue_dir) if self.glue_dir else None
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A whole study: its settings, budget unit, data, and how trials checkpoint."""
 
@@ -117,6 +140,7 @@ class StudySpec:
     settings: tuple[Setting, ...]
     unit: StudyUnit = StudyUnit.HOURS
     data: StudyData = field(default_factory=StudyData)
+    glue: StudyGlue = field(default_factory=StudyGlue)
     checkpoint_minutes: float = 30.0
     eval_sequences: int = 512
     resamples: int = 1000  # bootstrap resamples of the fits' intervals
@@ -140,6 +164,9 @@ class StudySpec:
             "name": self.name, "unit": self.unit.value, "checkpoint_minutes": self.checkpoint_minutes,
             "eval_sequences": self.eval_sequences, "resamples": self.resamples,
             "data": {key: value for key, value in dataclasses.asdict(self.data).items() if value != ""},
+            **({"glue": {key: list(value) if key == "tasks" else value
+                         for key, value in dataclasses.asdict(self.glue).items() if value != ""}}
+               if self.glue.tasks else {}),
             "settings": [
                 {"name": s.name, "recipe": s.recipe, "sizes": list(s.sizes), "budgets": list(s.budgets),
                  "gpus": s.gpus, "workers": s.workers, **({"overrides": s.overrides} if s.overrides else {})}
@@ -150,9 +177,11 @@ class StudySpec:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "study") -> StudySpec:
         _check_keys(raw, {"name", "unit", "checkpoint_minutes", "eval_sequences", "resamples", "data",
-                          "settings"}, source)
+                          "glue", "settings"}, source)
         data = raw.get("data", {})
         _check_keys(data, {f.name for f in dataclasses.fields(StudyData)}, f"{source} [data]")
+        glue = raw.get("glue", {})
+        _check_keys(glue, {f.name for f in dataclasses.fields(StudyGlue)}, f"{source} [glue]")
         settings = []
         for index, setting in enumerate(raw.get("settings", [])):
             where = f"{source} [[settings]] #{index + 1}"
@@ -169,7 +198,7 @@ class StudySpec:
                                f"{', '.join(u.value for u in StudyUnit)}")
         return cls(
             name=raw.get("name", Path(source).stem), settings=tuple(settings), unit=StudyUnit(unit),
-            data=StudyData(**data),
+            data=StudyData(**data), glue=StudyGlue(**{**glue, "tasks": tuple(glue.get("tasks", ()))}),
             **{key: raw[key] for key in ("checkpoint_minutes", "eval_sequences", "resamples") if key in raw},
         )
 

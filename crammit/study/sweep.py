@@ -19,7 +19,7 @@ import pandas as pd
 from ray import tune
 
 from crammit.cluster import ClusterResources, start_ray
-from crammit.config import Device, ModelConfig, PrepareConfig, TrainConfig, model_config
+from crammit.config import Device, GlueRecipe, ModelConfig, PrepareConfig, TrainConfig, model_config
 from crammit.errors import CrammitError
 from crammit.io import atomic_path
 from crammit.model.flops import training_flops_per_token
@@ -66,9 +66,33 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
                if results.trial_status(Path(configs[name].run_dir)) is not results.TrialStatus.OK]
     if pending:
         _tune(spec, study_dir, data, configs, pending, concurrent_trials(spec, cluster), cache_dir)
+    if spec.glue.tasks:
+        _evaluate_glue(spec, study_dir, [Path(config.run_dir) for config in configs.values()], cluster,
+                       address, echo)
     trials = results.write_tables(spec, study_dir)
     write_report(study_dir, FitOptions(resamples=spec.resamples), echo=echo)
     return trials
+
+
+def _evaluate_glue(spec: StudySpec, study_dir: Path, run_dirs: list[Path], cluster: ClusterResources,
+                   address: str | None, echo: Callable[[str], None]) -> None:
+    """Fine-tune every finished trial on the study's GLUE tasks (those not done yet): one
+    fine-tune per GPU on a GPU study, one per CPU otherwise."""
+    from crammit.eval.glue import Placement, evaluate_glue
+
+    finished = [run_dir for run_dir in run_dirs if results.trial_status(run_dir) is results.TrialStatus.OK]
+    if not finished:
+        return
+    gpus = cluster.gpus if any(setting.gpus for setting in spec.settings) else 0
+    glue = spec.glue
+    evaluation = evaluate_glue(
+        finished, glue.task_list(), range(glue.seeds), GlueRecipe(max_train_examples=glue.max_train_examples),
+        glue.data_path(), Placement(gpus=gpus, workers=1 if gpus else cluster.cpus), address=address,
+        tune_dir=(study_dir / TUNE_DIR).resolve(), echo=echo,
+    )
+    if evaluation.failed:
+        echo(f"{len(evaluation.failed)} GLUE fine-tunes failed ({', '.join(evaluation.failed)}); "
+             "run the study again to retry them")
 
 
 def trial_model(spec: StudySpec, size: str) -> ModelConfig:

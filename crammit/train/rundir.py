@@ -7,10 +7,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-from safetensors.torch import save_file
+import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from crammit.config import TrainConfig
+from crammit.config import ModelConfig, TrainConfig
+from crammit.data.layout import TOKENIZER
+from crammit.errors import CrammitError
 from crammit.io import atomic_path, read_json, write_json
 
 CONFIG_FILE = "config.json"
@@ -85,6 +88,19 @@ def save_final_model(run_dir: Path, model: nn.Module, config: TrainConfig) -> No
     with atomic_path(run_dir / MODEL_FILE) as tmp:
         save_file(weights, str(tmp))
     write_json(run_dir / MODEL_CONFIG_FILE, asdict(config.model))
+
+
+def final_model_config(run_dir: Path) -> ModelConfig:
+    """The shape of a run's final model; a CrammitError when the run has none yet."""
+    missing = [name for name in (MODEL_FILE, MODEL_CONFIG_FILE, TOKENIZER) if not (run_dir / name).is_file()]
+    if missing:
+        raise CrammitError(f"{run_dir} holds no final model (no {', '.join(missing)}); pass the directory "
+                           "of a finished `crammit train` run, or finish this one with --resume")
+    return ModelConfig(**read_json(run_dir / MODEL_CONFIG_FILE))
+
+
+def load_final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / MODEL_FILE))
 
 
 def save_final(run_dir: Path, results: dict) -> None:

@@ -1,10 +1,12 @@
 """The plan a study prints before training: GPU-hours, wall time, and what cannot run."""
 
+import dataclasses
+
 import pandas as pd
 
 from crammit.cluster import ClusterResources
 from crammit.study.plan import concurrent_trials, make_plan
-from crammit.study.spec import Setting, StudySpec, StudyUnit
+from crammit.study.spec import Setting, StudyGlue, StudySpec, StudyUnit
 
 SCALING = StudySpec("scaling", (Setting("crammed", ("small", "base", "crammed"), (6, 12, 24), gpus=1),))
 
@@ -29,7 +31,13 @@ def test_hours_study_on_eight_gpus():
     assert plan.concurrent_trials == 8
     assert plan.wall_hours == 24  # eight at once, longest first: the ninth (6 h) follows a 6 h one
     assert plan.problem == ""
-    assert "126.00 GPU-hours" in plan.render()
+    assert "126.00 GPU-hours" in plan.render() and "GLUE" not in plan.render()
+
+
+def test_the_plan_counts_the_glue_fine_tunes_that_follow():
+    spec = dataclasses.replace(SCALING, glue=StudyGlue(tasks=("rte", "mrpc"), seeds=5))
+    plan = make_plan(spec, pending(spec), ClusterResources(64, 8, "H100"), flops_per_token(spec))
+    assert "fine-tuned on rte, mrpc with 5 seed(s), 90 fine-tunes in all" in plan.render()
 
 
 def test_a_machine_without_gpus_is_told_it_cannot_run_it():

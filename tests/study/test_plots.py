@@ -13,7 +13,7 @@ import pytest
 from crammit.study import plots
 
 FIGURES = {"loss_vs_compute", "compute_frontier", "settings_comparison", "iso_budget", "training_curves",
-           "residuals"}
+           "residuals", "glue_vs_compute"}
 PARAMS = {"tiny": 2.1e6, "mini": 1.1e7, "small": 2.9e7, "medium": 4.2e7, "large": 3.4e8}
 E, A, ALPHA = 1.9, 3.0e2, 0.34  # the synthetic L(N, D): E + A/N^alpha + B/D^beta
 B, BETA = 2.0e2, 0.28
@@ -45,7 +45,11 @@ def _trial(setting: str, size: str, budget: float, unit: str, tokens: float, sta
     flops = 6 * params * tokens
     jitter = 1 + 0.02 * math.sin(params * tokens)  # deterministic scatter around the law
     ok = status == "ok"
+    loss = _loss(params, tokens)
+    glue = {"glue_rte_accuracy": 120 - 12 * loss, "glue_mrpc_f1": 130 - 12 * loss}  # better with lower loss
     return {
+        **{column: value if ok else None for column, value in glue.items()},
+        "glue_average": sum(glue.values()) / 2 if ok else None,
         "trial": f"{setting}-{size}-{budget:g}{unit}", "setting": setting, "size": size, "recipe": "bert-o4",
         "gpus": int(device == "cuda"), "workers": 1 if device == "cuda" else 2, "device": device,
         "budget": budget, "budget_unit": unit, "params": int(params),
@@ -145,14 +149,15 @@ def test_figures_are_skipped_when_their_data_is_absent(study, tmp_path):
     bare_fit = {**fit, "params_tokens": {"skipped": "5 points; L(N, D) needs at least 6"},
                 "compute": {setting: {"skipped": "too few", "points": law["points"]}
                             for setting, law in fit["compute"].items()}}
-    two_sizes = trials[trials["size"] != "small"]  # no budget keeps three sizes
+    two_sizes = trials[trials["size"] != "small"].assign(glue_average=None)  # no budget keeps three sizes
     paths = plots.draw_all(two_sizes, curves.iloc[:0], bare_fit, out)
     assert {path.stem for path in paths} == {"loss_vs_compute", "settings_comparison"}
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{path.stem}.{suffix}" for path in paths
                                                            for suffix in ("png", "svg"))
     for figure, args in [(plots.compute_frontier, (trials, bare_fit)), (plots.residuals, (trials, bare_fit)),
                          (plots.iso_budget, (two_sizes,)), (plots.training_curves, (trials, curves.iloc[:0])),
-                         (plots.settings_comparison, (trials[trials["setting"] == "crammed"],))]:
+                         (plots.settings_comparison, (trials[trials["setting"] == "crammed"],)),
+                         (plots.glue_vs_compute, (trials.drop(columns="glue_average"),))]:
         with pytest.raises(plots.NothingToDraw):
             figure(*args)
 
@@ -166,6 +171,15 @@ def test_skipped_settings_get_no_law_line_but_keep_their_trials(study):
     (ax,) = figure.axes
     assert len(ax.collections[0].get_offsets()) == (trials["status"] == "ok").sum()  # failed trial left out
     assert "no L(C) fitted" in ax.get_title()
+
+
+def test_glue_beside_loss_names_the_tasks_it_averages(study):
+    trials, _, _ = study
+    loss_ax, glue_ax = plots.glue_vs_compute(trials).axes[:2]
+    assert loss_ax.get_ylabel() == plots.LOSS_LABEL and glue_ax.get_ylabel() == "GLUE dev average (mrpc, rte)"
+    assert glue_ax.get_xscale() == "log" and glue_ax.get_yscale() == "linear"
+    drawn = sum(len(line.get_xdata()) for line in glue_ax.get_lines() if len(line.get_xdata()))
+    assert drawn == trials["glue_average"].notna().sum()
 
 
 def test_axes_say_what_they_measure_in_which_units(study):

@@ -46,6 +46,9 @@ name = "mine"
 unit = "minutes"
 [data]
 vocab_size = 8192
+[glue]
+tasks = ["rte", "mrpc"]
+seeds = 3
 [[settings]]
 name = "small_batch"
 sizes = ["tiny"]
@@ -58,6 +61,7 @@ micro_batch_size = 16
 """))
     assert spec.settings[0].recipe_config().batch_size == 64
     assert spec.settings[0].recipe_label() == "crammed (batch_size=64, micro_batch_size=16)"
+    assert [task.name for task in spec.glue.task_list()] == ["rte", "mrpc"] and spec.glue.seeds == 3
     assert StudySpec.from_dict(spec.to_dict()) == spec
 
 
@@ -69,6 +73,9 @@ micro_batch_size = 16
      "unknown recipe key(s) learning_rate"),
     ('[data]\nvocab = 5\n[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]', "[data]: unknown key"),
     ('[[settings]]\nname = "a"\nsizes = ["huge"]\nbudgets = [1]', "unknown model size 'huge'"),
+    ('[glue]\ntasks = ["wnli"]\n[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]',
+     "unknown GLUE task"),
+    ('[glue]\nepochs = 3\n[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]', "[glue]: unknown key"),
     ('[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [0]', "is not a positive number"),
     ('[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = ["six"]', "is not a positive number"),
     ('unit = "days"\n[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]', "unknown unit 'days'"),

@@ -13,19 +13,24 @@ import ray
 from crammit.study import results
 from crammit.train import rundir
 from crammit.train.checkpoint import latest_tag
+from tests.helpers import write_glue_dir
 
 STEP_TOKENS = 16 * 128
 
 
 def study_file(tmp_path: Path) -> Path:
     """Two token budgets of the tiny model, checkpointing every second or so, and a setting
-    whose one trial fails: its micro-batch exceeds the held-out set."""
+    whose one trial fails: its micro-batch exceeds the held-out set. Finished trials are
+    fine-tuned on a small RTE."""
     path = tmp_path / "study.toml"
     path.write_text(f"""
 name = "killed"
 unit = "tokens"
 checkpoint_minutes = 0.02
 eval_sequences = 32
+[glue]
+tasks = ["rte"]
+glue_dir = "{write_glue_dir(tmp_path / 'glue')}"
 [[settings]]
 name = "tiny"
 sizes = ["tiny"]
@@ -60,7 +65,7 @@ def interrupted_trial(out: Path) -> Path | None:
 
 
 @pytest.mark.slow
-def test_a_killed_study_resumes_and_completes_without_losing_or_repeating_trials(
+def test_a_killed_study_resumes_and_completes_without_losing_or_repeating_trials_then_glue(
         tmp_path, toy_data, ray_session):
     out, address = tmp_path / "study", ray.get_runtime_context().gcs_address
     arguments = [str(study_file(tmp_path)), "--out", str(out), "--data", str(toy_data), "--address", address]
@@ -97,3 +102,8 @@ def test_a_killed_study_resumes_and_completes_without_losing_or_repeating_trials
     assert "no scaling law fitted" in output and not (out / results.FIT_FILE).exists()
     assert (out / results.STUDY_FILE).is_file()
     assert (out / results.PLOTS_DIR / "training_curves.png").is_file()
+
+    # Each finished trial's model was fine-tuned on RTE; its score sits beside its loss.
+    assert done["glue_rte_accuracy"].between(0, 100).all()
+    assert (done["glue_average"] == done["glue_rte_accuracy"]).all() and pd.isna(broken["glue_average"])
+    assert (out / results.PLOTS_DIR / "glue_vs_compute.png").is_file()

@@ -1,0 +1,330 @@
+"""GLUE evaluation of finished runs on Ray Tune: one trial per (run, task, seed) fine-tune.
+
+The driver reads each task once (a bad file fails before any work starts) and hands the
+texts to the trials through the object store. A trial loads its run's final model and
+tokenizer, fine-tunes and reports its dev scores; the driver writes them to
+`RUN_DIR/glue/seeds/` as each trial ends. A result on disk is never computed again, so an
+evaluation run again resumes where it stopped.
+
+Per run, `glue.json` summarises the seeds (median, min, max) and the average, and
+`results.parquet` holds one row per task and seed. Scores there are percentages, as GLUE
+reports them; `--from-scratch` results go to `RUN_DIR/glue-from-scratch/` instead.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+from ray import tune
+
+from crammit.cluster import cluster_resources, start_ray
+from crammit.config import GlueRecipe
+from crammit.errors import CrammitError
+from crammit.eval.glue_data import TASKS, TRAIN, GlueSplit, GlueTask, load_task
+from crammit.io import atomic_path, read_json, write_json
+from crammit.train import rundir
+
+SEEDS_DIR = "seeds"
+SUMMARY_FILE = "glue.json"
+RESULTS_FILE = "results.parquet"
+TUNE_DIR = "tune"
+HUB_SOURCE = "hub:nyu-mll/glue"
+SUBSET_SEED = 0  # every seed of a task fine-tunes on the same --max-train-examples subset
+
+
+class Init(str, Enum):
+    """What a fine-tune starts from: the run's pretrained model, or a random initialisation
+    of the same shape (the control that shows what pretraining is worth)."""
+
+    PRETRAINED = "pretrained"
+    SCRATCH = "scratch"
+
+    @property
+    def directory(self) -> str:
+        return "glue" if self is Init.PRETRAINED else "glue-from-scratch"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where fine-tunes run: one GPU each, `gpus` at once; or, with no GPUs, `workers` at
+    once on the CPUs, which they share equally."""
+
+    gpus: int = 1
+    workers: int = 1
+
+    def concurrency(self) -> int:
+        return self.gpus or self.workers
+
+    def trial_resources(self, cluster_cpus: int) -> dict[str, float]:
+        return {"cpu": 1, "gpu": 1} if self.gpus else {"cpu": cluster_cpus / self.workers}
+
+    def threads(self, cluster_cpus: int) -> int:
+        return max(cluster_cpus // self.workers, 1)
+
+
+@dataclass(frozen=True)
+class FinetuneJob:
+    run_dir: str
+    task: str
+    seed: int
+    init: Init
+
+    @property
+    def name(self) -> str:
+        return f"{Path(self.run_dir).name}-{self.task}-seed{self.seed}"
+
+    def result_path(self) -> Path:
+        return glue_dir(Path(self.run_dir), self.init) / SEEDS_DIR / f"{self.task}-seed{self.seed}.json"
+
+
+@dataclass(frozen=True)
+class GlueEvaluation:
+    """The summary (glue.json) of every run evaluated, and the fine-tunes that failed."""
+
+    summaries: dict[Path, dict]
+    failed: list[str]
+
+
+def glue_dir(run_dir: Path, init: Init = Init.PRETRAINED) -> Path:
+    return run_dir / init.directory
+
+
+def evaluate_glue(run_dirs: Sequence[Path], tasks: Sequence[GlueTask], seeds: Sequence[int],
+                  recipe: GlueRecipe, glue_data: Path | None, placement: Placement,
+                  init: Init = Init.PRETRAINED, address: str | None = None, tune_dir: Path | None = None,
+                  echo: Callable[[str], None] = print) -> GlueEvaluation:
+    """Fine-tune every run's final model on every task with every seed (those not done
+    yet) and score it on the dev sets. `glue_data` is a directory in the official GLUE
+    layout; without it, tasks come from the Hugging Face hub. Tune's own records go to
+    `tune_dir` (default: the first run's GLUE directory)."""
+    run_dirs = [Path(run_dir).resolve() for run_dir in run_dirs]
+    for run_dir in run_dirs:
+        model = rundir.final_model_config(run_dir)
+        if recipe.seq_len > model.seq_len:
+            raise CrammitError(f"--seq-len {recipe.seq_len} exceeds the {model.seq_len} positions of the "
+                               f"model in {run_dir}; use --seq-len {model.seq_len} or less")
+    if len({run_dir.name for run_dir in run_dirs}) < len(run_dirs):
+        raise CrammitError("run directories to evaluate together need distinct names")
+    jobs = [FinetuneJob(str(run_dir), task.name, seed, init)
+            for run_dir in run_dirs for task in tasks for seed in seeds]
+    source = f"glue-dir:{glue_data.resolve()}" if glue_data else HUB_SOURCE
+    for job in jobs:
+        _check_recipe(job, recipe, source)
+    pending = [job for job in jobs if not job.result_path().exists()]
+    echo(f"GLUE: {len(jobs)} fine-tunes ({len(run_dirs)} run(s) x {len(tasks)} task(s) x {len(seeds)} "
+         f"seed(s)), {len(jobs) - len(pending)} already done")
+    if pending:
+        data = {task.name: task_data(task, glue_data, recipe)
+                for task in tasks if any(job.task == task.name for job in pending)}
+        _check_placement(placement, address)
+        start_ray(address)
+        tune_dir = tune_dir or glue_dir(run_dirs[0], init) / TUNE_DIR
+        _tune(pending, data, recipe, source, placement, tune_dir, echo)
+    failed = [job.name for job in pending if not job.result_path().exists()]
+    return GlueEvaluation({run_dir: write_summary(run_dir, init) for run_dir in run_dirs}, failed)
+
+
+def task_data(task: GlueTask, glue_data: Path | None, recipe: GlueRecipe) -> dict[str, GlueSplit]:
+    """A task's splits, the training set cut to `recipe.max_train_examples` (a random
+    subset fixed by SUBSET_SEED, in the file's order) when that is set."""
+    splits = load_task(task, glue_data)
+    train = splits[TRAIN]
+    if recipe.max_train_examples and recipe.max_train_examples < len(train):
+        chosen = np.sort(np.random.default_rng(SUBSET_SEED).choice(len(train), recipe.max_train_examples,
+                                                                    replace=False))
+        splits[TRAIN] = train.take(chosen)
+    return splits
+
+
+def finetune_trial(params: dict, jobs: dict[str, FinetuneJob], data: dict[str, ray.ObjectRef],
+                   recipe: GlueRecipe, threads: int, use_gpu: bool) -> None:
+    """One Tune trial: fine-tune one run on one task with one seed, report the dev scores.
+    `data` holds each task's splits in the object store: a trial fetches only its own."""
+    import torch
+    from tokenizers import Tokenizer
+
+    from crammit.data.layout import TOKENIZER
+    from crammit.eval.finetune import encode, finetune, padding_id
+
+    job = jobs[params["job"]]
+    run_dir = Path(job.run_dir)
+    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+    torch.set_num_threads(threads)
+    tokenizer = Tokenizer.from_file(str(run_dir / TOKENIZER))
+    splits = ray.get(data[job.task])
+    encoded = {name: encode(tokenizer, split, recipe.seq_len) for name, split in splits.items()}
+    weights = rundir.load_final_weights(run_dir) if job.init is Init.PRETRAINED else None
+    start = time.perf_counter()
+    scores = finetune(rundir.final_model_config(run_dir), weights, TASKS[job.task], encoded,
+                      padding_id(tokenizer), recipe, job.seed, device, report=tune.report)
+    tune.report({**scores, "epoch": recipe.epochs, "elapsed_s": time.perf_counter() - start,
+                 "device": torch.cuda.get_device_name(device) if use_gpu else "cpu"})
+
+
+def _tune(jobs: list[FinetuneJob], data: dict[str, dict[str, GlueSplit]], recipe: GlueRecipe, source: str,
+          placement: Placement, storage: Path, echo: Callable[[str], None]) -> None:
+    cpus = int(ray.cluster_resources()["CPU"])
+    train_examples = {task: len(splits[TRAIN]) for task, splits in data.items()}
+    # Largest training sets first, so no long fine-tune starts last while the others idle.
+    by_name = {job.name: job for job in sorted(jobs, key=lambda job: -train_examples[job.task])}
+    stored = {task: ray.put(splits) for task, splits in data.items()}
+    trainable = tune.with_resources(
+        tune.with_parameters(finetune_trial, jobs=by_name, data=stored, recipe=recipe,
+                             threads=placement.threads(cpus), use_gpu=bool(placement.gpus)),
+        placement.trial_resources(cpus),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"job": tune.grid_search(list(by_name))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=placement.concurrency(),
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(name=f"glue-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage),
+                                  callbacks=[_SaveResults(by_name, train_examples, recipe, source, echo)]),
+    )
+    tuner.fit()  # a failed fine-tune leaves no result; the others go on
+
+
+def _trial_name(trial) -> str:
+    return trial.config["job"]
+
+
+class _SaveResults(tune.Callback):
+    """Writes each fine-tune's scores as soon as its trial ends, so none is lost if the
+    evaluation is interrupted."""
+
+    def __init__(self, jobs: dict[str, FinetuneJob], train_examples: dict[str, int], recipe: GlueRecipe,
+                 source: str, echo: Callable[[str], None]) -> None:
+        self.jobs, self.train_examples, self.recipe = jobs, train_examples, recipe
+        self.source, self.echo = source, echo
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        from crammit.eval.finetune import score_names
+
+        job = self.jobs[trial.config["job"]]
+        result = trial.last_result
+        write_json(job.result_path(), {
+            "task": job.task, "seed": job.seed, "init": job.init.value,
+            "scores": {name: result[name] for name in score_names(TASKS[job.task])},
+            "recipe": self.recipe.to_dict(), "source": self.source,
+            "train_examples": self.train_examples[job.task],
+            "elapsed_s": result["elapsed_s"], "device": result["device"],
+        })
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.echo(f"fine-tune {trial.config['job']} failed; its error is in {trial.local_path}")
+
+
+def _check_recipe(job: FinetuneJob, recipe: GlueRecipe, source: str) -> None:
+    """A finished fine-tune counts only if it used the recipe and data asked for now."""
+    path = job.result_path()
+    if not path.exists():
+        return
+    done = read_json(path)
+    if done["recipe"] != recipe.to_dict() or done["source"] != source:
+        raise CrammitError(f"{path} was fine-tuned with another recipe or data; evaluate with the same "
+                           f"flags, or delete {path.parent} to start over")
+
+
+def _check_placement(placement: Placement, address: str | None) -> None:
+    cluster = cluster_resources(address)
+    if placement.gpus > cluster.gpus:
+        fix = "--gpus 0 --workers K to fine-tune on CPUs" if cluster.gpus == 0 else f"--gpus {cluster.gpus}"
+        raise CrammitError(f"asked for {placement.gpus} GPUs but the cluster has {cluster.gpus}; use {fix}")
+    if not placement.gpus and placement.workers > cluster.cpus:
+        raise CrammitError(f"asked for {placement.workers} CPU workers but the cluster has {cluster.cpus} "
+                           f"CPUs; use --workers {cluster.cpus} or fewer")
+
+
+def write_summary(run_dir: Path, init: Init = Init.PRETRAINED) -> dict:
+    """Rebuild `results.parquet` and `glue.json` from every fine-tune finished for the run."""
+    from crammit.eval.finetune import score_names, target_names
+
+    directory = glue_dir(run_dir, init)
+    order = list(TASKS)
+    finished = sorted((read_json(path) for path in (directory / SEEDS_DIR).glob("*.json")),
+                      key=lambda result: (order.index(result["task"]), result["seed"]))
+    rows = [{"task": result["task"], "seed": result["seed"], "init": result["init"],
+             **{name: 100 * value for name, value in result["scores"].items()},
+             "train_examples": result["train_examples"], "elapsed_s": result["elapsed_s"],
+             "device": result["device"], "source": result["source"]} for result in finished]
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / RESULTS_FILE) as tmp:
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+    tasks = {}
+    for name in dict.fromkeys(result["task"] for result in finished):
+        results = [result for result in finished if result["task"] == name]
+        task = TASKS[name]
+        tasks[name] = {
+            "metrics": {metric: _spread([100 * result["scores"][metric] for result in results])
+                        for metric in score_names(task)},
+            "targets": target_names(task),
+            "seeds": [result["seed"] for result in results],
+            "recipe": results[-1]["recipe"], "source": results[-1]["source"],
+            "train_examples": results[-1]["train_examples"],
+        }
+    summary = {"run_dir": str(run_dir), "init": init.value, "tasks": tasks, "average": average(tasks)}
+    write_json(directory / SUMMARY_FILE, summary)
+    return summary
+
+
+def average(tasks: dict[str, dict]) -> dict:
+    """The paper's GLUE average: the mean of the target metrics' medians, MNLI matched and
+    mismatched counting as two. Over fewer tasks than GLUE's eight it says which it covers."""
+    targets = [entry["metrics"][name]["median"] for entry in tasks.values() for name in entry["targets"]]
+    covered = list(tasks)
+    complete = set(covered) == set(TASKS)
+    if complete:
+        label = "GLUE average (8 tasks)"
+    else:
+        label = f"average over {', '.join(covered)} only ({len(covered)} of {len(TASKS)} GLUE tasks)"
+    return {"value": statistics.fmean(targets) if targets else None, "tasks": covered, "complete": complete,
+            "label": label}
+
+
+def trial_columns(run_dir: Path, tasks: Sequence[GlueTask]) -> dict[str, float | None]:
+    """A run's GLUE scores as columns of a study's trials table: each task's target
+    metrics (`glue_rte_accuracy`, `glue_mnli_matched_accuracy`, ...) and `glue_average`,
+    their mean, which is None until every task has a result."""
+    from crammit.eval.finetune import target_names
+
+    path = glue_dir(run_dir) / SUMMARY_FILE
+    evaluated = read_json(path)["tasks"] if path.is_file() else {}
+    columns = {}
+    for task in tasks:
+        for name in target_names(task):
+            entry = evaluated.get(task.name)
+            columns[f"glue_{task.name}_{name}"] = entry["metrics"][name]["median"] if entry else None
+    values = list(columns.values())
+    columns["glue_average"] = statistics.fmean(values) if values and None not in values else None
+    return columns
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
+
+
+def render(summary: dict) -> str:
+    """The summary as a table: per task and metric the median over seeds, its spread, and
+    how many examples the task was fine-tuned on."""
+    title = {Init.PRETRAINED.value: "pretrained", Init.SCRATCH.value: "randomly initialised (from scratch)"}[
+        summary["init"]]
+    lines = [f"GLUE dev scores, {title} model of {summary['run_dir']}",
+             f"{'task':<6} {'metric':<22} {'median':>7} {'min-max':>13} {'seeds':>5} {'train':>7}"]
+    for name, entry in summary["tasks"].items():
+        for metric, spread in entry["metrics"].items():
+            target = "*" if metric in entry["targets"] else " "
+            lines.append(f"{name:<6} {metric + target:<22} {spread['median']:>7.1f} "
+                         f"{spread['min']:>6.1f}-{spread['max']:<6.1f} {len(spread['values']):>5} "
+                         f"{entry['train_examples']:>7}")
+    mean = summary["average"]
+    if mean["value"] is not None:
+        lines.append(f"{mean['label']}: {mean['value']:.1f}  (* the metrics it averages)")
+    return "\n".join(lines)
