@@ -127,7 +127,7 @@ def evaluate_glue(run_dirs: Sequence[Path], tasks: Sequence[GlueTask], seeds: Se
         _check_placement(placement, address)
         start_ray(address)
         tune_dir = tune_dir or glue_dir(run_dirs[0], init) / TUNE_DIR
-        _tune(pending, data, recipe, source, placement, tune_dir, echo)
+        _tune(pending, data, recipe, source, placement, tune_dir)
     failed = [job.name for job in pending if not job.result_path().exists()]
     return GlueEvaluation({run_dir: write_summary(run_dir, init) for run_dir in run_dirs}, failed)
 
@@ -170,7 +170,7 @@ def finetune_trial(params: dict, jobs: dict[str, FinetuneJob], data: dict[str, r
 
 
 def _tune(jobs: list[FinetuneJob], data: dict[str, dict[str, GlueSplit]], recipe: GlueRecipe, source: str,
-          placement: Placement, storage: Path, echo: Callable[[str], None]) -> None:
+          placement: Placement, storage: Path) -> None:
     cpus = int(ray.cluster_resources()["CPU"])
     train_examples = {task: len(splits[TRAIN]) for task, splits in data.items()}
     # Largest training sets first, so no long fine-tune starts last while the others idle.
@@ -187,9 +187,9 @@ def _tune(jobs: list[FinetuneJob], data: dict[str, dict[str, GlueSplit]], recipe
         tune_config=tune.TuneConfig(max_concurrent_trials=placement.concurrency(),
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(name=f"glue-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage),
-                                  callbacks=[_SaveResults(by_name, train_examples, recipe, source, echo)]),
+                                  callbacks=[_SaveResults(by_name, train_examples, recipe, source)]),
     )
-    tuner.fit()  # a failed fine-tune leaves no result; the others go on
+    tuner.fit()  # a failed fine-tune leaves no result (Tune reports its error); the others go on
 
 
 def _trial_name(trial) -> str:
@@ -198,12 +198,11 @@ def _trial_name(trial) -> str:
 
 class _SaveResults(tune.Callback):
     """Writes each fine-tune's scores as soon as its trial ends, so none is lost if the
-    evaluation is interrupted."""
+    evaluation is interrupted. Tune pickles its callbacks: this one holds data only."""
 
     def __init__(self, jobs: dict[str, FinetuneJob], train_examples: dict[str, int], recipe: GlueRecipe,
-                 source: str, echo: Callable[[str], None]) -> None:
-        self.jobs, self.train_examples, self.recipe = jobs, train_examples, recipe
-        self.source, self.echo = source, echo
+                 source: str) -> None:
+        self.jobs, self.train_examples, self.recipe, self.source = jobs, train_examples, recipe, source
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         from crammit.eval.finetune import score_names
@@ -217,9 +216,6 @@ class _SaveResults(tune.Callback):
             "train_examples": self.train_examples[job.task],
             "elapsed_s": result["elapsed_s"], "device": result["device"],
         })
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.echo(f"fine-tune {trial.config['job']} failed; its error is in {trial.local_path}")
 
 
 def _check_recipe(job: FinetuneJob, recipe: GlueRecipe, source: str) -> None:
