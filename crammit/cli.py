@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from crammit.config import Budget, Device, GlueRecipe, RecipeConfig, TrainConfig
+from crammit.config import Budget, Device, GlueRecipe, TrainConfig, recipe_config
 from crammit.errors import CrammitError
 
 app = typer.Typer(
@@ -71,6 +71,10 @@ def train(
     flops: Annotated[float | None, typer.Option(help="Budget in training FLOPs instead.")] = None,
     size: Annotated[str, typer.Option(help="Model size: tiny, mini, small, medium, base, crammed, large.")]
     = "crammed",
+    arch: Annotated[str, typer.Option(help="Block design: crammed (the paper's) or bert (the original, "
+                                           "Hugging Face's BertForMaskedLM).")] = "crammed",
+    recipe: Annotated[str, typer.Option(help="Training recipe: crammed (the paper's) or bert (Devlin et "
+                                             "al.).")] = "crammed",
     corpus: Annotated[str, typer.Option(help="Prepared into the run directory: any `data prepare --corpus`.")]
     = "embedded",
     data: Annotated[Path | None, typer.Option(help="A `crammit data prepare` directory (replaces --corpus).")]
@@ -82,10 +86,11 @@ def train(
     deepspeed_config: Annotated[Path | None, typer.Option(help="DeepSpeed JSON overriding the built one.")]
     = None,
     zero_stage: Annotated[int, typer.Option(help="DeepSpeed ZeRO stage (0, 1 or 2).")] = 0,
-    batch_size: Annotated[int | None, typer.Option(help="Sequences per step after the ramp (8192).")]
-    = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Sequences per step after the ramp (the recipe's: crammed 8192, bert 256).")] = None,
     micro_batch: Annotated[int | None, typer.Option(help="Sequences per worker per pass (128).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (1e-3).")] = None,
+    lr: Annotated[float | None, typer.Option(
+        help="Peak learning rate (the recipe's: crammed 1e-3, bert 1e-4).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, shuffling and masking.")] = 0,
     compile: Annotated[bool | None, typer.Option(help="torch.compile the encoder (default: on GPUs).")]
     = None,
@@ -94,7 +99,8 @@ def train(
     eval_sequences: Annotated[int, typer.Option(help="Held-out sequences for the final MLM loss.")] = 512,
     cache_dir: Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")] = None,
 ) -> None:
-    """Train a crammed BERT until the budget is spent, then report held-out MLM loss."""
+    """Train a BERT (the crammed design, or the original) until the budget is spent, then
+    report held-out MLM loss."""
     from crammit.train.engine import read_deepspeed_file
     from crammit.train.recipe import accumulation_target
     from crammit.train.run import connect, default_run_dir, launch, model_for, prepare_run, resume_config
@@ -110,18 +116,14 @@ def train(
             if gpus > 0 and workers is not None and workers != gpus:
                 raise CrammitError("--workers is for CPU runs; with GPUs there is one worker per GPU")
             overrides = read_deepspeed_file(deepspeed_config) if deepspeed_config else {}
-            defaults = RecipeConfig()
-            recipe = RecipeConfig(
-                peak_lr=lr or defaults.peak_lr,
-                batch_size=batch_size or defaults.batch_size,
-                micro_batch_size=overrides.get("train_micro_batch_size_per_gpu")
-                or micro_batch or defaults.micro_batch_size,
-                seed=seed,
-            )
+            micro_batch = overrides.get("train_micro_batch_size_per_gpu") or micro_batch
+            changes = {key: value for key, value in (("peak_lr", lr), ("batch_size", batch_size),
+                                                      ("micro_batch_size", micro_batch)) if value is not None}
+            recipe_settings = recipe_config(recipe, seed=seed, **changes)
             config = TrainConfig(
                 run_dir=str(out or default_run_dir(size)),
-                model=model_for(size, data),
-                recipe=recipe,
+                model=model_for(size, data, arch),
+                recipe=recipe_settings,
                 budget=_budget(hours, tokens, flops),
                 corpus=corpus,
                 data=str(data.resolve()) if data else "",
@@ -253,10 +255,13 @@ def study_scaling(
     gpus_per_trial: Annotated[int, typer.Option("--gpus-per-trial", "--gpus",
                                                 help="GPUs per trial; 0 trains on CPU workers.")] = 1,
     workers: Annotated[int, typer.Option(help="CPU workers per trial when --gpus 0.")] = 1,
-    batch_size: Annotated[int | None, typer.Option(help="Sequences per step after the ramp (8192).")]
+    arch: Annotated[str, typer.Option(help="Block design: crammed or bert (the original).")] = "crammed",
+    recipe: Annotated[str, typer.Option(help="Training recipe: crammed or bert (Devlin et al.).")]
+    = "crammed",
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per step after the ramp (the recipe's).")]
     = None,
     micro_batch: Annotated[int | None, typer.Option(help="Sequences per worker per pass (128).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (1e-3).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (the recipe's).")] = None,
     corpus: Annotated[str, typer.Option(help="Prepared once for every trial: any `data prepare --corpus`.")]
     = "embedded",
     data: Annotated[Path | None, typer.Option(help="A `crammit data prepare` directory (replaces --corpus).")]
@@ -269,7 +274,8 @@ def study_scaling(
     glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
     glue_seeds: Annotated[int | None, typer.Option(help="Fine-tunes per GLUE task and trial (1).")] = None,
 ) -> None:
-    """Sweep budgets x model sizes with the crammed recipe, then fit and plot scaling laws."""
+    """Sweep budgets x model sizes (one arch and recipe; study files compare several), then
+    fit and plot scaling laws."""
     from crammit.study.spec import Setting, StudyData, StudySpec, StudyUnit, parse_budgets
 
     try:
@@ -279,9 +285,10 @@ def study_scaling(
         overrides = {key: value for key, value in
                      (("batch_size", batch_size), ("micro_batch_size", micro_batch), ("peak_lr", lr))
                      if value is not None}
-        setting = Setting(name="crammed", sizes=tuple(s.strip() for s in sizes.split(",") if s.strip()),
-                          budgets=parse_budgets(budgets), gpus=gpus_per_trial, workers=workers,
-                          overrides=overrides)
+        name = arch if arch == recipe else f"{arch}_arch_{recipe}_recipe"
+        setting = Setting(name=name, sizes=tuple(s.strip() for s in sizes.split(",") if s.strip()),
+                          budgets=parse_budgets(budgets), gpus=gpus_per_trial, workers=workers, arch=arch,
+                          recipe=recipe, overrides=overrides)
         spec = StudySpec(name="scaling", settings=(setting,), unit=StudyUnit(unit),
                          data=StudyData(corpus=corpus))
         _run_study(_with_flags(spec, data, glue, glue_dir, glue_seeds), out, address, dry_run, cache_dir)

@@ -15,10 +15,22 @@ from typing import Any
 from crammit.errors import CrammitError
 
 
+class Arch(str, Enum):
+    """The block design: the paper's crammed BERT, or the original BERT (Devlin et al.)."""
+
+    CRAMMED = "crammed"  # pre-norm, bias-free, gated-GELU FFN, tied sparse MLM head, no dropout
+    BERT = "bert"  # Hugging Face's BertForMaskedLM: post-norm, biases, GELU FFN, dense MLM head
+
+
+ORIGINAL_BERT_DROPOUT = 0.1
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of a crammed BERT: pre-norm, bias-free, gated-GELU FFN, tied sparse MLM head."""
+    """A model's design and shape. The named sizes fix layers, width, heads and FFN width;
+    `arch` picks the block design built at that shape."""
 
+    arch: Arch = Arch.CRAMMED
     num_layers: int = 16
     hidden_size: int = 768
     num_heads: int = 12
@@ -27,8 +39,12 @@ class ModelConfig:
     seq_len: int = 128
     norm_eps: float = 1e-12
     init_std: float = 0.02
+    dropout: float = 0.0  # the original BERT's is 0.1; the crammed design has none
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "arch", Arch(self.arch))  # read back from JSON as a string
+        if self.arch is Arch.CRAMMED and self.dropout:
+            raise CrammitError("the crammed arch has no dropout; set dropout only with arch bert")
         if self.hidden_size % self.num_heads:
             raise CrammitError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
@@ -51,10 +67,16 @@ MODEL_SIZES: dict[str, ModelConfig] = {
 }
 
 
-def model_config(size: str) -> ModelConfig:
-    """The named size's shape, or a CrammitError listing the names there are."""
+def model_config(size: str, arch: Arch | str = Arch.CRAMMED) -> ModelConfig:
+    """The named size's shape in the given design (the original BERT with its dropout), or
+    a CrammitError listing the names there are."""
     if size not in MODEL_SIZES:
         raise CrammitError(f"unknown model size {size!r}; choose one of {', '.join(MODEL_SIZES)}")
+    archs = [choice.value for choice in Arch]
+    if arch not in archs:
+        raise CrammitError(f"unknown arch {arch!r}; choose one of {', '.join(archs)}")
+    if Arch(arch) is Arch.BERT:
+        return dataclasses.replace(MODEL_SIZES[size], arch=Arch.BERT, dropout=ORIGINAL_BERT_DROPOUT)
     return MODEL_SIZES[size]
 
 
@@ -100,18 +122,29 @@ class Budget:
         return f"{self.amount:g} {self.unit.value}"
 
 
+class Schedule(str, Enum):
+    """The learning rate's shape over budget progress p."""
+
+    TRIANGLE = "triangle"  # the paper's budget-triangle2: up to the peak at 1 - decay_fraction, then down
+    WARMUP_LINEAR = "warmup-linear"  # BERT's: linear warm-up over warmup_fraction, then linear to 0
+
+
 @dataclass(frozen=True)
 class RecipeConfig:
-    """The training recipe (paper: bert-o4): optimizer, one-cycle schedule, batch ramp, masking."""
+    """The training recipe (defaults: the paper's bert-o4): optimizer, learning-rate
+    schedule, batch ramp, masking."""
 
+    name: str = "crammed"
     peak_lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-12
     weight_decay: float = 0.01
     grad_clip: float = 0.5
     # budget-triangle2: lr = peak * min(start + p, (1 - p) / decay_fraction)
+    schedule: Schedule = Schedule.TRIANGLE
     lr_start_fraction: float = 0.25
     lr_decay_fraction: float = 0.25
+    warmup_fraction: float = 0.0  # of the budget, for the warm-up-then-linear schedule
     batch_size: int = 8192  # sequences per optimizer step once the ramp is done
     micro_batch_size: int = 128  # sequences per worker per forward/backward
     ramp_end: float = 0.6  # budget fraction at which the batch ramp reaches batch_size
@@ -119,11 +152,38 @@ class RecipeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "schedule", Schedule(self.schedule))  # read back from JSON as a string
         for name in ("peak_lr", "batch_size", "micro_batch_size"):
             if not getattr(self, name) > 0:
                 raise CrammitError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.mask_rate < 1:
             raise CrammitError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise CrammitError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
+
+# The recipes a run or a study setting names; flags and study overrides change their fields.
+RECIPES: dict[str, RecipeConfig] = {
+    "crammed": RecipeConfig(),
+    # Devlin et al. 2019, keyed to budget progress: warm-up over the first 1 % (their
+    # 10,000 of 1,000,000 steps), linear decay to 0 at the budget's end, a constant batch.
+    "bert": RecipeConfig(name="bert", peak_lr=1e-4, betas=(0.9, 0.999), adam_eps=1e-6, weight_decay=0.01,
+                         grad_clip=1.0, schedule=Schedule.WARMUP_LINEAR, warmup_fraction=0.01, batch_size=256,
+                         ramp_end=0.0, mask_rate=0.15),
+}
+
+
+def recipe_config(name: str, **changes: Any) -> RecipeConfig:
+    """The named recipe with `changes` to its fields, or a CrammitError naming what exists."""
+    if name not in RECIPES:
+        raise CrammitError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    known = {f.name for f in dataclasses.fields(RecipeConfig)} - {"name"}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise CrammitError(f"unknown recipe key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if "betas" in changes:
+        changes["betas"] = tuple(changes["betas"])
+    return dataclasses.replace(RECIPES[name], **changes)
 
 
 class Device(str, Enum):
@@ -149,6 +209,8 @@ class TrainConfig:
     compile: bool = True
     deepspeed_overrides: dict[str, Any] = field(default_factory=dict)
     eval_sequences: int = 512
+    # Held-out loss depends on how much is masked: one rate for every recipe keeps runs comparable.
+    eval_mask_rate: float = 0.15
     checkpoint_every_s: float = 1800.0  # wall-clock seconds between checkpoints
     checkpoint_every_steps: int = 0  # 0: by time only; tests checkpoint by step
     report_every_s: float = 10.0  # wall-clock seconds between reports to Ray Train (and Tune)

@@ -34,6 +34,9 @@ def test_unknown_size_is_one_line_in_a_real_process():
         (["--tokens", "-5"], "budget must be positive"),
         (["--hours", "1", "--tokens", "5"], "give one budget"),
         (["--batch-size", "100", "--micro-batch", "64"], "not a multiple of micro-batch"),
+        (["--arch", "gpt"], "unknown arch 'gpt'"),
+        (["--recipe", "adam"], "unknown recipe 'adam'"),
+        (["--recipe", "bert", "--micro-batch", "100"], "batch size 256 is not a multiple of micro-batch 100"),
     ],
 )
 def test_bad_budgets_and_batches(args, fragment, tmp_path):

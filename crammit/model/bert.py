@@ -133,6 +133,10 @@ class CrammedBert(nn.Module):
         logits = hidden[predicted] @ self.embeddings.tokens.weight.T
         return F.cross_entropy(logits.float(), labels[predicted], reduction="sum")
 
+    def compile_blocks(self) -> None:
+        """Compile the block stack, the part worth compiling."""
+        self.encoder.compile()
+
     def num_parameters(self) -> int:
         """Distinct parameters (the tied decoder counts once)."""
         return sum(p.numel() for p in self.parameters())

@@ -74,7 +74,7 @@ def _trial_row(spec: StudySpec, trial: Trial, study_dir: Path) -> dict:
     run_dir = trial_dir(study_dir, trial)
     status = trial_status(run_dir)
     row = {"trial": trial.name, "setting": trial.setting.name, "size": trial.size,
-           "recipe": trial.setting.recipe_label(), "gpus": trial.setting.gpus,
+           "arch": trial.setting.arch, "recipe": trial.setting.recipe_label(), "gpus": trial.setting.gpus,
            "workers": trial.setting.workers_per_trial,
            "device": (Device.CUDA if trial.setting.gpus else Device.CPU).value,
            "budget": float(trial.budget), "budget_unit": trial.unit.value, "params": None,

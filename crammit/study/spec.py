@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from crammit.config import Budget, RecipeConfig, model_config
+from crammit.config import Arch, Budget, RecipeConfig, model_config, recipe_config
 from crammit.errors import CrammitError
 from crammit.eval.glue_data import GlueTask, parse_tasks
 
@@ -23,8 +23,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-CRAMMED_RECIPE = "crammed"  # the paper's recipe (RecipeConfig's defaults)
-RECIPES = (CRAMMED_RECIPE,)
 
 
 class StudyUnit(str, Enum):
@@ -57,7 +55,8 @@ class Setting:
     budgets: tuple[float, ...]
     gpus: int = 1  # GPUs per trial; 0 trains on CPU workers
     workers: int = 1  # CPU workers per trial when gpus == 0
-    recipe: str = CRAMMED_RECIPE
+    arch: str = Arch.CRAMMED.value  # the block design: crammed or bert (the original)
+    recipe: str = "crammed"  # a name in config.RECIPES: crammed or bert
     overrides: dict[str, Any] = field(default_factory=dict)  # RecipeConfig fields
 
     def __post_init__(self) -> None:
@@ -67,7 +66,7 @@ class Setting:
         if not self.sizes:
             raise CrammitError(f"{where}: give at least one size")
         for size in self.sizes:
-            model_config(size)
+            model_config(size, self.arch)
         if not self.budgets:
             raise CrammitError(f"{where}: give at least one budget")
         for budget in self.budgets:
@@ -75,27 +74,21 @@ class Setting:
                 raise CrammitError(f"{where}: budget {budget!r} is not a positive number")
         if self.gpus < 0 or self.workers < 1:
             raise CrammitError(f"{where}: gpus must be >= 0 and workers >= 1")
-        if self.recipe not in RECIPES:
-            raise CrammitError(f"{where}: unknown recipe {self.recipe!r}; use one of {', '.join(RECIPES)}")
-        self.recipe_config()  # unknown or invalid overrides fail here, before any work
+        self.recipe_config()  # an unknown recipe or invalid overrides fail here, before any work
 
     @property
     def workers_per_trial(self) -> int:
         return self.gpus or self.workers
 
     def recipe_config(self) -> RecipeConfig:
-        known = {f.name for f in dataclasses.fields(RecipeConfig)}
-        unknown = sorted(set(self.overrides) - known)
-        if unknown:
-            raise CrammitError(f"setting {self.name!r}: unknown recipe key(s) {', '.join(unknown)}; "
-                               f"known: {', '.join(sorted(known))}")
-        values = dict(self.overrides)
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        return RecipeConfig(**values)
+        try:
+            return recipe_config(self.recipe, **self.overrides)
+        except CrammitError as error:
+            raise CrammitError(f"setting {self.name!r}: {error}") from None
 
     def recipe_label(self) -> str:
-        """The `recipe` column: the recipe's name and what the setting changes in it."""
+        """The `recipe` column: the recipe's name and what the setting changes in it (the
+        `arch` column says which design it trains)."""
         changes = ", ".join(f"{key}={value}" for key, value in sorted(self.overrides.items()))
         return f"{self.recipe} ({changes})" if changes else self.recipe
 
@@ -168,8 +161,9 @@ class StudySpec:
                          for key, value in dataclasses.asdict(self.glue).items() if value != ""}}
                if self.glue.tasks else {}),
             "settings": [
-                {"name": s.name, "recipe": s.recipe, "sizes": list(s.sizes), "budgets": list(s.budgets),
-                 "gpus": s.gpus, "workers": s.workers, **({"overrides": s.overrides} if s.overrides else {})}
+                {"name": s.name, "arch": s.arch, "recipe": s.recipe, "sizes": list(s.sizes),
+                 "budgets": list(s.budgets), "gpus": s.gpus, "workers": s.workers,
+                 **({"overrides": s.overrides} if s.overrides else {})}
                 for s in self.settings
             ],
         }

@@ -42,7 +42,7 @@ TUNE_DIR = "tune"
 
 def plan_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources) -> StudyPlan:
     """The plan of `spec` on `cluster`, counting trials `study_dir` already finished."""
-    flops_per_token = {(setting.name, size): training_flops_per_token(trial_model(spec, size),
+    flops_per_token = {(setting.name, size): training_flops_per_token(trial_model(spec, size, setting.arch),
                                                                        setting.recipe_config().mask_rate)
                        for setting in spec.settings for size in setting.sizes}
     return make_plan(spec, results.trials_table(spec, study_dir), cluster, flops_per_token)
@@ -95,13 +95,14 @@ def _evaluate_glue(spec: StudySpec, study_dir: Path, run_dirs: list[Path], clust
              "run the study again to retry them")
 
 
-def trial_model(spec: StudySpec, size: str) -> ModelConfig:
-    """The size's shape on the study's corpus (its vocabulary and sequence length)."""
+def trial_model(spec: StudySpec, size: str, arch: str) -> ModelConfig:
+    """The size in the arch's design on the study's corpus (its vocabulary and sequence length)."""
     if spec.data.data:
         from crammit.train.run import model_for
 
-        return model_for(size, Path(spec.data.data))
-    return dataclasses.replace(model_config(size), vocab_size=spec.data.vocab_size, seq_len=spec.data.seq_len)
+        return model_for(size, Path(spec.data.data), arch)
+    return dataclasses.replace(model_config(size, arch), vocab_size=spec.data.vocab_size,
+                               seq_len=spec.data.seq_len)
 
 
 def trial_config(spec: StudySpec, trial: Trial, study_dir: Path, data: Path) -> TrainConfig:
@@ -109,7 +110,7 @@ def trial_config(spec: StudySpec, trial: Trial, study_dir: Path, data: Path) -> 
     setting = trial.setting
     config = TrainConfig(
         run_dir=str(results.trial_dir(study_dir, trial).resolve()),
-        model=trial_model(spec, trial.size),
+        model=trial_model(spec, trial.size, setting.arch),
         recipe=setting.recipe_config(),
         budget=trial.unit.budget(trial.budget),
         data=str(data.resolve()),

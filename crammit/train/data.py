@@ -36,7 +36,9 @@ def training_data(
                           config.model.vocab_size, recipe.mask_rate, recipe.seed, rank,
                           skip=sequences_done // (micro_batch * world_size))
     held_out = _read_rows(directory / EVAL_FILE, config.eval_sequences)
-    return train, HeldOutBatches(held_out, special, config.model.vocab_size, recipe.mask_rate, recipe.seed)
+    held_out_batches = HeldOutBatches(held_out, special, config.model.vocab_size, config.eval_mask_rate,
+                                      recipe.seed)
+    return train, held_out_batches
 
 
 def _read_rows(path: Path, limit: int) -> np.ndarray:

@@ -102,15 +102,15 @@ def torch_device(device: Device) -> torch.device:
 
 
 def create_engine(model: nn.Module, config: TrainConfig):
-    """Wrap the model in a DeepSpeed engine with the recipe's AdamW (compiling
-    `model.encoder` when the config asks), inside a `process_group`."""
+    """Wrap the model in a DeepSpeed engine with the recipe's AdamW (compiling its blocks
+    when the config asks), inside a `process_group`."""
     import deepspeed  # imported late: it probes accelerators and logs on import
 
     if config.device == Device.CUDA:
         # Launchers (Ray Train, torchrun) give each process its GPU through LOCAL_RANK.
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if config.compile:
-        model.encoder.compile()
+        model.compile_blocks()
     model.to(torch_device(config.device))
     engine, *_ = deepspeed.initialize(
         model=model,

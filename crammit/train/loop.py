@@ -16,7 +16,8 @@ import torch.distributed as dist
 
 from crammit.config import Device, TrainConfig
 from crammit.data.loader import HeldOutBatches, MaskedBatch
-from crammit.model.bert import IGNORE_INDEX, CrammedBert
+from crammit.model.bert import IGNORE_INDEX
+from crammit.model.build import build_model
 from crammit.model.flops import model_flops_utilization, peak_flops, training_flops_per_token
 from crammit.train import rundir
 from crammit.train.checkpoint import load_checkpoint, save_checkpoint
@@ -41,7 +42,7 @@ def _train(config: TrainConfig) -> dict:
         torch.set_num_threads(config.cpu_threads)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
-    model = CrammedBert(config.model)
+    model = build_model(config.model)
     engine = create_engine(model, config)
     device = torch_device(config.device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -108,6 +109,7 @@ def _train(config: TrainConfig) -> dict:
         "elapsed_s": state.elapsed_s,
         "budget": config.budget.describe(),
         "eval_sequences": len(eval_batches.sequences),
+        "eval_mask_rate": config.eval_mask_rate,
         "resumed_at_step": resumed_at_step,
     }
     save_checkpoint(engine, run_dir, state, config.keep_checkpoints)

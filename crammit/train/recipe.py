@@ -1,4 +1,5 @@
-"""The recipe as small pure functions of budget progress p in [0, 1] (paper: bert-o4).
+"""The recipe as small pure functions of budget progress p in [0, 1] (the paper's bert-o4,
+or the original BERT's).
 
 Nothing here knows about steps or wall time: a 6 h and a 24 h run follow the same curves.
 """
@@ -10,13 +11,21 @@ import math
 import torch
 from torch import nn
 
-from crammit.config import RecipeConfig
+from crammit.config import RecipeConfig, Schedule
 from crammit.errors import CrammitError
 
 
 def learning_rate(recipe: RecipeConfig, progress: float) -> float:
-    """budget-triangle2: from start_fraction·peak up to peak at p = 1 - decay_fraction,
-    then linearly down to 0 at p = 1."""
+    """The recipe's schedule at budget progress p.
+
+    triangle (budget-triangle2): from start_fraction·peak up to peak at
+    p = 1 - decay_fraction, then linearly down to 0 at p = 1.
+    warmup-linear (BERT): linearly from 0 to peak over p < warmup_fraction, then linearly
+    down to 0 at p = 1."""
+    if recipe.schedule is Schedule.WARMUP_LINEAR:
+        if progress < recipe.warmup_fraction:
+            return recipe.peak_lr * progress / recipe.warmup_fraction
+        return recipe.peak_lr * max(0.0, (1.0 - progress) / (1.0 - recipe.warmup_fraction))
     rise = recipe.lr_start_fraction + progress
     fall = (1.0 - progress) / recipe.lr_decay_fraction
     return recipe.peak_lr * max(0.0, min(rise, fall, 1.0))

@@ -31,9 +31,10 @@ def default_run_dir(size_name: str, root: Path = Path("runs")) -> Path:
     return root / f"{time.strftime('%Y%m%d-%H%M%S')}-{size_name}"
 
 
-def model_for(size: str, data: Path | None) -> ModelConfig:
-    """The named size, with the vocabulary and sequence length of a prepared directory."""
-    model = model_config(size)
+def model_for(size: str, data: Path | None, arch: str = "crammed") -> ModelConfig:
+    """The named size in the arch's design, with the vocabulary and sequence length of a
+    prepared directory."""
+    model = model_config(size, arch)
     if data is None:
         return model
     prepared = read_manifest(data)["config"]

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from crammit.config import ModelConfig, TrainConfig
+from crammit.config import Arch, ModelConfig, TrainConfig
 from crammit.data.layout import TOKENIZER
 from crammit.errors import CrammitError
 from crammit.io import atomic_path, read_json, write_json
@@ -81,13 +81,20 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(run_dir / METRICS_FILE)
 
 
+HF_DIR = "hf"  # the original BERT arm's final model in Hugging Face's own layout
+
+
 def save_final_model(run_dir: Path, model: nn.Module, config: TrainConfig) -> None:
-    """HF-style layout: weights, shape and tokenizer side by side, ready to fine-tune."""
+    """HF-style layout: weights, shape and tokenizer side by side, ready to fine-tune; the
+    original BERT arm also as `hf/`, for `BertForMaskedLM.from_pretrained`."""
     # Cloned: ZeRO keeps parameters as views into flat buffers, which safetensors refuses.
     weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     with atomic_path(run_dir / MODEL_FILE) as tmp:
         save_file(weights, str(tmp))
-    write_json(run_dir / MODEL_CONFIG_FILE, asdict(config.model))
+    write_json(run_dir / MODEL_CONFIG_FILE, config.to_dict()["model"])
+    if config.model.arch is Arch.BERT:
+        with atomic_path(run_dir / HF_DIR) as tmp:
+            model.save_pretrained(tmp)
 
 
 def final_model_config(run_dir: Path) -> ModelConfig:

@@ -58,7 +58,16 @@ workers = 2
 [settings.overrides]
 batch_size = 64
 micro_batch_size = 16
+[[settings]]
+name = "original"
+arch = "bert"
+recipe = "bert"
+sizes = ["tiny"]
+budgets = [1]
 """))
+    original = spec.settings[1]
+    assert (original.arch, original.recipe_config().peak_lr, original.recipe_config().batch_size) == (
+        "bert", 1e-4, 256)
     assert spec.settings[0].recipe_config().batch_size == 64
     assert spec.settings[0].recipe_label() == "crammed (batch_size=64, micro_batch_size=16)"
     assert [task.name for task in spec.glue.task_list()] == ["rte", "mrpc"] and spec.glue.seeds == 3
@@ -73,6 +82,8 @@ micro_batch_size = 16
      "unknown recipe key(s) learning_rate"),
     ('[data]\nvocab = 5\n[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]', "[data]: unknown key"),
     ('[[settings]]\nname = "a"\nsizes = ["huge"]\nbudgets = [1]', "unknown model size 'huge'"),
+    ('[[settings]]\nname = "a"\narch = "gpt"\nsizes = ["tiny"]\nbudgets = [1]', "unknown arch 'gpt'"),
+    ('[[settings]]\nname = "a"\nrecipe = "adam"\nsizes = ["tiny"]\nbudgets = [1]', "unknown recipe 'adam'"),
     ('[glue]\ntasks = ["wnli"]\n[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]',
      "unknown GLUE task"),
     ('[glue]\nepochs = 3\n[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]', "[glue]: unknown key"),

@@ -1,5 +1,6 @@
 """The training loop in one process (Ray Train's local mode), on a tiny model."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,12 +13,13 @@ import ray
 import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
+from transformers import BertForMaskedLM
 
-from crammit.config import Budget
-from crammit.data.layout import TOKENIZER, sequence_rows, shard_paths
+from crammit.config import Arch, Budget, recipe_config
+from crammit.data.layout import EVAL_FILE, TOKENIZER, sequence_rows, shard_paths
 from crammit.data.loader import HeldOutBatches, MaskedBatch
 from crammit.data.tokenizer import SpecialIds
-from crammit.model.bert import CrammedBert
+from crammit.model.bert import IGNORE_INDEX, CrammedBert
 from crammit.train import rundir
 from crammit.train.checkpoint import latest_tag
 from crammit.train.engine import create_engine, process_group
@@ -86,6 +88,33 @@ def test_interrupted_and_resumed_run_ends_with_the_same_parameters(tmp_path, cor
     assert all((a[name] == b[name]).all() for name in a)
     losses = [rundir.read_metrics(tmp_path / name)["loss"].tolist() for name in ("straight", "interrupted")]
     assert losses[0] == losses[1]
+
+
+def test_the_original_bert_arm_trains_and_saves_a_model_hugging_face_loads(tmp_path, corpus_file, cache_dir,
+                                                                          toy_data):
+    model = dataclasses.replace(tiny_train_config(tmp_path, corpus_file).model, arch=Arch.BERT, dropout=0.1)
+    config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), model=model,
+                               recipe=recipe_config("bert", batch_size=16, micro_batch_size=8))
+    config = prepare_run(config, cache_dir)
+    results = launch(config, in_process=True)
+    run_dir = Path(config.run_dir)
+    assert results["eval_loss"] < results["initial_eval_loss"] and results["eval_mask_rate"] == 0.15
+    assert rundir.final_model_config(run_dir) == config.model
+
+    # The same held-out batches through Hugging Face's own model, loaded from RUN_DIR/hf.
+    hf = BertForMaskedLM.from_pretrained(run_dir / rundir.HF_DIR).eval()
+    held_out = HeldOutBatches(sequence_rows(pq.read_table(toy_data / EVAL_FILE))[:config.eval_sequences],
+                              SpecialIds.of(Tokenizer.from_file(str(toy_data / TOKENIZER))),
+                              config.model.vocab_size, results["eval_mask_rate"], config.recipe.seed)
+    total, count, micro = 0.0, 0, config.recipe.micro_batch_size
+    with torch.no_grad():
+        for start in range(0, config.eval_sequences - micro + 1, micro):
+            batch = held_out.batch(start, micro, 0, 1)
+            logits = hf(input_ids=batch.input_ids).logits
+            masked = batch.labels != IGNORE_INDEX
+            total += torch.nn.functional.cross_entropy(logits[masked], batch.labels[masked], reduction="sum")
+            count += int(masked.sum())
+    assert float(total / count) == pytest.approx(results["eval_loss"], rel=1e-5)
 
 
 def test_accumulated_micro_batches_make_the_same_steps_as_whole_batches(tmp_path, corpus_file, toy_data):

@@ -1,12 +1,13 @@
 import pytest
 import torch
 
-from crammit.config import MODEL_SIZES, Budget, RecipeConfig
+from crammit.config import MODEL_SIZES, RECIPES, Budget, RecipeConfig, recipe_config
 from crammit.errors import CrammitError
 from crammit.model.bert import CrammedBert
 from crammit.train.recipe import accumulation_steps, learning_rate, parameter_groups
 
 PAPER = RecipeConfig()
+BERT = RECIPES["bert"]
 
 
 def test_learning_rate_is_the_papers_triangle():
@@ -32,15 +33,30 @@ def test_batch_ramp_reaches_the_target_at_sixty_percent():
     assert ramp == sorted(ramp)
 
 
-def test_schedules_depend_only_on_progress_not_on_the_budget_size():
+def test_bert_recipe_warms_up_over_one_percent_then_decays_linearly_at_a_constant_batch():
+    assert (BERT.peak_lr, BERT.betas, BERT.adam_eps, BERT.weight_decay, BERT.grad_clip, BERT.mask_rate) == (
+        1e-4, (0.9, 0.999), 1e-6, 0.01, 1.0, 0.15)
+    assert learning_rate(BERT, 0.0) == 0.0
+    assert learning_rate(BERT, 0.005) == pytest.approx(0.5e-4)
+    assert learning_rate(BERT, 0.01) == pytest.approx(1e-4)
+    assert learning_rate(BERT, 0.505) == pytest.approx(0.5e-4)
+    assert learning_rate(BERT, 1.0) == 0.0
+    assert {accumulation_steps(BERT, 1, p / 100) for p in range(101)} == {2}  # 256 = 2 x 128, from the start
+    assert recipe_config("bert", batch_size=64).peak_lr == 1e-4
+    with pytest.raises(CrammitError, match="unknown recipe 'adam'"):
+        recipe_config("adam")
+
+
+@pytest.mark.parametrize("recipe", [PAPER, BERT], ids=["crammed", "bert"])
+def test_schedules_depend_only_on_progress_not_on_the_budget_size(recipe):
     """A 6 h run and a 24 h run at the same fraction of their budgets are in the same state."""
     short, long = Budget.hours(6), Budget.hours(24)
-    for fraction in (0.1, 0.5, 0.9):
+    for fraction in (0.005, 0.1, 0.5, 0.9):
         p_short = short.progress(elapsed_s=fraction * 6 * 3600, tokens=0, flops=0)
         p_long = long.progress(elapsed_s=fraction * 24 * 3600, tokens=123, flops=456)
         assert p_short == pytest.approx(p_long)
-        assert learning_rate(PAPER, p_short) == pytest.approx(learning_rate(PAPER, p_long))
-        assert accumulation_steps(PAPER, 1, p_short) == accumulation_steps(PAPER, 1, p_long)
+        assert learning_rate(recipe, p_short) == pytest.approx(learning_rate(recipe, p_long))
+        assert accumulation_steps(recipe, 1, p_short) == accumulation_steps(recipe, 1, p_long)
 
 
 def test_budget_progress_in_each_unit():

@@ -15,11 +15,12 @@ from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from tokenizers import Tokenizer
 
-from crammit.config import Budget, RecipeConfig, TrainConfig
+from crammit.config import Arch, Budget, RecipeConfig, TrainConfig
 from crammit.data.layout import TOKENIZER, read_manifest, sequence_rows, shard_paths
 from crammit.data.loader import HeldOutBatches
 from crammit.data.tokenizer import SpecialIds
-from crammit.model.bert import IGNORE_INDEX, CrammedBert
+from crammit.model.bert import IGNORE_INDEX
+from crammit.model.build import build_model
 from crammit.train import rundir
 from crammit.train.data import training_data
 from crammit.train.engine import create_engine, set_learning_rate
@@ -41,7 +42,7 @@ def _steps_on_fixed_global_batches(config_dict):
                              SpecialIds.of(Tokenizer.from_file(str(data / TOKENIZER))),
                              config.model.vocab_size, config.recipe.mask_rate, seed=0)
     torch.manual_seed(0)
-    engine = create_engine(CrammedBert(config.model), config)
+    engine = create_engine(build_model(config.model), config)
     set_learning_rate(engine, config.recipe.peak_lr)
     micro, losses = config.recipe.micro_batch_size, []
     for step in range(STEPS):
@@ -55,12 +56,14 @@ def _steps_on_fixed_global_batches(config_dict):
 
 
 @pytest.mark.slow
-def test_two_workers_make_the_steps_of_one_with_the_same_global_batch(tmp_path, corpus_file, toy_data):
+@pytest.mark.parametrize("arch", [Arch.CRAMMED, Arch.BERT])
+def test_two_workers_make_the_steps_of_one_with_the_same_global_batch(tmp_path, corpus_file, toy_data, arch):
     curves = {}
+    model = dataclasses.replace(tiny_train_config(tmp_path, corpus_file).model, arch=arch)  # no dropout
     for workers, micro_batch in ((1, 16), (2, 8)):
         run_dir = tmp_path / f"workers-{workers}"
         run_dir.mkdir()
-        config = tiny_train_config(run_dir, corpus_file, data=str(toy_data), num_workers=workers,
+        config = tiny_train_config(run_dir, corpus_file, data=str(toy_data), num_workers=workers, model=model,
                                    recipe=RecipeConfig(batch_size=16, micro_batch_size=micro_batch))
         TorchTrainer(_steps_on_fixed_global_batches, train_loop_config=config.to_dict(),
                      scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}),
