@@ -1,4 +1,4 @@
-"""A crammed BERT with a sequence-level head, for fine-tuning on GLUE.
+"""A pretrained encoder (either arch) with a sequence-level head, for fine-tuning on GLUE.
 
 The head reads the first token's state (`[CLS]`): a dense layer with tanh (BERT's
 "pooler"), then a linear layer to the task's labels, one output for a regression.
@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from crammit.config import ModelConfig
-from crammit.model.bert import CrammedBert
+from crammit.model.build import build_model
 
 
 class SequenceClassifier(nn.Module):
     def __init__(self, config: ModelConfig, num_labels: int) -> None:
         super().__init__()
-        self.bert = CrammedBert(config)
+        self.bert = build_model(config)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.head = nn.Linear(config.hidden_size, num_labels)
         for layer in (self.pooler, self.head):

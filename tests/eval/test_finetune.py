@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from crammit.config import GlueRecipe, model_config
+from crammit.config import Arch, GlueRecipe, model_config
 from crammit.data.tokenizer import CLS, SEP, train_tokenizer
 from crammit.eval.finetune import encode, finetune, padding_id, score_names, target_names, warmup_cosine
 from crammit.eval.glue_data import TASKS, GlueSplit
+from crammit.model.build import build_model
 
 WORDS = ["film", "plot", "actor", "scene", "story", "music", "ending", "cast"]
 POSITIVE, NEGATIVE = ["great", "lovely", "superb"], ["awful", "dull", "boring"]
@@ -106,3 +107,15 @@ def test_regression_head_on_scores(tokenizer):
     scores, _ = run(tokenizer, task="stsb", train=scored(256, 1), dev=scored(128, 2))
     assert set(scores) == {"pearson", "spearman"}
     assert scores["pearson"] > 0.8
+
+
+def test_the_head_sits_on_the_original_bert_too(tokenizer):
+    torch.set_num_threads(1)
+    config = dataclasses.replace(MODEL, arch=Arch.BERT, dropout=0.1)
+    weights = build_model(config).state_dict()  # what a bert-arch run saves as model.safetensors
+    data = {"train": encode(tokenizer, sentiment_split(256, seed=1), 32),
+            "dev": encode(tokenizer, sentiment_split(128, seed=2), 32)}
+    recipe = GlueRecipe(lr=2e-3, epochs=3, seq_len=32)
+    cpu = torch.device("cpu")
+    scores = finetune(config, weights, TASKS["sst2"], data, padding_id(tokenizer), recipe, 0, cpu)
+    assert scores["accuracy"] > 0.9
