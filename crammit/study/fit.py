@@ -222,7 +222,13 @@ def _fit_law(names: tuple[str, ...], inputs: np.ndarray, loss: np.ndarray, grid:
         with np.errstate(over="ignore"):  # a wild resample's A may be past float range: inf
             return np.concatenate([np.exp(theta[..., :1 + k]), theta[..., 1 + k:]], axis=-1)
 
-    return LawFit(names, own_units(theta), own_units(np.reshape(thetas, (-1, len(theta)))),
+    estimate = own_units(theta)
+    if not np.isfinite(estimate).all():
+        overflowed = ", ".join(name for name, value in zip(names, estimate, strict=True)
+                               if not np.isfinite(value))
+        raise CrammitError(f"the fit is degenerate ({overflowed} past float range): these {n} runs do not "
+                           "constrain the law")
+    return LawFit(names, estimate, own_units(np.reshape(thetas, (-1, len(theta)))),
                   options.confidence, converged, gradient_norm, options.resamples - len(thetas),
                   log_residuals=log_loss - _log_predict(_terms(theta, x))[0])
 
@@ -483,10 +489,9 @@ def fit_study(table: pd.DataFrame, options: FitOptions = FitOptions()) -> dict[s
                    for setting, group in rows.groupby("setting", sort=True)}
         params_tokens = _params_tokens_section(rows, options)
     if "skipped" in params_tokens and all("skipped" in section for section in compute.values()):
-        raise CrammitError(
-            f"no scaling law can be fitted to {len(rows)} usable runs: L(C) needs {MIN_COMPUTE_POINTS} on a "
-            f"setting's compute frontier, L(N, D) needs {MIN_PARAMS_TOKENS_POINTS} with 2 distinct params "
-            f"and 2 distinct tokens")
+        reasons = [f"L(N, D): {params_tokens['skipped']}"] + [
+            f"L(C) of {setting}: {section['skipped']}" for setting, section in compute.items()]
+        raise CrammitError(f"no scaling law can be fitted to {len(rows)} usable runs ({'; '.join(reasons)})")
     return {
         "options": dataclasses.asdict(options),
         "table_points": len(rows),

@@ -364,8 +364,11 @@ def _budget_labels(frame: pd.DataFrame) -> tuple[pd.Series, list[str]]:
     return labels, labels[frame.sort_values(["budget_unit", "budget"]).index].unique().tolist()
 
 
-def _num(value: float) -> str:
-    """Three significant digits, exponents written 3.1e3 rather than 3.1e+03."""
+def _num(value: float | None) -> str:
+    """Three significant digits, exponents written 3.1e3 rather than 3.1e+03; fit.json's
+    null (a value that overflowed in a degenerate fit) as n/a."""
+    if value is None:
+        return "n/a"
     text = f"{value:.3g}"
     mantissa, _, exponent = text.partition("e")
     return f"{mantissa}e{int(exponent)}" if exponent else text
@@ -409,7 +412,9 @@ def _prediction(ax: Axes, flops: float, interval: dict[str, float], name: str, c
                 index: int = 0) -> None:
     """A named extrapolation as a diamond with its interval as the error bar."""
     estimate = interval["estimate"]
-    ax.errorbar([flops], [estimate], yerr=[[estimate - interval["low"]], [interval["high"] - estimate]],
+    # fit.json writes an unbounded side (past float range) as null: no bar on that side.
+    low, high = (estimate if bound is None else bound for bound in (interval["low"], interval["high"]))
+    ax.errorbar([flops], [estimate], yerr=[[estimate - low], [high - estimate]],
                 fmt="D", color=color, markersize=6, capsize=4, zorder=4)
     # Above the error bar: neighbouring budgets (one and eight days) sit too close for side labels.
     ax.annotate(name, (flops, interval["estimate"]), xytext=(8, 10 + 11 * index), textcoords="offset points",

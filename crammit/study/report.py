@@ -29,8 +29,12 @@ def fit_source(source: Path, options: fitting.FitOptions | None = None, out: Pat
         table = fitting.load_table(source)
     else:
         raise CrammitError(f"{source} does not exist; pass a study directory or a CSV/Parquet table")
-    fitted = fitting.fit_study(table, options or fitting.FitOptions())
     target = (out or (source if source.is_dir() else source.parent)) / results.FIT_FILE
+    try:
+        fitted = fitting.fit_study(table, options or fitting.FitOptions())
+    except CrammitError:
+        target.unlink(missing_ok=True)  # an earlier fit the runs no longer support must not be drawn
+        raise
     fitting.write_fit(target, fitted)
     return fitted, target
 
@@ -72,8 +76,8 @@ def summarize(fitted: dict) -> str:
     else:
         lines.append(f"L(N, D) = E + A/N^alpha + B/D^beta ({level} intervals): {_parameters(law)}")
         lines += _holdout_and_predictions(
-            law, lambda p: f"{_interval(p['loss'])} with {p['params']['estimate']:.3g} parameters "
-                           f"on {p['tokens']['estimate']:.3g} tokens")
+            law, lambda p: f"{_interval(p['loss'])} with {_number(p['params']['estimate'])} parameters "
+                           f"on {_number(p['tokens']['estimate'])} tokens")
     return "\n".join(lines)
 
 
@@ -95,4 +99,9 @@ def _holdout_and_predictions(law: dict, describe: Callable[[dict], str]) -> list
 
 
 def _interval(value: dict) -> str:
-    return f"{value['estimate']:.4g} [{value['low']:.4g}, {value['high']:.4g}]"
+    return f"{_number(value['estimate'])} [{_number(value['low'])}, {_number(value['high'])}]"
+
+
+def _number(value: float | None) -> str:
+    """fit.json writes a value that overflowed (a degenerate fit) as null."""
+    return "n/a" if value is None else f"{value:.4g}"

@@ -276,8 +276,21 @@ def test_a_setting_with_too_few_points_is_skipped_with_its_points():
 
 def test_too_few_points_for_any_law_is_a_user_error():
     table = pd.DataFrame({"params": [1e6, 2e6, 4e6], "tokens": [1e9, 1e9, 1e9], "loss": [4.0, 3.5, 3.2]})
-    with pytest.raises(CrammitError, match="no scaling law can be fitted to 3 usable runs: L\\(C\\) needs 4"):
+    with pytest.raises(CrammitError, match="no scaling law can be fitted to 3 usable runs") as error:
         fit_study(table)
+    assert "L(N, D): 3 points" in str(error.value) and "L(C) needs at least 4" in str(error.value)
+
+
+def test_a_degenerate_fit_is_skipped_not_written_with_values_past_float_range():
+    # The crammed-vs-bert smoke study: two archs of the tiny size (2.0 M and 2.3 M parameters)
+    # whose loss differs by recipe, not by size; A/N^alpha runs past float range.
+    table = pd.DataFrame({
+        "params": [2035201, 2035201, 2280064, 2280064, 2035201, 2035201, 2280064, 2280064],
+        "tokens": [372736, 700416, 180224, 319488, 401408, 679936, 172032, 448512],
+        "loss": [6.5424, 6.4036, 8.7904, 8.6603, 8.6054, 8.3665, 6.9404, 6.6239],
+    })
+    with pytest.raises(CrammitError, match=r"L\(N, D\): the fit is degenerate \(A past float range\)"):
+        fit_study(table, FitOptions(resamples=20))
 
 
 def test_load_table_reads_csv_and_parquet_and_cleans_rows(tmp_path):
