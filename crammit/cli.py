@@ -99,8 +99,7 @@ def train(
     eval_sequences: Annotated[int, typer.Option(help="Held-out sequences for the final MLM loss.")] = 512,
     cache_dir: Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")] = None,
 ) -> None:
-    """Train a BERT (the crammed design, or the original) until the budget is spent, then
-    report held-out MLM loss."""
+    """Train a crammed (or the original) BERT until the budget is spent; report held-out loss."""
     from crammit.train.engine import read_deepspeed_file
     from crammit.train.recipe import accumulation_target
     from crammit.train.run import connect, default_run_dir, launch, model_for, prepare_run, resume_config
