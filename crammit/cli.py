@@ -96,7 +96,12 @@ def train(
     = None,
     deterministic: Annotated[bool, typer.Option(help="Deterministic kernels (for exact resumes).")] = False,
     checkpoint_minutes: Annotated[float, typer.Option(help="Minutes between checkpoints.")] = 30.0,
+    max_failures: Annotated[int, typer.Option(
+        help="Worker failures to recover from, each by restarting at the last checkpoint.")] = 3,
     eval_sequences: Annotated[int, typer.Option(help="Held-out sequences for the final MLM loss.")] = 512,
+    eval_minutes: Annotated[float, typer.Option(
+        help="Minutes of training between held-out evaluations, to evals.parquet (0: first and last only; "
+             "evaluation time is not budget time).")] = 0.0,
     cache_dir: Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")] = None,
 ) -> None:
     """Train a crammed (or the original) BERT until the budget is spent; report held-out loss."""
@@ -133,7 +138,9 @@ def train(
                 compile=gpus > 0 if compile is None else compile,
                 deepspeed_overrides=overrides,
                 eval_sequences=eval_sequences,
+                eval_every_s=eval_minutes * 60,
                 checkpoint_every_s=checkpoint_minutes * 60,
+                max_failures=max_failures,
                 deterministic=deterministic,
             )
             accumulation_target(config.recipe, config.num_workers)  # fail before any work

@@ -8,6 +8,7 @@ GPU); every other setting is a value built from these, never a flag read deep in
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -97,8 +98,8 @@ class Budget:
     unit: BudgetUnit = BudgetUnit.HOURS
 
     def __post_init__(self) -> None:
-        if not self.amount > 0:
-            raise CrammitError(f"budget must be positive, got {self.amount:g} {self.unit.value}")
+        if not 0 < self.amount < math.inf:
+            raise CrammitError(f"budget must be positive and finite, got {self.amount:g} {self.unit.value}")
 
     @classmethod
     def hours(cls, hours: float) -> Budget:
@@ -112,11 +113,15 @@ class Budget:
     def flops(cls, flops: float) -> Budget:
         return cls(flops, BudgetUnit.FLOPS)
 
-    def progress(self, elapsed_s: float, tokens: float, flops: float) -> float:
-        """Fraction of the budget spent, in [0, 1]."""
+    def fraction(self, elapsed_s: float, tokens: float, flops: float) -> float:
+        """What this much time, tokens and FLOPs is of the budget (more than 1 past it)."""
         spent = {BudgetUnit.HOURS: elapsed_s / 3600, BudgetUnit.TOKENS: tokens,
                  BudgetUnit.FLOPS: flops}[self.unit]
-        return min(1.0, spent / self.amount)
+        return spent / self.amount
+
+    def progress(self, elapsed_s: float, tokens: float, flops: float) -> float:
+        """Fraction of the budget spent, in [0, 1]."""
+        return min(1.0, self.fraction(elapsed_s, tokens, flops))
 
     def describe(self) -> str:
         return f"{self.amount:g} {self.unit.value}"
@@ -127,6 +132,10 @@ class Schedule(str, Enum):
 
     TRIANGLE = "triangle"  # the paper's budget-triangle2: up to the peak at 1 - decay_fraction, then down
     WARMUP_LINEAR = "warmup-linear"  # BERT's: linear warm-up over warmup_fraction, then linear to 0
+
+
+# Masking seeds each micro-batch's generator with (seed << 40) + (rank << 32) + index, in 64 bits.
+MAX_SEED = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -154,12 +163,14 @@ class RecipeConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "schedule", Schedule(self.schedule))  # read back from JSON as a string
         for name in ("peak_lr", "batch_size", "micro_batch_size"):
-            if not getattr(self, name) > 0:
-                raise CrammitError(f"{name} must be positive, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise CrammitError(f"{name} must be a positive finite number, got {getattr(self, name)}")
         if not 0 < self.mask_rate < 1:
             raise CrammitError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
         if not 0 <= self.warmup_fraction < 1:
             raise CrammitError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0 <= self.seed < MAX_SEED:
+            raise CrammitError(f"seed must be in [0, {MAX_SEED}), got {self.seed}")
 
 
 # The recipes a run or a study setting names; flags and study overrides change their fields.
@@ -184,6 +195,11 @@ def recipe_config(name: str, **changes: Any) -> RecipeConfig:
     if "betas" in changes:
         changes["betas"] = tuple(changes["betas"])
     return dataclasses.replace(RECIPES[name], **changes)
+
+
+# DeepSpeed ZeRO stages crammit trains with: stage 3 partitions the parameters, and the final
+# model is saved from the module's own state dict.
+ZERO_STAGES = (0, 1, 2)
 
 
 class Device(str, Enum):
@@ -211,12 +227,26 @@ class TrainConfig:
     eval_sequences: int = 512
     # Held-out loss depends on how much is masked: one rate for every recipe keeps runs comparable.
     eval_mask_rate: float = 0.15
+    eval_every_s: float = 0.0  # seconds of training between held-out evaluations; 0: first and last only
     checkpoint_every_s: float = 1800.0  # wall-clock seconds between checkpoints
     checkpoint_every_steps: int = 0  # 0: by time only; tests checkpoint by step
     report_every_s: float = 10.0  # wall-clock seconds between reports to Ray Train (and Tune)
     keep_checkpoints: int = 2
+    max_failures: int = 3  # worker failures Ray Train recovers from (restarting at the last checkpoint)
     deterministic: bool = False
     progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in ZERO_STAGES:
+            raise CrammitError(f"ZeRO stage {self.zero_stage} is not supported; use one of {ZERO_STAGES}")
+        if self.num_workers < 1 or self.eval_sequences < 1:
+            raise CrammitError(f"workers and held-out sequences must be at least 1, got "
+                               f"{self.num_workers} and {self.eval_sequences}")
+        for name in ("eval_every_s", "checkpoint_every_s"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise CrammitError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.max_failures < -1:
+            raise CrammitError(f"max_failures must be >= 0 (or -1: no limit), got {self.max_failures}")
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))

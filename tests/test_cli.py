@@ -37,6 +37,13 @@ def test_unknown_size_is_one_line_in_a_real_process():
         (["--arch", "gpt"], "unknown arch 'gpt'"),
         (["--recipe", "adam"], "unknown recipe 'adam'"),
         (["--recipe", "bert", "--micro-batch", "100"], "batch size 256 is not a multiple of micro-batch 100"),
+        (["--hours", "nan"], "budget must be positive and finite"),
+        (["--tokens", "inf"], "budget must be positive and finite"),
+        (["--lr", "nan"], "peak_lr must be a positive finite number"),
+        (["--zero-stage", "5"], "ZeRO stage 5 is not supported"),
+        (["--max-failures", "-2"], "max_failures must be >= 0"),
+        (["--eval-minutes", "-1"], "eval_every_s must be a finite number >= 0"),
+        (["--workers", "0"], "--workers >= 1"),
     ],
 )
 def test_bad_budgets_and_batches(args, fragment, tmp_path):
@@ -44,6 +51,11 @@ def test_bad_budgets_and_batches(args, fragment, tmp_path):
                                       str(tmp_path / "run"), *args])
     assert result.exit_code == 2 and fragment in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_data_directory_that_is_not_prepared(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--gpus", "0", "--size", "tiny", "--data", str(tmp_path)])
+    assert result.exit_code == 2 and "is not a prepared corpus" in result.output
 
 
 def test_missing_and_empty_corpus(tmp_path):

@@ -2,12 +2,13 @@
 
 `shard_batches` streams a worker's Ray Data shard of a prepared directory; a resumed run
 continues from one integer, the micro-batches consumed. `HeldOutBatches` serves the
-held-out sequences from memory: a batch is a pure function of its position, so every
-worker count evaluates the same global batches with the same masks.
+held-out sequences from memory, masked once, so every evaluation at every worker count
+sees the same inputs.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Iterator
@@ -52,28 +53,41 @@ def mask_tokens(
 
 
 class HeldOutBatches:
-    """Rank `rank`'s slice of each data-parallel micro-batch of in-memory sequences, in
-    order (wrapping around)."""
+    """In-memory sequences masked once, each row by a generator seeded with `seed`: every
+    evaluation, and every worker count, sees the same inputs and labels."""
 
     def __init__(self, sequences: np.ndarray, special: SpecialIds, vocab_size: int, mask_rate: float,
                  seed: int) -> None:
         if len(sequences) == 0:
             raise ValueError("no held-out sequences to evaluate on")
-        self.sequences = sequences
-        self.special = special
-        self.vocab_size = vocab_size
-        self.mask_rate = mask_rate
-        self.seed = seed
+        rows = torch.from_numpy(np.asarray(sequences, dtype=np.int64))
+        generator = torch.Generator().manual_seed(seed)
+        self.input_ids, self.labels = mask_tokens(rows, special, vocab_size, mask_rate, generator)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
 
     def batch(self, start: int, micro_batch: int, rank: int, world_size: int) -> MaskedBatch:
-        """The micro-batch of global rows `start .. start + micro_batch*world_size`, masked
-        with a generator seeded by its position, and this rank's share of it."""
-        index = np.arange(start, start + micro_batch * world_size) % len(self.sequences)
-        rows = torch.from_numpy(np.asarray(self.sequences[index], dtype=np.int64))
-        generator = torch.Generator().manual_seed((self.seed << 40) + start)
-        input_ids, labels = mask_tokens(rows, self.special, self.vocab_size, self.mask_rate, generator)
-        mine = slice(rank * micro_batch, (rank + 1) * micro_batch)
-        return MaskedBatch(input_ids[mine], labels[mine])
+        """Rank `rank`'s slice of the data-parallel micro-batch of global rows
+        `start .. start + micro_batch*world_size` (wrapping around)."""
+        first = start + rank * micro_batch
+        return self._rows(torch.arange(first, first + micro_batch) % len(self))
+
+    def rank_batches(self, micro_batch: int, rank: int, world_size: int) -> list[MaskedBatch]:
+        """Every row once across the ranks: this rank's rows (every `world_size`-th, from
+        `rank`) in micro-batches of at most `micro_batch`. Every rank gets the same number
+        of micro-batches, so forward passes with collectives (ZeRO-3) stay in step; a rank
+        whose rows run out first gets one row with nothing to predict."""
+        mine = torch.arange(len(self))[rank::world_size]
+        passes = math.ceil(math.ceil(len(self) / world_size) / micro_batch)
+        batches = [self._rows(mine[k * micro_batch:(k + 1) * micro_batch]) for k in range(passes)]
+        return [batch if len(batch.input_ids) else self._nothing_to_predict() for batch in batches]
+
+    def _rows(self, index: torch.Tensor) -> MaskedBatch:
+        return MaskedBatch(self.input_ids[index], self.labels[index])
+
+    def _nothing_to_predict(self) -> MaskedBatch:
+        return MaskedBatch(self.input_ids[:1], torch.full_like(self.labels[:1], IGNORE_INDEX))
 
 
 def shard_batches(

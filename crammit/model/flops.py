@@ -7,6 +7,8 @@ The scaling study measures compute with these, so tests check them against the m
 
 from __future__ import annotations
 
+import re
+
 from crammit.config import Arch, ModelConfig
 
 # Dense bf16 tensor-core peaks (FLOP/s) of the accelerators we know; MFU is reported only
@@ -70,9 +72,10 @@ def training_flops_per_token(config: ModelConfig, mask_rate: float) -> float:
 
 
 def peak_flops(device_name: str) -> float | None:
-    """Peak bf16 FLOP/s of a known accelerator, matched by name; None when unknown."""
-    matches = [peak for name, peak in PEAK_FLOPS_BF16.items() if name in device_name]
-    return matches[0] if matches else None
+    """Peak bf16 FLOP/s of a known accelerator, matched by its model word in the device name
+    ("NVIDIA A100-SXM4-80GB" is an A100; "NVIDIA L40S" is not an L4); None when unknown."""
+    words = re.split(r"[\s-]+", device_name.upper())
+    return next((peak for name, peak in PEAK_FLOPS_BF16.items() if name in words), None)
 
 
 def model_flops_utilization(flops_per_s: float, peak_per_device: float | None, devices: int) -> float | None:

@@ -18,13 +18,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from crammit.config import Device, TrainConfig
+from crammit.config import ZERO_STAGES, Device, TrainConfig
 from crammit.errors import CrammitError
 from crammit.train.recipe import optimizer
 
 # The batch ramp owns the global batch: it changes accumulation at run time.
 RAMP_OWNED_KEYS = ("train_batch_size", "gradient_accumulation_steps")
-SUPPORTED_ZERO_STAGES = (0, 1, 2)
 
 
 def read_deepspeed_file(path: Path) -> dict[str, Any]:
@@ -42,8 +41,8 @@ def read_deepspeed_file(path: Path) -> dict[str, Any]:
             "remove them and use --batch-size / --micro-batch"
         )
     stage = overrides.get("zero_optimization", {}).get("stage", 0)
-    if stage not in SUPPORTED_ZERO_STAGES:
-        raise CrammitError(f"ZeRO stage {stage} is not supported; use one of {SUPPORTED_ZERO_STAGES}")
+    if stage not in ZERO_STAGES:
+        raise CrammitError(f"ZeRO stage {stage} is not supported; use one of {ZERO_STAGES}")
     return overrides
 
 

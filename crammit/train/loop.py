@@ -2,24 +2,27 @@
 
 Every step: read budget progress, set the recipe's batch (accumulation) and learning
 rate from it, run the micro-batches through the DeepSpeed engine, log, maybe checkpoint.
-Stops when the budget is spent, then measures held-out MLM loss and saves the model.
+Every `eval_every_s` seconds of training it measures held-out MLM loss (off the budget's
+clock). Stops when the budget is spent, then measures held-out loss and saves the model.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
+import ray
 import ray.train
 import torch
 import torch.distributed as dist
 
-from crammit.config import Device, TrainConfig
+from crammit.config import BudgetUnit, Device, TrainConfig
 from crammit.data.loader import HeldOutBatches, MaskedBatch
-from crammit.model.bert import IGNORE_INDEX
 from crammit.model.build import build_model
 from crammit.model.flops import model_flops_utilization, peak_flops, training_flops_per_token
 from crammit.train import rundir
+from crammit.train.budget import few_steps_warning, micro_batches_left
 from crammit.train.checkpoint import load_checkpoint, save_checkpoint
 from crammit.train.data import training_data
 from crammit.train.engine import create_engine, process_group, set_learning_rate, torch_device
@@ -28,14 +31,17 @@ from crammit.train.recipe import accumulation_steps, learning_rate
 from crammit.train.state import TrainState
 
 
-def train_loop(config_dict: dict) -> dict:
-    """Train until the budget is spent; returns (and on rank 0 saves) the final results."""
-    config = TrainConfig.from_dict(config_dict)
+def train_loop(loop_config: dict) -> dict:
+    """Train until the budget is spent; returns (and on rank 0 saves) the final results.
+
+    `loop_config` holds the run's `config` (a TrainConfig dict) and the `launch` it belongs
+    to: when Ray Train restarts the loop after a worker failure, the launch is the same."""
+    config = TrainConfig.from_dict(loop_config["config"])
     with process_group(config.device):
-        return _train(config)
+        return _train(config, loop_config["launch"])
 
 
-def _train(config: TrainConfig) -> dict:
+def _train(config: TrainConfig, launch: str) -> dict:
     run_dir = Path(config.run_dir)
     torch.manual_seed(config.recipe.seed)
     if config.device == Device.CPU and config.cpu_threads:
@@ -47,34 +53,60 @@ def _train(config: TrainConfig) -> dict:
     device = torch_device(config.device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
 
-    state = load_checkpoint(engine, run_dir) or TrainState()
+    checkpoint = load_checkpoint(engine, run_dir)
+    state = checkpoint or TrainState()
     resumed_at_step = state.step
+    attempt = _start_attempt(run_dir, state, launch, device)
     train_batches, eval_batches = training_data(config, rank, world_size, state.sequences)
+    # Rows after the checkpoint are redone; without one, every row is.
+    kept_up_to = state.step if checkpoint else -1
+    metrics = rundir.StepTable(run_dir / rundir.METRICS_FILE, rundir.StepMetrics, up_to_step=kept_up_to)
+    evals = rundir.StepTable(run_dir / rundir.EVALS_FILE, rundir.EvalMetrics, up_to_step=kept_up_to)
+
+    def record_evaluation() -> float:
+        loss = evaluate(engine, eval_batches, config, device)
+        if rank == 0:
+            evals.append(rundir.EvalMetrics(step=state.step, tokens=state.tokens, flops=state.flops,
+                                            elapsed_s=state.elapsed_s, eval_loss=loss))
+        return loss
+
     if state.initial_eval_loss is None:
-        state.initial_eval_loss = evaluate(engine, eval_batches, config, device)
-    metrics = rundir.MetricsTable(run_dir, up_to_step=state.step)
+        state.initial_eval_loss = record_evaluation()
     flops_per_token = training_flops_per_token(config.model, config.recipe.mask_rate)
     peak = peak_flops(torch.cuda.get_device_name()) if config.device == Device.CUDA else None
     progress = Progress(config.budget, enabled=config.progress_bar and rank == 0)
-    last_checkpoint_s = last_report_s = state.elapsed_s
+    last_checkpoint_s = last_report_s = last_eval_s = state.elapsed_s
     clock_start = time.perf_counter() - state.elapsed_s
 
+    micro_batch = config.recipe.micro_batch_size
+    micro_step_tokens = micro_batch * world_size * config.model.seq_len
+    # What one data-parallel micro-batch spends of the budget: known for tokens and FLOPs,
+    # measured step by step for time.
+    micro_batch_cost = (None if config.budget.unit is BudgetUnit.HOURS else
+                        config.budget.fraction(0.0, micro_step_tokens, micro_step_tokens * flops_per_token))
     while (fraction := config.budget.progress(state.elapsed_s, state.tokens, state.flops)) < 1.0:
         step_start = time.perf_counter()
         accumulation = accumulation_steps(config.recipe, world_size, fraction)
-        micro_batch = config.recipe.micro_batch_size
+        left = micro_batches_left(config.budget, fraction, micro_batch_cost)
+        if left == 0:
+            break
+        if left is not None:
+            accumulation = min(accumulation, left)  # the budget's last step is cut short
         engine.set_train_batch_size(accumulation * micro_batch * world_size)
         lr = learning_rate(config.recipe, fraction)
         set_learning_rate(engine, lr)
         step_batches = [next(train_batches) for _ in range(accumulation)]
         loss_share = train_step(engine, step_batches, world_size, device)
         state.sequences += accumulation * micro_batch * world_size
-        # One collective per step: the global mean loss, and an elapsed time every rank
-        # agrees on, so all ranks stop at the same step.
-        clock = torch.tensor((time.perf_counter() - clock_start) / world_size, device=device)
-        shared = torch.stack([loss_share, clock])
+        # One collective per step: the global mean loss, and an elapsed time and a time per
+        # micro-batch every rank agrees on, so all ranks cut and stop at the same step.
+        now = time.perf_counter()
+        timing = torch.tensor([now - clock_start, (now - step_start) / accumulation], device=device)
+        shared = torch.cat([loss_share.reshape(1), timing / world_size])
         dist.all_reduce(shared)
-        loss_value, elapsed = shared.tolist()
+        loss_value, elapsed, micro_batch_s = shared.tolist()
+        if config.budget.unit is BudgetUnit.HOURS:
+            micro_batch_cost = config.budget.fraction(micro_batch_s, 0, 0.0)
         step_tokens = accumulation * micro_batch * world_size * config.model.seq_len
         state.step += 1
         state.tokens += step_tokens
@@ -85,41 +117,91 @@ def _train(config: TrainConfig) -> dict:
             step=state.step, tokens=state.tokens, flops=state.flops, elapsed_s=elapsed,
             loss=loss_value, lr=lr, batch_size=accumulation * micro_batch * world_size,
             tokens_per_s=tokens_per_s,
-            mfu=model_flops_utilization(tokens_per_s * flops_per_token, peak, world_size),
+            mfu=model_flops_utilization(tokens_per_s * flops_per_token, peak, world_size), attempt=attempt,
         )
         if rank == 0:
             metrics.append(row)
-        progress.update(config.budget.progress(elapsed, state.tokens, state.flops), row)
+        spent = config.budget.progress(elapsed, state.tokens, state.flops)
+        progress.update(spent, row)
+        if state.step == resumed_at_step + 1 and rank == 0:
+            warning = few_steps_warning(config.recipe, world_size, state.step, spent, micro_batch_cost)
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
+        # The run's last evaluation follows the loop.
+        if config.eval_every_s and state.elapsed_s - last_eval_s >= config.eval_every_s and spent < 1.0:
+            eval_start = time.perf_counter()
+            record_evaluation()
+            clock_start += time.perf_counter() - eval_start  # evaluation is not training time
+            last_eval_s = state.elapsed_s
         if _checkpoint_due(config, state, last_checkpoint_s):
             if rank == 0:
                 metrics.flush()
+                evals.flush()
             save_checkpoint(engine, run_dir, state, config.keep_checkpoints)
             last_checkpoint_s = state.elapsed_s
         if state.elapsed_s - last_report_s >= config.report_every_s:
-            _report(row, fraction=config.budget.progress(elapsed, state.tokens, state.flops))
+            _report(row, fraction=spent)
             last_report_s = state.elapsed_s
     progress.close()
 
     results = {
         "initial_eval_loss": state.initial_eval_loss,
-        "eval_loss": evaluate(engine, eval_batches, config, device),
+        "eval_loss": record_evaluation(),
         "steps": state.step,
         "tokens": state.tokens,
         "flops": state.flops,
         "elapsed_s": state.elapsed_s,
         "budget": config.budget.describe(),
-        "eval_sequences": len(eval_batches.sequences),
+        "eval_sequences": len(eval_batches),
         "eval_mask_rate": config.eval_mask_rate,
         "resumed_at_step": resumed_at_step,
+        "worker_nodes": _worker_nodes(),
     }
     save_checkpoint(engine, run_dir, state, config.keep_checkpoints)
     if rank == 0:
         metrics.flush()
+        evals.flush()
         rundir.save_final_model(run_dir, engine.module, config)
         rundir.save_final(run_dir, results)
     ray.train.report({"step": state.step, "tokens": state.tokens, "budget_spent": 1.0,
                       "eval_loss": results["eval_loss"]})
     return results
+
+
+def _start_attempt(run_dir: Path, state: TrainState, launch: str, device: torch.device) -> int:
+    """Record this start of the loop in attempts.json and say what it continues; returns
+    its number. A restart within the same launch (Ray Train recovering from a worker
+    failure) adds the wall time since the checkpoint it restarts from, or since the failed
+    attempt started from that same checkpoint, to the budget spent: lost work and restart
+    cost the budget as they cost a rented GPU-day. Rank 0 decides; every rank agrees."""
+    decided = torch.zeros(2, device=device, dtype=torch.float64)  # (seconds lost, attempt number)
+    if dist.get_rank() == 0:
+        path = run_dir / rundir.ATTEMPTS_FILE
+        previous = rundir.read_attempts(run_dir)[-1] if path.exists() else None
+        restart = previous is not None and previous["launch"] == launch
+        lost = time.time() - max(state.saved_at, previous["started_at"]) if restart else 0.0
+        number = rundir.record_attempt(run_dir, {
+            "launch": launch, "started_at": time.time(), "resumed_at_step": state.step,
+            "restart_after_failure": restart, "lost_s": lost,
+        })
+        if restart:
+            print(f"restarted after a worker failure, from step {state.step}; the {lost:.0f} s since then "
+                  "count against the budget", file=sys.stderr, flush=True)
+        elif state.step:
+            print(f"resuming at step {state.step} with {state.elapsed_s:.0f} s of training done",
+                  file=sys.stderr, flush=True)
+        decided += torch.tensor([lost, number], dtype=torch.float64, device=device)
+    dist.all_reduce(decided)
+    state.elapsed_s += decided[0].item()
+    return int(decided[1].item())
+
+
+def _worker_nodes() -> list[str]:
+    """The Ray node of each rank, in rank order ("local" outside a Ray cluster)."""
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    nodes: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return nodes
 
 
 def _report(row: rundir.StepMetrics, fraction: float) -> None:
@@ -155,21 +237,18 @@ def train_step(engine, batches: list[MaskedBatch], world_size: int, device: torc
 
 @torch.no_grad()
 def evaluate(engine, batches: HeldOutBatches, config: TrainConfig, device: torch.device) -> float:
-    """Held-out MLM loss (mean over masked tokens), with masks fixed by position so every
-    evaluation of a run sees the same inputs."""
+    """Held-out MLM loss: the mean over every masked token of every held-out row, split
+    over the ranks (the same figure at any worker count)."""
     engine.eval()
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    micro_batch = config.recipe.micro_batch_size
     totals = torch.zeros(2, device=device, dtype=torch.float64)
-    per_step = micro_batch * world_size
-    for start in range(0, len(batches.sequences) - per_step + 1, per_step):
-        batch = batches.batch(start, micro_batch, rank, world_size)
+    for batch in batches.rank_batches(config.recipe.micro_batch_size, rank, world_size):
         totals[0] += engine(batch.input_ids.to(device), batch.labels.to(device)).double()
-        totals[1] += (batch.labels != IGNORE_INDEX).sum()
+        totals[1] += batch.num_masked
     dist.all_reduce(totals)
     engine.train()
     if totals[1] == 0:
-        raise ValueError("held-out set smaller than one data-parallel micro-batch")
+        raise ValueError("the held-out sequences hold no token that masking may choose")
     return (totals[0] / totals[1]).item()
 
 

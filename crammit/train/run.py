@@ -7,8 +7,10 @@ Train `TorchTrainer`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,12 +21,16 @@ from crammit.cluster import start_ray
 from crammit.config import Device, ModelConfig, PrepareConfig, TrainConfig, model_config
 from crammit.data.layout import TOKENIZER, read_manifest, shard_paths
 from crammit.errors import CrammitError
+from crammit.io import atomic_path
 from crammit.train import rundir
 from crammit.train.data import TRAIN_DATASET
 from crammit.train.loop import train_loop
 
 # Held training sets leave the rest of the object store to the blocks Ray Data streams.
 OBJECT_STORE_SHARE = 0.25
+# CPU workers share cores down to this many logical CPUs each (8 workers on 2 cores, one
+# kept for the data readers); torch in each still runs on every core it is given.
+MIN_CPU_PER_WORKER = 0.125
 
 
 def default_run_dir(size_name: str, root: Path = Path("runs")) -> Path:
@@ -48,6 +54,14 @@ def prepare_run(config: TrainConfig, cache_dir: Path) -> TrainConfig:
     run_dir = Path(config.run_dir)
     if rundir.is_run_dir(run_dir):
         raise CrammitError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+    probe = run_dir / f".write-probe-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise CrammitError(f"cannot write the run directory {run_dir} ({error.strerror}); "
+                           "pass --out on a writable path") from None
     if not config.data:
         from crammit.data.pipeline import prepare_corpus
 
@@ -56,14 +70,17 @@ def prepare_run(config: TrainConfig, cache_dir: Path) -> TrainConfig:
                                      seq_len=config.model.seq_len), data, cache_dir)
         config = replace(config, data=str(data.resolve()))
     source = Path(config.data)
-    held_out = read_manifest(source)["eval_sequences"]
-    if held_out < config.recipe.micro_batch_size * config.num_workers:
-        raise CrammitError(
-            f"the corpus holds out only {held_out} sequences, fewer than one micro-batch per "
-            "worker; use a larger corpus or a smaller --micro-batch"
-        )
+    manifest = read_manifest(source)
+    if manifest["eval_sequences"] == 0:
+        raise CrammitError(f"{source} holds out no sequences to evaluate on; prepare it from a larger corpus")
+    per_micro_step = config.recipe.micro_batch_size * config.num_workers
+    if manifest["train_sequences"] < per_micro_step:
+        raise CrammitError(f"the corpus holds only {manifest['train_sequences']} training sequences, fewer "
+                           f"than one micro-batch ({config.recipe.micro_batch_size}) per worker; use a "
+                           "smaller --micro-batch or a larger corpus")
     run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source / TOKENIZER, run_dir / TOKENIZER)
+    with atomic_path(run_dir / TOKENIZER) as tmp:
+        shutil.copyfile(source / TOKENIZER, tmp)
     rundir.save_config(run_dir, config)  # last: its presence marks a complete run directory
     return config
 
@@ -94,7 +111,7 @@ def launch(config: TrainConfig, in_process: bool = False, concurrent_runs: int =
     `callbacks` are Ray Train callbacks (a study's `TuneReportCallback`) and `data` the
     `ingest` of `config.data` when the caller made it already (a study's, shared by its trials)."""
     import ray
-    from ray.train import LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     run_dir = Path(config.run_dir).resolve()
@@ -103,23 +120,36 @@ def launch(config: TrainConfig, in_process: bool = False, concurrent_runs: int =
     # scheduled), but reading takes little compute: torch still gets every core.
     total_cpus = ray.cluster_resources()["CPU"]
     workers_on_cluster = config.num_workers * concurrent_runs
-    cpus = max(((total_cpus - 1) / concurrent_runs - driver_cpus) / config.num_workers, 0.5 / concurrent_runs)
+    cpus = max(((total_cpus - 1) / concurrent_runs - driver_cpus) / config.num_workers,
+               MIN_CPU_PER_WORKER / concurrent_runs)
     config = TrainConfig.from_dict({**config.to_dict(), "run_dir": str(run_dir),
                                     "cpu_threads": max(int(total_cpus // workers_on_cluster), 1)})
     workers = 0 if in_process else config.num_workers
+    name = f"attempt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=config.to_dict(),
+        train_loop_config={"config": config.to_dict(), "launch": name},
         **(data or ingest(Path(config.data))),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": cpus}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}",
-                             storage_path=str(run_dir / "ray"), callbacks=list(callbacks),
+        run_config=RunConfig(name=name, storage_path=str(run_dir / "ray"), callbacks=list(callbacks),
+                             failure_config=FailureConfig(max_failures=config.max_failures),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingFailedError as error:
+        raise CrammitError(f"training stopped: {_cause(error)}; once that is fixed, continue with "
+                           f"`crammit train --resume {run_dir}`") from error
     return rundir.read_final(run_dir)
+
+
+def _cause(error: Exception) -> str:
+    """The last line of the first worker's error (its exception, after the traceback)."""
+    failures = getattr(error, "worker_failures", None) or {}
+    text = str(next(iter(failures.values()), error))
+    return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), type(error).__name__)
 
 
 def ingest(data: Path, object_store_share: float = OBJECT_STORE_SHARE) -> dict:
@@ -150,10 +180,23 @@ def training_bytes(manifest: dict) -> int:
     return manifest["train_sequences"] * manifest["config"]["seq_len"] * np.dtype(np.int32).itemsize
 
 
+def max_cpu_workers(cpus: float) -> int:
+    """CPU workers a cluster of `cpus` logical CPUs holds: one CPU stays with Ray Data's
+    readers, and workers share the rest down to MIN_CPU_PER_WORKER each."""
+    return max(1, int((cpus - 1) / MIN_CPU_PER_WORKER))
+
+
 def _check_resources(resources: dict, workers: int, use_gpu: bool) -> None:
-    kind = "GPU" if use_gpu else "CPU"
-    available = int(resources.get(kind, 0))
-    if workers > available:
-        fix = "--gpus 0 to train on CPUs" if use_gpu and available == 0 else f"at most {available}"
-        raise CrammitError(f"asked for {workers} {kind} workers but the Ray cluster has {available} "
-                           f"{kind}s; use {fix}")
+    if use_gpu:
+        available = int(resources.get("GPU", 0))
+        if workers > available:
+            fix = "--gpus 0 to train on CPUs" if available == 0 else f"at most {available}"
+            raise CrammitError(f"asked for {workers} GPU workers but the Ray cluster has {available} GPUs; "
+                               f"use {fix}")
+        return
+    cpus = resources.get("CPU", 0)
+    most = max_cpu_workers(cpus)
+    if workers > most:
+        raise CrammitError(f"asked for {workers} CPU workers but the Ray cluster's {cpus:g} CPUs hold at "
+                           f"most {most} (one CPU stays with the data readers, each worker takes at least "
+                           f"{MIN_CPU_PER_WORKER:g}); use --workers {most} or fewer")

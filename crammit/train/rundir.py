@@ -1,4 +1,4 @@
-"""The run directory's files: resolved config, metrics table, final model and results."""
+"""The run directory's files: resolved config, metrics tables, final model and results."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from crammit.io import atomic_path, read_json, write_json
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.parquet"
+EVALS_FILE = "evals.parquet"
+ATTEMPTS_FILE = "attempts.json"
 FINAL_FILE = "final.json"
 MODEL_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "model_config.json"
@@ -37,6 +39,18 @@ class StepMetrics:
     batch_size: int
     tokens_per_s: float
     mfu: float | None
+    attempt: int  # which start of the training loop ran this step (attempts.json)
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    """One row of evals.parquet: a held-out evaluation after `step` optimizer steps."""
+
+    step: int
+    tokens: int
+    flops: float
+    elapsed_s: float
+    eval_loss: float
 
 
 def is_run_dir(path: Path) -> bool:
@@ -51,12 +65,14 @@ def load_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE))
 
 
-class MetricsTable:
-    """Rows kept in memory and rewritten atomically every `flush_every_s` seconds and on
-    `flush()`, so the table on disk is never more than that behind (a day is ~10k rows)."""
+class StepTable:
+    """Rows of one dataclass (`StepMetrics`, `EvalMetrics`) keyed by step, kept in memory
+    and rewritten atomically every `flush_every_s` seconds and on `flush()`, so the table on
+    disk is never more than that behind (a day is ~10k rows)."""
 
-    def __init__(self, run_dir: Path, up_to_step: int, flush_every_s: float = 30.0) -> None:
-        self.path = run_dir / METRICS_FILE
+    def __init__(self, path: Path, row_type: type, up_to_step: int, flush_every_s: float = 30.0) -> None:
+        self.path = path
+        self.columns = list(row_type.__dataclass_fields__)
         self.flush_every_s = flush_every_s
         self.last_flush = time.monotonic()
         # Steps after the checkpoint we resume from are redone, so their rows go.
@@ -65,20 +81,23 @@ class MetricsTable:
             if self.path.exists() else []
         )
 
-    def append(self, metrics: StepMetrics) -> None:
-        self.rows.append(asdict(metrics))
+    def append(self, row) -> None:
+        self.rows.append(asdict(row))
         if time.monotonic() - self.last_flush >= self.flush_every_s:
             self.flush()
 
     def flush(self) -> None:
         self.last_flush = time.monotonic()
-        columns = list(StepMetrics.__dataclass_fields__)
         with atomic_path(self.path) as tmp:
-            pd.DataFrame(self.rows, columns=columns).to_parquet(tmp, index=False)
+            pd.DataFrame(self.rows, columns=self.columns).to_parquet(tmp, index=False)
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(run_dir / METRICS_FILE)
+
+
+def read_evals(run_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(run_dir / EVALS_FILE)
 
 
 HF_DIR = "hf"  # the original BERT arm's final model in Hugging Face's own layout
@@ -108,6 +127,20 @@ def final_model_config(run_dir: Path) -> ModelConfig:
 
 def load_final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / MODEL_FILE))
+
+
+def record_attempt(run_dir: Path, attempt: dict) -> int:
+    """Append one start of the training loop (a first start, a `--resume`, or a restart
+    after a worker failure) to attempts.json; returns its number, from 1."""
+    path = run_dir / ATTEMPTS_FILE
+    attempts = read_json(path) if path.exists() else []
+    attempts.append(attempt)
+    write_json(path, attempts)
+    return len(attempts)
+
+
+def read_attempts(run_dir: Path) -> list[dict]:
+    return read_json(run_dir / ATTEMPTS_FILE)
 
 
 def save_final(run_dir: Path, results: dict) -> None:

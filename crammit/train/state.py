@@ -13,6 +13,7 @@ class TrainState:
     flops: float = 0.0
     elapsed_s: float = 0.0  # budget time spent in the training loop, across resumes
     initial_eval_loss: float | None = None
+    saved_at: float = 0.0  # wall-clock time (epoch seconds) of the save
 
     def to_dict(self) -> dict:
         return asdict(self)

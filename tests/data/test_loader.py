@@ -36,11 +36,25 @@ def test_masking_follows_bert_80_10_10_at_the_given_rate():
     assert torch.equal(inputs[~chosen], tokens[~chosen])
 
 
-def test_batches_are_a_function_of_position():
+def test_held_out_rows_are_masked_once_and_for_all():
     loader, again = (HeldOutBatches(sequences(), SPECIAL, VOCAB, 0.25, seed=7) for _ in range(2))
     a, b = loader.batch(16, 8, 0, 1), again.batch(16, 8, 0, 1)
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
-    assert not torch.equal(a.labels, loader.batch(24, 8, 0, 1).labels)
+    assert torch.equal(loader.batch(20, 4, 0, 1).labels, a.labels[4:])  # a row's mask, not a batch's
+    other_seed = HeldOutBatches(sequences(), SPECIAL, VOCAB, 0.25, seed=8).batch(16, 8, 0, 1)
+    assert not torch.equal(a.labels, other_seed.labels)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 7, 16])
+def test_evaluation_batches_cover_every_row_once_at_any_worker_count(workers):
+    loader = HeldOutBatches(sequences(rows=10), SPECIAL, VOCAB, 0.25, seed=1)
+    per_rank = [loader.rank_batches(4, rank, workers) for rank in range(workers)]
+    assert len({len(batches) for batches in per_rank}) == 1  # ranks stay in step
+    batches = [batch for rank_batches in per_rank for batch in rank_batches]
+    rows = [labels for batch in batches for labels in batch.labels if (labels != IGNORE_INDEX).any()]
+    assert len(rows) == 10
+    assert sum(batch.num_masked for batch in batches) == int((loader.labels != IGNORE_INDEX).sum())
+    assert all(len(batch.input_ids) <= 4 for batch in batches)
 
 
 def test_workers_split_the_global_batch_one_worker_would_see():

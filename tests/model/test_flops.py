@@ -41,6 +41,9 @@ def test_flops_grow_with_size_and_are_about_six_per_parameter():
 
 def test_mfu_only_where_the_peak_is_known():
     assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops("NVIDIA L4") == 121e12
+    assert peak_flops("NVIDIA L40S") is None  # not an L4
     assert peak_flops("cpu") is None
     assert model_flops_utilization(1e12, None, 1) is None
     assert model_flops_utilization(494.5e12, 989e12, 2) == pytest.approx(0.25)

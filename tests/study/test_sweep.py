@@ -20,7 +20,7 @@ STEP_TOKENS = 16 * 128
 
 def study_file(tmp_path: Path) -> Path:
     """Two token budgets of the tiny model, checkpointing every second or so, and a setting
-    whose one trial fails: its micro-batch exceeds the held-out set. Finished trials are
+    whose one trial fails: its micro-batch exceeds the training set. Finished trials are
     fine-tuned on a small RTE."""
     path = tmp_path / "study.toml"
     path.write_text(f"""
@@ -89,7 +89,7 @@ def test_a_killed_study_resumes_and_completes_without_losing_or_repeating_trials
     done = trials[trials["setting"] == "tiny"]
     assert (done["status"] == "ok").all() and (done["eval_loss"] < done["initial_eval_loss"]).all()
     broken = trials[trials["setting"] == "broken"].iloc[0]
-    assert broken["status"] == "failed" and "holds out only" in broken["error"]
+    assert broken["status"] == "failed" and "fewer than one micro-batch" in broken["error"]
 
     final = json.loads((victim / rundir.FINAL_FILE).read_text())
     assert final["resumed_at_step"] >= checkpoint_step > 0  # from its checkpoint, not from step 0

@@ -15,13 +15,14 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from transformers import BertForMaskedLM
 
-from crammit.config import Arch, Budget, recipe_config
+from crammit.config import Arch, Budget, RecipeConfig, recipe_config
 from crammit.data.layout import EVAL_FILE, TOKENIZER, sequence_rows, shard_paths
 from crammit.data.loader import HeldOutBatches, MaskedBatch
 from crammit.data.tokenizer import SpecialIds
+from crammit.errors import CrammitError
 from crammit.model.bert import IGNORE_INDEX, CrammedBert
 from crammit.train import rundir
-from crammit.train.checkpoint import latest_tag
+from crammit.train.checkpoint import checkpoint_dir, latest_tag
 from crammit.train.engine import create_engine, process_group
 from crammit.train.loop import train_step
 from crammit.train.run import launch, prepare_run
@@ -40,7 +41,8 @@ def test_hours_budget_stops_the_run_within_five_percent(tmp_path, corpus_file, c
 
 
 def test_run_directory_holds_metrics_final_model_and_results(tmp_path, corpus_file, cache_dir, toy_data):
-    config = prepare_run(tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data)), cache_dir)
+    config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), eval_every_s=1e-9)
+    config = prepare_run(config, cache_dir)
     run_dir = Path(config.run_dir)
     results = launch(config, in_process=True)
     metrics = rundir.read_metrics(run_dir)
@@ -48,12 +50,18 @@ def test_run_directory_holds_metrics_final_model_and_results(tmp_path, corpus_fi
         assert column in metrics.columns
     assert metrics["step"].tolist() == list(range(1, results["steps"] + 1))
     assert metrics["tokens"].iloc[-1] == results["tokens"] >= 10 * 16 * 128
-    assert metrics["batch_size"].is_monotonic_increasing
+    assert metrics["batch_size"].iloc[:-1].is_monotonic_increasing  # the budget may cut the last step short
     final = rundir.read_final(run_dir)
     assert final["eval_loss"] < final["initial_eval_loss"]
     assert set(load_file(run_dir / rundir.MODEL_FILE)) >= {"embeddings.tokens.weight"}
     assert (run_dir / "tokenizer.json").exists() and (run_dir / rundir.MODEL_CONFIG_FILE).exists()
     assert rundir.load_config(run_dir) == config
+    # An evaluation before the first step, after every step (eval_every_s ~ 0), none repeated at the end.
+    evals = rundir.read_evals(run_dir)
+    assert evals["step"].tolist() == list(range(0, results["steps"] + 1))
+    assert evals["eval_loss"].iloc[0] == final["initial_eval_loss"]
+    assert evals["eval_loss"].iloc[-1] == final["eval_loss"]
+    assert evals["elapsed_s"].iloc[1:].tolist() == metrics["elapsed_s"].tolist()
 
 
 @pytest.mark.slow
@@ -78,9 +86,16 @@ def test_interrupted_and_resumed_run_ends_with_the_same_parameters(tmp_path, cor
     worker.kill()  # SIGKILL: no chance to clean up, as in a preemption
     worker.wait()
     assert not (tmp_path / "interrupted" / rundir.FINAL_FILE).exists(), "run ended before the kill"
-    assert latest_tag(tmp_path / "interrupted") is not None
+    checkpoint_step = int(latest_tag(tmp_path / "interrupted").removeprefix("step-"))
 
     resumed = launch(interrupted, in_process=True)
+    # The second attempt started from the checkpoint, not from step 0, and rows stay one per step.
+    attempts = rundir.read_attempts(tmp_path / "interrupted")
+    assert [a["resumed_at_step"] for a in attempts] == [0, checkpoint_step] > [0, 0]
+    assert not attempts[1]["restart_after_failure"]
+    metrics = rundir.read_metrics(tmp_path / "interrupted")
+    assert metrics["step"].tolist() == list(range(1, resumed["steps"] + 1))
+    assert metrics.query("attempt == 2")["step"].iloc[0] == checkpoint_step + 1
     uninterrupted = launch(straight, in_process=True)
     assert resumed["steps"] == uninterrupted["steps"] and resumed["tokens"] == uninterrupted["tokens"]
     a = load_file(tmp_path / "straight" / rundir.MODEL_FILE)
@@ -106,10 +121,9 @@ def test_the_original_bert_arm_trains_and_saves_a_model_hugging_face_loads(tmp_p
     held_out = HeldOutBatches(sequence_rows(pq.read_table(toy_data / EVAL_FILE))[:config.eval_sequences],
                               SpecialIds.of(Tokenizer.from_file(str(toy_data / TOKENIZER))),
                               config.model.vocab_size, results["eval_mask_rate"], config.recipe.seed)
-    total, count, micro = 0.0, 0, config.recipe.micro_batch_size
+    total, count = 0.0, 0
     with torch.no_grad():
-        for start in range(0, config.eval_sequences - micro + 1, micro):
-            batch = held_out.batch(start, micro, 0, 1)
+        for batch in held_out.rank_batches(config.recipe.micro_batch_size, 0, 1):
             logits = hf(input_ids=batch.input_ids).logits
             masked = batch.labels != IGNORE_INDEX
             total += torch.nn.functional.cross_entropy(logits[masked], batch.labels[masked], reduction="sum")
@@ -146,3 +160,41 @@ def test_accumulated_micro_batches_make_the_same_steps_as_whole_batches(tmp_path
     assert split_losses == pytest.approx(whole_losses, abs=1e-5)
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_a_token_budget_stops_exactly_by_cutting_the_last_step_short(tmp_path, corpus_file, cache_dir,
+                                                                      toy_data):
+    micro = 8
+    recipe = RecipeConfig(batch_size=4 * micro, micro_batch_size=micro, ramp_end=0.0)
+    config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), recipe=recipe,
+                               budget=Budget.tokens(10 * micro * 128))  # ten micro-batches
+    results = launch(prepare_run(config, cache_dir), in_process=True)
+    assert rundir.read_metrics(tmp_path / "run")["batch_size"].tolist() == [32, 32, 16]
+    assert results["tokens"] == 10 * micro * 128
+
+
+def test_a_truncated_newest_checkpoint_is_reported_and_the_one_before_it_resumed(
+    tmp_path, corpus_file, cache_dir, toy_data, capfd,
+):
+    config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), checkpoint_every_steps=3)
+    config = prepare_run(config, cache_dir)
+    first = launch(config, in_process=True)
+    root = checkpoint_dir(tmp_path / "run")
+    previous, newest = sorted(p.name for p in root.glob("step-*"))
+    victim = max((p for p in (root / newest).rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    capfd.readouterr()
+
+    second = launch(config, in_process=True)
+    reported = f"checkpoint {newest} is unusable ({victim.relative_to(root / newest)} has"
+    assert reported in capfd.readouterr().err
+    resumed_at = rundir.read_attempts(tmp_path / "run")[-1]["resumed_at_step"]
+    assert resumed_at == int(previous.removeprefix("step-"))
+    assert second["steps"] == first["steps"]
+    assert rundir.read_metrics(tmp_path / "run")["step"].tolist() == list(range(1, second["steps"] + 1))
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_clear_error(corpus_file, cache_dir, toy_data):
+    unwritable = Path("/proc/crammit-run")  # read-only even for root
+    with pytest.raises(CrammitError, match="cannot write the run directory /proc/crammit-run .*writable"):
+        prepare_run(tiny_train_config(unwritable, corpus_file, data=str(toy_data)), cache_dir)

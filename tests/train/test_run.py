@@ -1,6 +1,10 @@
 """Ray Train end to end on 2 CPU workers (gloo), sharing one local Ray cluster."""
 
 import dataclasses
+import os
+import signal
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from crammit.data.tokenizer import SpecialIds
 from crammit.model.bert import IGNORE_INDEX
 from crammit.model.build import build_model
 from crammit.train import rundir
+from crammit.train.checkpoint import latest_tag
 from crammit.train.data import training_data
 from crammit.train.engine import create_engine, set_learning_rate
 from crammit.train.loop import train_step
@@ -165,3 +170,89 @@ def test_resuming_a_prepared_directory_run_continues_each_workers_stream(tmp_pat
                  scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
                  run_config=RunConfig(storage_path=str(tmp_path / "ray"))).fit()
     assert (tmp_path / "rank0.ok").exists() and (tmp_path / "rank1.ok").exists()
+
+
+@pytest.mark.slow
+def test_eight_workers_evaluate_a_held_out_set_smaller_than_a_micro_batch_each(
+    tmp_path, corpus_file, cache_dir, toy_data, ray_session,
+):
+    held_out = read_manifest(toy_data)["eval_sequences"]
+    micro = RecipeConfig().micro_batch_size  # the default
+    assert held_out < 8 * micro
+    config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), num_workers=8,
+                               recipe=RecipeConfig(batch_size=8 * micro), eval_sequences=512,
+                               budget=Budget.tokens(8 * micro * 128))
+    final = launch(prepare_run(config, cache_dir))
+    assert final["steps"] == 1 and final["eval_sequences"] == held_out
+    assert np.isfinite(final["eval_loss"]) and np.isfinite(final["initial_eval_loss"])
+
+
+def _train_worker_pids() -> list[int]:
+    """Processes Ray titles `ray::RayTrainWorker...` (Ray Train's worker actors)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(b"ray::RayTrainWorker"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint_within_the_budget(
+    tmp_path, corpus_file, cache_dir, toy_data, ray_session,
+):
+    budget_s = 30.0
+    config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), num_workers=2,
+                               budget=Budget.hours(budget_s / 3600), checkpoint_every_steps=20,
+                               max_failures=2)
+    config = prepare_run(config, cache_dir)
+    run_dir = Path(config.run_dir)
+    killed: list[int] = []
+
+    def kill_one_worker_after_the_first_checkpoint():
+        deadline = time.monotonic() + 120
+        while latest_tag(run_dir) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)  # a few steps past it: their work is lost
+        pid = _train_worker_pids()[0]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    killer = threading.Thread(target=kill_one_worker_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    final = launch(config)
+    killer.join()
+    assert killed, "no worker was killed"
+    attempts = rundir.read_attempts(run_dir)
+    assert len(attempts) == 2 and attempts[1]["restart_after_failure"] and attempts[1]["lost_s"] > 2
+    metrics = rundir.read_metrics(run_dir)
+    assert metrics["step"].tolist() == list(range(1, final["steps"] + 1))
+    assert metrics.query("attempt == 2")["step"].iloc[0] == attempts[1]["resumed_at_step"] + 1 > 1
+    assert budget_s * 0.95 <= final["elapsed_s"] <= budget_s * 1.05
+
+
+@pytest.mark.slow
+def test_two_workers_follow_one_workers_curve_on_the_path_users_run(
+    tmp_path, corpus_file, cache_dir, toy_data, ray_session,
+):
+    """`train_loop` through Ray Train on streamed shards, with the ramp and the schedule:
+    1 worker × micro-batch 16 and 2 workers × 8 take the same global steps (batch sizes,
+    learning rates, tokens), and their losses agree within what a different order of the
+    same data moves them (each worker streams its own shard)."""
+    runs = {}
+    for workers, micro in ((1, 16), (2, 8)):
+        recipe = RecipeConfig(batch_size=64, micro_batch_size=micro)
+        config = tiny_train_config(tmp_path / f"workers{workers}", corpus_file, data=str(toy_data),
+                                   num_workers=workers, recipe=recipe, budget=Budget.tokens(30 * 32 * 128),
+                                   deterministic=True)
+        runs[workers] = launch(prepare_run(config, cache_dir)), rundir.read_metrics(Path(config.run_dir))
+    (one, one_steps), (two, two_steps) = runs[1], runs[2]
+    for column in ("batch_size", "lr", "tokens"):
+        assert one_steps[column].tolist() == two_steps[column].tolist()
+    assert one_steps["batch_size"].iloc[0] < one_steps["batch_size"].iloc[-1]  # the ramp ran
+    assert two["eval_loss"] < two["initial_eval_loss"] - 1.0
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=0.05)
+    late = slice(len(one_steps) // 2, None)
+    assert two_steps["loss"][late].mean() == pytest.approx(one_steps["loss"][late].mean(), rel=0.05)

@@ -1,0 +1,83 @@
+"""Scale-out on one machine: a Ray head and a second Ray node on loopback, and a 2-worker
+`crammit train --address` whose workers land one on each node."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crammit.train import rundir
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ray_node(*args: str, temp_dir: Path) -> subprocess.Popen:
+    """`ray start --block`: the node lives as long as this process (its own process group)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats",
+         "--temp-dir", str(temp_dir), *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+
+
+def stop(node: subprocess.Popen) -> None:
+    """The node's processes and only them (`ray stop` would stop every Ray on the machine)."""
+    try:
+        os.killpg(node.pid, signal.SIGTERM)
+        node.wait(timeout=60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(node.pid, signal.SIGKILL)
+
+
+def wait_for_nodes(address: str, count: int, deadline_s: float = 120) -> None:
+    script = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+              "print(sum(node['Alive'] for node in ray.nodes()))")
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        alive = subprocess.run([sys.executable, "-c", script, address], capture_output=True, text=True)
+        if alive.returncode == 0 and alive.stdout.strip() == str(count):
+            return
+        time.sleep(2)
+    raise AssertionError(f"{count} Ray nodes did not come up at {address}")
+
+
+@pytest.mark.slow
+def test_two_workers_train_across_a_head_and_a_second_node(tmp_path, toy_data):
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    temp_dir = Path("/tmp") / f"crammit-nodes-{port}"  # Ray's socket paths must stay short
+    # Each worker takes 2 of the 5 CPUs: two cannot share the head's 3, and one CPU stays
+    # free on the head for Ray Data's readers.
+    head = ray_node("--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "3",
+                    "--include-dashboard=false", "--object-store-memory", str(300 << 20), temp_dir=temp_dir)
+    nodes = [head]
+    try:
+        nodes.append(ray_node("--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+                              "--object-store-memory", str(200 << 20), temp_dir=temp_dir))
+        wait_for_nodes(address, 2)
+        run_dir = tmp_path / "run"
+        result = subprocess.run(
+            [sys.executable, "-m", "crammit", "train", "--address", address, "--gpus", "0", "--workers", "2",
+             "--size", "tiny", "--data", str(toy_data), "--tokens", str(6 * 16 * 128), "--batch-size", "16",
+             "--micro-batch", "8", "--out", str(run_dir)],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        final = json.loads((run_dir / rundir.FINAL_FILE).read_text())
+        assert len(final["worker_nodes"]) == 2 and len(set(final["worker_nodes"])) == 2
+    finally:
+        for node in reversed(nodes):
+            stop(node)
+        shutil.rmtree(temp_dir, ignore_errors=True)
