@@ -91,7 +91,10 @@ def process_group(device: Device) -> Iterator[None]:
     finally:
         import deepspeed.comm
 
-        deepspeed.comm.destroy_process_group()
+        if deepspeed.comm.is_initialized():
+            deepspeed.comm.destroy_process_group()
+        else:  # no engine was made (an error came first): DeepSpeed never took the group over
+            dist.destroy_process_group()
 
 
 def torch_device(device: Device) -> torch.device:
