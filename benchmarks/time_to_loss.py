@@ -75,14 +75,14 @@ def main() -> None:
     parser.add_argument("--size", default="mini")
     parser.add_argument("--vocab-size", type=int, default=32768)
     parser.add_argument("--eval-minutes", type=float, default=0.5, help="training minutes between evals")
-    parser.add_argument("--eval-sequences", type=int, default=512)
+    parser.add_argument("--max-eval-sequences", type=int, default=512)
     parser.add_argument("--hf-micro-batch", type=int, default=64, help="baseline sequences per pass")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="baseline torch threads")
     parser.add_argument("--out", type=Path, default=Path("time_to_loss"))
     args = parser.parse_args()
 
     data = prepare_once(args.out / "data", args.vocab_size)
-    held_out = held_out_batches(data, args.eval_sequences)
+    held_out = held_out_batches(data, args.max_eval_sequences)
     crammit_curve, crammit_final = run_crammit(args, data)
     check_same_evaluation(args.out / "crammit", held_out, crammit_final["eval_loss"])
     baseline_curve, baseline_final = run_baseline(args, data, held_out)
@@ -100,10 +100,10 @@ def prepare_once(directory: Path, vocab_size: int) -> Path:
     return directory
 
 
-def held_out_batches(data: Path, eval_sequences: int) -> list[MaskedBatch]:
-    """The batches crammit's evaluation uses on one worker: the first `eval_sequences`
+def held_out_batches(data: Path, max_eval_sequences: int) -> list[MaskedBatch]:
+    """The batches crammit's evaluation uses on one worker: the first `max_eval_sequences`
     held-out rows, masked at 15 %, in micro-batches."""
-    rows = sequence_rows(pq.read_table(data / EVAL_FILE, columns=[INPUT_IDS]))[:eval_sequences]
+    rows = sequence_rows(pq.read_table(data / EVAL_FILE, columns=[INPUT_IDS]))[:max_eval_sequences]
     config = TrainConfig(run_dir="")
     special = SpecialIds.of(Tokenizer.from_file(str(data / TOKENIZER)))
     vocab_size = read_manifest(data)["config"]["vocab_size"]
@@ -134,7 +134,7 @@ def run_crammit(args, data: Path) -> tuple[pd.DataFrame, dict]:
         subprocess.run([sys.executable, "-m", "crammit", "train", "--gpus", "0", "--size", args.size,
                         "--hours", str(args.minutes / 60), "--data", str(data), "--out", str(run_dir),
                         "--batch-size", str(BATCH_SIZE), "--eval-minutes", str(args.eval_minutes),
-                        "--eval-sequences", str(args.eval_sequences), "--checkpoint-minutes", "1000"],
+                        "--max-eval-sequences", str(args.max_eval_sequences), "--checkpoint-minutes", "1000"],
                        check=True)
     metrics, final = rundir.read_metrics(run_dir), rundir.read_final(run_dir)
     final = {**final, "sequences": int(metrics["batch_size"].sum())}

@@ -18,6 +18,14 @@ app = typer.Typer(
 )
 
 
+# Options several commands share, declared once.
+AddressOption = Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")]
+CacheDirOption = Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")]
+PreparedDataOption = Annotated[Path | None, typer.Option(
+    help="A `crammit data prepare` directory (replaces --corpus).")]
+MicroBatchOption = Annotated[int | None, typer.Option(help="Sequences per worker per pass (128).")]
+DryRunOption = Annotated[bool, typer.Option(help="Print the plan and stop.")]
+
 data_app = typer.Typer(help="Prepare corpora on Ray Data and inspect prepared directories.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -77,18 +85,16 @@ def train(
                                              "al.).")] = "crammed",
     corpus: Annotated[str, typer.Option(help="Prepared into the run directory: any `data prepare --corpus`.")]
     = "embedded",
-    data: Annotated[Path | None, typer.Option(help="A `crammit data prepare` directory (replaces --corpus).")]
-    = None,
+    data: PreparedDataOption = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<time>-<size>).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")]
-    = None,
+    address: AddressOption = None,
     deepspeed_config: Annotated[Path | None, typer.Option(help="DeepSpeed JSON overriding the built one.")]
     = None,
     zero_stage: Annotated[int, typer.Option(help="DeepSpeed ZeRO stage (0, 1 or 2).")] = 0,
     batch_size: Annotated[int | None, typer.Option(
         help="Sequences per step after the ramp (the recipe's: crammed 8192, bert 256).")] = None,
-    micro_batch: Annotated[int | None, typer.Option(help="Sequences per worker per pass (128).")] = None,
+    micro_batch: MicroBatchOption = None,
     lr: Annotated[float | None, typer.Option(
         help="Peak learning rate (the recipe's: crammed 1e-3, bert 1e-4).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, shuffling and masking.")] = 0,
@@ -98,11 +104,12 @@ def train(
     checkpoint_minutes: Annotated[float, typer.Option(help="Minutes between checkpoints.")] = 30.0,
     max_failures: Annotated[int, typer.Option(
         help="Worker failures to recover from, each by restarting at the last checkpoint.")] = 3,
-    eval_sequences: Annotated[int, typer.Option(help="Held-out sequences for the final MLM loss.")] = 512,
+    max_eval_sequences: Annotated[int, typer.Option(
+        help="Held-out sequences the MLM loss is measured on, at most (all, when fewer).")] = 512,
     eval_minutes: Annotated[float, typer.Option(
         help="Minutes of training between held-out evaluations, to evals.parquet (0: first and last only; "
              "evaluation time is not budget time).")] = 0.0,
-    cache_dir: Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")] = None,
+    cache_dir: CacheDirOption = None,
 ) -> None:
     """Train a crammed (or the original) BERT until the budget is spent; report held-out loss."""
     from crammit.train.engine import read_deepspeed_file
@@ -137,7 +144,7 @@ def train(
                 zero_stage=overrides.get("zero_optimization", {}).get("stage", zero_stage),
                 compile=gpus > 0 if compile is None else compile,
                 deepspeed_overrides=overrides,
-                eval_sequences=eval_sequences,
+                max_eval_sequences=max_eval_sequences,
                 eval_every_s=eval_minutes * 60,
                 checkpoint_every_s=checkpoint_minutes * 60,
                 max_failures=max_failures,
@@ -172,8 +179,8 @@ def data_prepare(
     seed: Annotated[int, typer.Option(help="Seed of the shuffle order and tie-breaks.")] = 0,
     tokenizer: Annotated[Path | None, typer.Option(help="Use this tokenizer.json instead of training one.")]
     = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")] = None,
+    address: AddressOption = None,
+    cache_dir: CacheDirOption = None,
 ) -> None:
     """Clean, deduplicate, filter, tokenize, pack and order a corpus into Parquet shards."""
     from crammit.cluster import start_ray
@@ -266,16 +273,15 @@ def study_scaling(
     = "crammed",
     batch_size: Annotated[int | None, typer.Option(help="Sequences per step after the ramp (the recipe's).")]
     = None,
-    micro_batch: Annotated[int | None, typer.Option(help="Sequences per worker per pass (128).")] = None,
+    micro_batch: MicroBatchOption = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (the recipe's).")] = None,
     corpus: Annotated[str, typer.Option(help="Prepared once for every trial: any `data prepare --corpus`.")]
     = "embedded",
-    data: Annotated[Path | None, typer.Option(help="A `crammit data prepare` directory (replaces --corpus).")]
-    = None,
+    data: PreparedDataOption = None,
     out: Annotated[Path | None, typer.Option(help="Study directory (default runs/<time>-scaling).")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")] = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the plan and stop.")] = False,
-    cache_dir: Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")] = None,
+    address: AddressOption = None,
+    dry_run: DryRunOption = False,
+    cache_dir: CacheDirOption = None,
     glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP)] = None,
     glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
     glue_seeds: Annotated[int | None, typer.Option(help="Fine-tunes per GLUE task and trial (1).")] = None,
@@ -306,12 +312,12 @@ def study_scaling(
 def study_run(
     study_file: Annotated[Path, typer.Argument(help="A study file, e.g. studies/smoke.toml.")],
     out: Annotated[Path | None, typer.Option(help="Study directory (default runs/<time>-<name>).")] = None,
-    data: Annotated[Path | None, typer.Option(help="A prepared directory replacing the file's [data].")]
+    data: Annotated[Path | None, typer.Option(help="A prepared directory replacing the file's \\[data].")]
     = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")] = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the plan and stop.")] = False,
-    cache_dir: Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")] = None,
-    glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP + " Replaces the file's [glue] tasks.")]
+    address: AddressOption = None,
+    dry_run: DryRunOption = False,
+    cache_dir: CacheDirOption = None,
+    glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP + " Replaces the file's \\[glue] tasks.")]
     = None,
     glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
     glue_seeds: Annotated[int | None, typer.Option(help="Fine-tunes per GLUE task and trial.")] = None,
@@ -398,7 +404,7 @@ def eval_glue(
     = GlueRecipe.warmup_fraction,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = GlueRecipe.weight_decay,
     seq_len: Annotated[int, typer.Option(help="Tokens per example (pairs truncated).")] = GlueRecipe.seq_len,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")] = None,
+    address: AddressOption = None,
 ) -> None:
     """Fine-tune the run's final model on GLUE tasks (the paper's GLUE-sane recipe) and
     report dev scores: median over seeds, spread, and the average over the tasks run."""

@@ -134,8 +134,13 @@ class Schedule(str, Enum):
     WARMUP_LINEAR = "warmup-linear"  # BERT's: linear warm-up over warmup_fraction, then linear to 0
 
 
-# Masking seeds each micro-batch's generator with (seed << 40) + (rank << 32) + index, in 64 bits.
-MAX_SEED = 1 << 24
+# Each training micro-batch's masks come from a generator seeded by one 64-bit integer that
+# packs the run's seed, the worker's rank and the micro-batch's index (`loader.mask_seed`):
+# distinct for every micro-batch of every run with a seed below MAX_SEED and at most
+# MAX_WORKERS workers.
+MASK_INDEX_BITS, MASK_RANK_BITS, MASK_SEED_BITS = 32, 8, 24
+MAX_SEED = 1 << MASK_SEED_BITS
+MAX_WORKERS = 1 << MASK_RANK_BITS
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,7 @@ class TrainConfig:
     zero_stage: int = 0
     compile: bool = True
     deepspeed_overrides: dict[str, Any] = field(default_factory=dict)
-    eval_sequences: int = 512
+    max_eval_sequences: int = 512  # held-out sequences evaluated, at most (all, when fewer)
     # Held-out loss depends on how much is masked: one rate for every recipe keeps runs comparable.
     eval_mask_rate: float = 0.15
     eval_every_s: float = 0.0  # seconds of training between held-out evaluations; 0: first and last only
@@ -239,9 +244,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.zero_stage not in ZERO_STAGES:
             raise CrammitError(f"ZeRO stage {self.zero_stage} is not supported; use one of {ZERO_STAGES}")
-        if self.num_workers < 1 or self.eval_sequences < 1:
-            raise CrammitError(f"workers and held-out sequences must be at least 1, got "
-                               f"{self.num_workers} and {self.eval_sequences}")
+        if not 1 <= self.num_workers <= MAX_WORKERS:
+            raise CrammitError(f"workers must be from 1 to {MAX_WORKERS}, got {self.num_workers}")
+        if self.max_eval_sequences < 1:
+            raise CrammitError(f"held-out sequences must be at least 1, got {self.max_eval_sequences}")
         for name in ("eval_every_s", "checkpoint_every_s"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise CrammitError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")

@@ -20,6 +20,16 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def embedded_cache(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A cache directory holding the embedded corpus, built once per session (building takes
+    tens of seconds), and its documents."""
+    from crammit.data.corpus import embedded_documents
+
+    cache = tmp_path_factory.mktemp("embedded")
+    return cache, embedded_documents(cache)
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray cluster (2 CPUs) shared by every test that needs Ray."""
     ray = pytest.importorskip("ray")

@@ -36,7 +36,7 @@ def tiny_train_config(run_dir: Path, corpus: Path, **changes) -> TrainConfig:
         run_dir=str(run_dir), model=model, corpus=str(corpus), size_name="tiny",
         recipe=RecipeConfig(batch_size=16, micro_batch_size=8),
         budget=Budget.tokens(10 * 16 * 128), device=Device.CPU, compile=False,
-        eval_sequences=32, progress_bar=False,
+        max_eval_sequences=32, progress_bar=False,
     )
     return TrainConfig(**{**defaults, **changes})
 

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from crammit.cli import app
+from tests.helpers import tiny_train_config
 
 
 def crammit(*args: str) -> subprocess.CompletedProcess:
@@ -82,6 +83,13 @@ def test_unreadable_or_conflicting_deepspeed_config(tmp_path):
 def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
     result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path)])
     assert result.exit_code == 2 and "not a crammit run directory" in result.output
+
+
+def test_resume_of_a_run_whose_config_this_version_does_not_know(tmp_path):
+    config = tiny_train_config(tmp_path, tmp_path / "corpus.txt").to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({**config, "retired_setting": 1}))
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "does not match this crammit version" in result.output
 
 
 def test_resume_refuses_flags_that_would_change_the_run(tmp_path):

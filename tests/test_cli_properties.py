@@ -27,7 +27,7 @@ INTS = number_text(st.one_of(st.integers(-10, 10), st.integers(-(2**70), 2**70),
                              st.sampled_from([8, 16, 64, 2**24])))
 OPTIONS = {"--hours": FLOATS, "--tokens": FLOATS, "--lr": FLOATS, "--eval-minutes": FLOATS,
            "--checkpoint-minutes": FLOATS, "--batch-size": INTS, "--micro-batch": INTS, "--workers": INTS,
-           "--zero-stage": INTS, "--max-failures": INTS, "--eval-sequences": INTS, "--seed": INTS}
+           "--zero-stage": INTS, "--max-failures": INTS, "--max-eval-sequences": INTS, "--seed": INTS}
 
 
 @pytest.fixture

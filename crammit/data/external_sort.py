@@ -59,23 +59,23 @@ def merge_runs(paths: Sequence[Path], keys: Sequence[str]) -> Iterator[pa.Table]
     """The rows of runs (each sorted by `keys`) as one sorted stream of tables, holding one
     row group of each run at a time.
 
-    Vectorised: the smallest last key among the held row groups bounds everything still
-    unread, so all held rows up to it go out in one sort, and the row groups that ended
+    Vectorised: the smallest last key among the row groups at the runs' heads bounds
+    everything still unread, so all their rows up to it go out in one sort, and the row groups that ended
     at it are replaced by their runs' next."""
     readers = [row_groups(path) for path in paths]
-    held = {run: table for run, reader in enumerate(readers) if (table := next(reader, None)) is not None}
-    while held:
-        bound = min(_key(table, table.num_rows - 1, keys) for table in held.values())
+    heads = {run: table for run, reader in enumerate(readers) if (table := next(reader, None)) is not None}
+    while heads:
+        bound = min(_key(table, table.num_rows - 1, keys) for table in heads.values())
         out = []
-        for run, table in list(held.items()):
+        for run, table in list(heads.items()):
             emitted = _rows_up_to(table, bound, keys)
             out.append(table.slice(0, emitted))
             if emitted < table.num_rows:
-                held[run] = table.slice(emitted)
+                heads[run] = table.slice(emitted)
             elif (following := next(readers[run], None)) is not None:
-                held[run] = following
+                heads[run] = following
             else:
-                del held[run]
+                del heads[run]
         merged = pa.concat_tables(out)
         columns = [merged.column(key).to_numpy() for key in reversed(keys)]
         yield merged.take(np.lexsort(columns))
@@ -108,13 +108,13 @@ def _rows_up_to(table: pa.Table, bound: tuple, keys: Sequence[str]) -> int:
 def slices(tables: Iterator[pa.Table], sizes: Iterator[int]) -> Iterator[pa.Table]:
     """Consecutive tables of `next(sizes)` rows from a stream of tables; the last may be
     shorter, and a size of 0 yields an empty table."""
-    pending, held, size = [], 0, next(sizes)
+    pending, heads, size = [], 0, next(sizes)
     for table in tables:
         pending.append(table)
-        held += table.num_rows
-        while held >= size:
+        heads += table.num_rows
+        while heads >= size:
             whole = pa.concat_tables(pending)
             yield whole.slice(0, size)
-            pending, held, size = [whole.slice(size)], held - size, next(sizes)
-    if held:
+            pending, heads, size = [whole.slice(size)], heads - size, next(sizes)
+    if heads:
         yield pa.concat_tables(pending)

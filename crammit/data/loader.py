@@ -18,6 +18,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from crammit.config import MASK_INDEX_BITS, MASK_RANK_BITS
 from crammit.data.layout import sequence_rows
 from crammit.data.tokenizer import SpecialIds
 from crammit.model.bert import IGNORE_INDEX
@@ -78,9 +79,9 @@ class HeldOutBatches:
         `rank`) in micro-batches of at most `micro_batch`. Every rank gets the same number
         of micro-batches, so forward passes with collectives (ZeRO-3) stay in step; a rank
         whose rows run out first gets one row with nothing to predict."""
-        mine = torch.arange(len(self))[rank::world_size]
+        rank_rows = torch.arange(len(self))[rank::world_size]
         passes = math.ceil(math.ceil(len(self) / world_size) / micro_batch)
-        batches = [self._rows(mine[k * micro_batch:(k + 1) * micro_batch]) for k in range(passes)]
+        batches = [self._rows(rank_rows[k * micro_batch:(k + 1) * micro_batch]) for k in range(passes)]
         return [batch if len(batch.input_ids) else self._nothing_to_predict() for batch in batches]
 
     def _rows(self, index: torch.Tensor) -> MaskedBatch:
@@ -101,9 +102,14 @@ def shard_batches(
     for index, table in enumerate(tables):
         if index >= skip:
             rows = sequence_rows(table)
-            generator = torch.Generator().manual_seed((seed << 40) + (rank << 32) + index)
+            generator = torch.Generator().manual_seed(mask_seed(seed, rank, index))
             yield MaskedBatch(*mask_tokens(torch.from_numpy(rows.astype(np.int64)), special,
                                            vocab_size, mask_rate, generator))
+
+
+def mask_seed(seed: int, rank: int, index: int) -> int:
+    """The generator seed of micro-batch `index` of worker `rank` in a run seeded `seed`."""
+    return (seed << (MASK_RANK_BITS + MASK_INDEX_BITS)) + (rank << MASK_INDEX_BITS) + index
 
 
 def _epochs(shard, micro_batch: int) -> Iterator:

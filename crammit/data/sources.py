@@ -44,8 +44,13 @@ _COMPRESSIONS = {".gz", ".zst"}  # outer compression Arrow streams; parquet comp
 _FORMS = ("pass --corpus embedded, hf:NAME[:CONFIG][@SPLIT], or a .txt/.jsonl/.json/.parquet "
           "file (text and JSON may end in .gz or .zst), directory, glob or URI")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\f\v]*\n")  # a blank line: the end of a document
-_HF_BATCH_ROWS = 4096
-CPUS_PER_READER = 8  # one reader parses ~150 MB/s of JSON lines; a CPU tokenizes ~6 MB/s
+# Documents per table that a read task takes from an HF stream and hands to Ray Data:
+# bounds what the task holds between hand-offs, whatever the dataset's size, and spreads
+# the cost of each table over thousands of documents.
+_HF_DOCUMENTS_PER_TABLE = 4096
+# A reader parses JSON lines many times faster than a CPU tokenizes them, so one reader
+# keeps the tokenizing of this many CPUs fed.
+CPUS_PER_READER = 8
 
 
 @dataclass(frozen=True)
@@ -92,9 +97,10 @@ def read_corpus(spec: str, cache_dir: Path, text_field: str = "text",
     if parsed.kind == EMBEDDED:
         documents = embedded_documents(cache_dir)
         return ray.data.from_items([{TEXT: doc, REPLACED: 0} for doc in documents])
-    # Reading is light next to what follows (parsing JSON lines takes ~4 % of the CPU time
-    # of tokenizing them), so readers reserve no CPU: the reader of one large file would
-    # otherwise hold a CPU while mostly waiting on back-pressure, half of a 2-CPU machine.
+    # Reading is light next to what follows (parsing JSON lines costs a small fraction of
+    # the CPU time of tokenizing them), so readers reserve no CPU: the reader of one large
+    # file would otherwise hold a CPU while mostly waiting on back-pressure, half of a
+    # 2-CPU machine.
     # Without a CPU to bound them, at most one per CPUS_PER_READER runs at once.
     cpus = int(ray.cluster_resources().get("CPU", 1))
     readers = {"num_cpus": 0, "concurrency": max(1, cpus // CPUS_PER_READER), "runtime_env": runtime_env}
@@ -150,7 +156,7 @@ class _HuggingFaceShards(Datasource):
 
 
 def _read_hf_shard(stream: datasets.IterableDataset, text_field: str) -> Iterator[pa.Table]:
-    for batch in stream.with_format("arrow").iter(batch_size=_HF_BATCH_ROWS):
+    for batch in stream.with_format("arrow").iter(batch_size=_HF_DOCUMENTS_PER_TABLE):
         yield _documents(batch, text_field)
 
 
@@ -284,14 +290,18 @@ def _document_table(documents: list[str]) -> pa.Table:
 
 
 class _JsonLinesDocuments(FileBasedDatasource):
-    """Streams JSON-lines files, decompressed by extension, `_ROWS` documents at a time.
+    """Streams JSON-lines files, decompressed by extension, `_DOCUMENTS_PER_TABLE`
+    documents at a time.
 
     Bytes that are not UTF-8 decode to U+FFFD, counted per document in REPLACED; a row
     without the text field (or with a null) becomes an empty document, dropped and counted
     downstream; a line that is not JSON stops the read with its file and line number.
     """
 
-    _ROWS = 4096
+    # Parsed documents a read task holds as Python strings before handing them to Ray Data
+    # as one table: bounds the task's memory whatever the file's size, and spreads the cost
+    # of each table over thousands of documents.
+    _DOCUMENTS_PER_TABLE = 4096
 
     def __init__(self, paths: list[str], text_field: str, **kwargs) -> None:
         super().__init__(paths, **kwargs)
@@ -308,7 +318,7 @@ class _JsonLinesDocuments(FileBasedDatasource):
                 raise CrammitError(f"corpus file {path!r} line {number} is not a JSON object; "
                                    "write one JSON object per line") from error
             documents.append("" if text is None else str(text))
-            if len(documents) == self._ROWS:
+            if len(documents) == self._DOCUMENTS_PER_TABLE:
                 yield _document_table(documents)
                 documents = []
         yield _document_table(documents)

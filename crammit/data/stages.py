@@ -13,9 +13,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# The marks of Latin, Greek and Cyrillic accents; a class of every nonspacing mark (1,950
-# code points in 336 ranges) makes `re` ~14x slower per character.
+# The marks of Latin, Greek and Cyrillic accents, one range: a class of every nonspacing
+# mark (1,950 code points in 336 ranges) makes `re` many times slower per character, and
+# the tokenizer drops the other nonspacing marks itself (see `normalize`).
 _COMBINING_DIACRITICS = re.compile("[\u0300-\u036f]")
+# The held-out split compares a document's hash modulo this with eval_fraction times it:
+# an eval fraction is honoured to a millionth, and the residues of 64-bit hashes are as
+# good as uniform over so few values.
+HELD_OUT_RESOLUTION = 1_000_000
+# Sequences scored at a time by `prevalence_scores`: their gathered float64 frequencies,
+# twice the size of the int32 ids, stay 4 MiB at 128 tokens a sequence instead of twice
+# the size of the whole part being sorted.
+PREVALENCE_CHUNK_ROWS = 4096
 
 
 def normalize(text: str, lowercase: bool) -> str:
@@ -62,7 +71,8 @@ def lsh_band_keys(texts: Sequence[str], threshold: float, num_perm: int, shingle
     datasketch's `MinHashLSH` cuts them for `threshold` (documents whose shingle Jaccard
     similarity is above it share a bucket with high probability). A key names band and
     values, so keys from different bands never collide."""
-    # Imported here: datasketch pulls in scipy, ~60 MB in every worker that imports stages.
+    # Imported here: datasketch pulls in scipy, whose memory every worker that imports
+    # stages would otherwise carry, though only near-duplicate detection needs it.
     from datasketch import MinHash, MinHashLSH
 
     bands = MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges
@@ -99,7 +109,8 @@ def duplicate_members(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def is_held_out(hashes: np.ndarray, eval_fraction: float) -> np.ndarray:
     """A content-keyed split of documents by their `content_hash`: the same document is
     held out on every machine and run."""
-    return np.asarray(hashes, dtype=np.uint64) % 1_000_000 < round(eval_fraction * 1_000_000)
+    residues = np.asarray(hashes, dtype=np.uint64) % HELD_OUT_RESOLUTION
+    return residues < round(eval_fraction * HELD_OUT_RESOLUTION)
 
 
 def tokens_per_char(num_tokens: np.ndarray, num_chars: np.ndarray) -> np.ndarray:
@@ -121,7 +132,8 @@ def pack(tokens: np.ndarray, offsets: np.ndarray, seq_len: int, cls_id: int, sep
     return packed
 
 
-def prevalence_scores(sequences: np.ndarray, log_counts: np.ndarray, chunk_rows: int = 4096) -> np.ndarray:
+def prevalence_scores(sequences: np.ndarray, log_counts: np.ndarray,
+                      chunk_rows: int = PREVALENCE_CHUNK_ROWS) -> np.ndarray:
     """Mean log corpus-frequency of each sequence's tokens: sorting by it, descending, puts
     sequences of common tokens first (the paper's ordering). In chunks: the gathered
     frequencies are 8 bytes a token."""

@@ -2,11 +2,11 @@
 worker processes each stage runs in.
 
 A module of its own so that the processes running these tasks import only what they
-use: not Ray Data (`pipeline.py`), which would cost each ~46 MiB and ~0.4 s. One task
-passes over the content hashes to find where each repeated document first occurs, one
-per file packs documents into sequences keeping only first copies, one per part sorts
-it into a run, and merges (`external_sort`) end in one that writes the shards a row
-group at a time.
+use: not Ray Data (`pipeline.py`), whose import would add memory and start-up time that
+these tasks do not need to every one of them. One task passes over the content hashes to
+find where each repeated document first occurs, one per file packs documents into
+sequences keeping only first copies, one per part sorts it into a run, and merges
+(`external_sort`) end in one that writes the shards a row group at a time.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ SPLIT, ORDER_KEY, TIE_KEY = "split", "order_key", "tie_key"
 SORT_KEYS = [ORDER_KEY, TIE_KEY]
 TRAIN, EVAL = "train", "eval"
 HASH_PASS_BYTES = 32 << 20  # content hashes that exact deduplication holds at once
+# What a pass over the hashes holds per document of its slice: the hash and its position.
+HASH_PASS_BYTES_PER_DOCUMENT = np.dtype(np.uint64).itemsize + np.dtype(np.int64).itemsize
+# What a run's row holds besides its token ids: its ORDER_KEY (float64) and TIE_KEY (int64).
+RUN_KEY_BYTES = np.dtype(np.float64).itemsize + np.dtype(np.int64).itemsize
 SHARD_ROW_GROUP_ROWS = 8192  # what the last merge holds of the shard it writes
 
 
@@ -42,11 +46,11 @@ def _workers_of_their_own(stage: str) -> dict:
     """A runtime environment for a stage's tasks. Ray pools worker processes by runtime
     environment, so the stage starts processes that ran nothing else, and the previous
     stage's, idle beyond Ray's one idle worker per CPU, exit with what their tokenizers
-    and batches left behind (~150 MiB each); the label only tells the pools apart. Arrow's
-    jemalloc pool hands freed memory back to the system where the default (mimalloc)
-    keeps it: a tokenizing worker peaked at ~205 MiB instead of ~295, and a merge of 16
-    runs at 154 MiB above its start instead of 272. The price is starting the processes,
-    ~1 s per stage on 2 cores, which only small corpora notice."""
+    and batches left behind; the label only tells the pools apart. Arrow's jemalloc pool
+    because it hands freed memory back to the system where the default (mimalloc) keeps
+    it for the process, so a worker's memory follows what its current task holds rather
+    than the most any task held. The price is starting the processes once per stage,
+    which only small corpora notice."""
     return {"env_vars": {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc", "CRAMMIT_WORKER_POOL": stage}}
 
 
@@ -55,7 +59,7 @@ TASK_WORKERS = _workers_of_their_own("tasks")  # the tasks below
 
 
 # Without task events: Ray's GCS keeps one per call (up to 100,000), and there is a call
-# per batch, so its memory would grow with the corpus (+32 MiB at 3.35 GB).
+# per batch, so its memory would grow with the corpus.
 @ray.remote(num_cpus=0, enable_task_events=False)
 class StageCounts:
     """Counts of documents kept and dropped, reported by every batch wherever it runs."""
@@ -77,7 +81,7 @@ def repeated_documents(paths: list[Path], starts: np.ndarray) -> tuple[np.ndarra
     in as many passes as keep each pass's slice of the hash space within HASH_PASS_BYTES,
     so this holds no more whatever the corpus's size. A task, not the driver: the
     driver's heap would keep what the passes freed."""
-    passes = max(1, -(-int(starts[-1]) * 2 * np.dtype(np.uint64).itemsize // HASH_PASS_BYTES))
+    passes = max(1, _ceil_div(int(starts[-1]) * HASH_PASS_BYTES_PER_DOCUMENT, HASH_PASS_BYTES))
     found_hashes, found_positions = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)]
     for slice_index in range(passes):
         hashes, positions = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)]
@@ -134,7 +138,7 @@ def _document_batches(paths: list[Path], starts: np.ndarray, index: int,
     at their ends, do not depend on how Ray Data cut the stage into files and row groups:
     on the cluster's size, say."""
     start, end = int(starts[index]), int(starts[index + 1])
-    first = -(-start // rows) * rows
+    first = _ceil_div(start, rows) * rows  # the first multiple of `rows` at or after `start`
     if first >= end:
         return
     groups = itertools.chain.from_iterable(row_groups(path, [HASH, IDS]) for path in paths[index:])
@@ -219,6 +223,11 @@ def _write_groups(path: Path, groups: Iterator[pa.Table], schema: pa.Schema) -> 
             writer.write_table(group.combine_chunks(), row_group_size=group.num_rows)
             rows += group.num_rows
     return rows
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    """`numerator / denominator` rounded up, in exact integer arithmetic."""
+    return -(-numerator // denominator)
 
 
 def _return_freed_memory() -> None:

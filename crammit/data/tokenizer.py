@@ -33,10 +33,15 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int) -> Tokenizer:
     `documents` may be a stream (a bounded sample of a corpus too large to hold): it is
     spilled to a temporary file and read twice.
 
-    The same documents give the same tokenizer in every process. HF `tokenizers` numbers
+    The same documents give the same tokenizer in every process, which is what lets a
+    prepare be reproduced from the corpus alone, byte for byte. HF `tokenizers` numbers
     the continuing-subword tokens (`##e`) in hash-map order and breaks frequency ties by
-    those numbers (huggingface/tokenizers#1794), so two trainings differ in rare entries;
-    the first read finds those tokens, and training declares them up front, sorted."""
+    those numbers (huggingface/tokenizers#1794), so two trainings differ in rare entries
+    (three trainings on the embedded corpus gave three vocabularies: benchmarks/RESULTS.md,
+    "Determinism"); the first read finds those tokens (`_ContinuingCharacters`), and
+    training declares them up front, sorted, within the vocabulary size asked for. Its
+    cost is that pass, recorded as tokenizer training on the embedded corpus taking 2.0 s
+    where it took 1.65 s without pinning (commit 1097551)."""
     tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -87,37 +92,44 @@ class _ContinuingCharacters:
 
 
 class TokenIds:
-    """Token ids of a batch of texts, without special tokens, as fast as `tokenizers` goes.
+    """Token ids of a batch of texts, without special tokens: exactly the ids of
+    `encode_batch`, for less of the CPU time that tokenizing, most of a prepare's, takes.
 
-    The fast batch API skips character offsets, and texts that the tokenizer's normaliser
-    provably leaves unchanged skip it: it costs over a third of the encoding time. BERT's
-    normaliser works a character at a time (drop controls, pad CJK, strip accents,
-    lower-case), so a text made of characters it leaves unchanged alone is left unchanged;
-    those characters are learned as texts bring them (typographic quotes and dashes, say,
-    where accented letters are not). The ids are those of `encode_batch`.
+    What it buys: the fast batch API skips character offsets, and texts that the
+    tokenizer's normaliser provably leaves unchanged skip the normaliser, recorded as
+    ~38 % of encoding time (benchmarks/RESULTS.md, corpus preparation). Learning which
+    characters beyond ASCII it keeps gave 33 % less tokenizing CPU where every document
+    has an accent (commit 328bf6e; on such a corpus, 0.88x -> 1.13x the baseline's speed,
+    benchmarks/RESULTS.md).
+
+    Why the ids are exact: BERT's normaliser works a character at a time (drop controls,
+    pad CJK, strip accents, lower-case), so a text made of characters it leaves unchanged
+    alone is left unchanged; those characters are learned as texts bring them
+    (typographic quotes and dashes, say, where accented letters are not).
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.bare: Tokenizer | None = None
+        self.without_normalizer: Tokenizer | None = None
         state = tokenizer.to_str()
         normalizer = json.loads(state)["normalizer"]
         self.kept: set[str] = set()
         self.changed: set[str] = set()
         if normalizer is None or normalizer["type"] == "BertNormalizer":
-            self.bare = Tokenizer.from_str(state)
-            self.bare.normalizer = None
+            self.without_normalizer = Tokenizer.from_str(state)
+            self.without_normalizer.normalizer = None
+            # Printable ASCII up front: most texts are made of it alone.
             self.kept = {chr(code) for code in range(0x20, 0x7F) if self._keeps(chr(code))}
             self._outside_kept = _outside(self.kept)
 
     def __call__(self, texts: Sequence[str]) -> list[list[int]]:
-        if self.bare is None:
+        if self.without_normalizer is None:
             return _ids(self.tokenizer, texts)
-        plain = [self._unchanged(text) for text in texts]
-        ids = iter(_ids(self.bare, [text for text, is_plain in zip(texts, plain, strict=True) if is_plain]))
-        other = iter(_ids(self.tokenizer, [text for text, is_plain in zip(texts, plain, strict=True)
-                                          if not is_plain]))
-        return [next(ids) if is_plain else next(other) for is_plain in plain]
+        unchanged = [self._unchanged(text) for text in texts]
+        pairs = list(zip(texts, unchanged, strict=True))
+        fast = iter(_ids(self.without_normalizer, [text for text, keep in pairs if keep]))
+        normalised = iter(_ids(self.tokenizer, [text for text, keep in pairs if not keep]))
+        return [next(fast) if keep else next(normalised) for keep in unchanged]
 
     def _unchanged(self, text: str) -> bool:
         if self._outside_kept.search(text) is None:

@@ -66,7 +66,8 @@ class SelfAttention(nn.Module):
 
 
 class GatedFFN(nn.Module):
-    """GLU with GELU: the up-projection's halves are x and gate, output gate·GELU(x)."""
+    """GEGLU: one up-projection makes a gate and a value; GELU(gate) scales the value
+    elementwise, and the down-projection maps the product back to the hidden size."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -74,8 +75,8 @@ class GatedFFN(nn.Module):
         self.down = nn.Linear(config.intermediate_size // 2, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, gate = self.up(x).chunk(2, dim=-1)
-        return self.down(gate * F.gelu(x))
+        gate, value = self.up(x).chunk(2, dim=-1)
+        return self.down(F.gelu(gate) * value)
 
 
 class Block(nn.Module):

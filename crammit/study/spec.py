@@ -135,7 +135,7 @@ class StudySpec:
     data: StudyData = field(default_factory=StudyData)
     glue: StudyGlue = field(default_factory=StudyGlue)
     checkpoint_minutes: float = 30.0
-    eval_sequences: int = 512
+    max_eval_sequences: int = 512
     resamples: int = 1000  # bootstrap resamples of the fits' intervals
 
     def __post_init__(self) -> None:
@@ -155,7 +155,7 @@ class StudySpec:
         """The TOML layout a study file uses (what `study.toml` holds)."""
         return {
             "name": self.name, "unit": self.unit.value, "checkpoint_minutes": self.checkpoint_minutes,
-            "eval_sequences": self.eval_sequences, "resamples": self.resamples,
+            "max_eval_sequences": self.max_eval_sequences, "resamples": self.resamples,
             "data": {key: value for key, value in dataclasses.asdict(self.data).items() if value != ""},
             **({"glue": {key: list(value) if key == "tasks" else value
                          for key, value in dataclasses.asdict(self.glue).items() if value != ""}}
@@ -170,7 +170,7 @@ class StudySpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "study") -> StudySpec:
-        _check_keys(raw, {"name", "unit", "checkpoint_minutes", "eval_sequences", "resamples", "data",
+        _check_keys(raw, {"name", "unit", "checkpoint_minutes", "max_eval_sequences", "resamples", "data",
                           "glue", "settings"}, source)
         data = raw.get("data", {})
         _check_keys(data, {f.name for f in dataclasses.fields(StudyData)}, f"{source} [data]")
@@ -193,7 +193,8 @@ class StudySpec:
         return cls(
             name=raw.get("name", Path(source).stem), settings=tuple(settings), unit=StudyUnit(unit),
             data=StudyData(**data), glue=StudyGlue(**{**glue, "tasks": tuple(glue.get("tasks", ()))}),
-            **{key: raw[key] for key in ("checkpoint_minutes", "eval_sequences", "resamples") if key in raw},
+            **{key: raw[key] for key in ("checkpoint_minutes", "max_eval_sequences", "resamples")
+               if key in raw},
         )
 
 

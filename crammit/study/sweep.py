@@ -118,7 +118,7 @@ def trial_config(spec: StudySpec, trial: Trial, study_dir: Path, data: Path) -> 
         device=Device.CUDA if setting.gpus else Device.CPU,
         num_workers=setting.workers_per_trial,
         compile=bool(setting.gpus),
-        eval_sequences=spec.eval_sequences,
+        max_eval_sequences=spec.max_eval_sequences,
         checkpoint_every_s=spec.checkpoint_minutes * 60,
         progress_bar=False,  # Tune's table shows every trial's progress
     )
@@ -153,7 +153,7 @@ def _check_compatible(config: TrainConfig, name: str) -> None:
 
 def _tune(spec: StudySpec, study_dir: Path, data: Path, configs: dict[str, TrainConfig],
           pending: list[str], concurrency: int, cache_dir: Path) -> None:
-    from crammit.train.run import ingest
+    from crammit.train.ingest import ingest
 
     # Read once, shared by every trial: each trial's own read would start Ray Data anew.
     trainable = tune.with_resources(

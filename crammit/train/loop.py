@@ -24,8 +24,8 @@ from crammit.model.flops import model_flops_utilization, peak_flops, training_fl
 from crammit.train import rundir
 from crammit.train.budget import few_steps_warning, micro_batches_left
 from crammit.train.checkpoint import load_checkpoint, save_checkpoint
-from crammit.train.data import training_data
 from crammit.train.engine import create_engine, process_group, set_learning_rate, torch_device
+from crammit.train.ingest import training_data
 from crammit.train.progress import Progress
 from crammit.train.recipe import accumulation_steps, learning_rate
 from crammit.train.state import TrainState
@@ -102,9 +102,9 @@ def _train(config: TrainConfig, launch: str) -> dict:
         # micro-batch every rank agrees on, so all ranks cut and stop at the same step.
         now = time.perf_counter()
         timing = torch.tensor([now - clock_start, (now - step_start) / accumulation], device=device)
-        shared = torch.cat([loss_share.reshape(1), timing / world_size])
-        dist.all_reduce(shared)
-        loss_value, elapsed, micro_batch_s = shared.tolist()
+        reduced = torch.cat([loss_share.reshape(1), timing / world_size])
+        dist.all_reduce(reduced)
+        loss_value, elapsed, micro_batch_s = reduced.tolist()
         if config.budget.unit is BudgetUnit.HOURS:
             micro_batch_cost = config.budget.fraction(micro_batch_s, 0, 0.0)
         step_tokens = accumulation * micro_batch * world_size * config.model.seq_len
@@ -126,7 +126,7 @@ def _train(config: TrainConfig, launch: str) -> dict:
         if state.step == resumed_at_step + 1 and rank == 0:
             warning = few_steps_warning(config.recipe, world_size, state.step, spent, micro_batch_cost)
             if warning:
-                print(warning, file=sys.stderr, flush=True)
+                progress.write(warning)
         # The run's last evaluation follows the loop.
         if config.eval_every_s and state.elapsed_s - last_eval_s >= config.eval_every_s and spent < 1.0:
             eval_start = time.perf_counter()

@@ -31,6 +31,14 @@ class Progress:
         )
         self.bar.update(int(fraction * RESOLUTION) - self.bar.n)
 
+    def write(self, message: str) -> None:
+        """A line of its own above the bar (Ray's bar hides itself for any print in a worker)."""
+        write = getattr(self.bar, "write", None)  # tqdm's; Ray's patches `print` instead
+        if write is not None:
+            write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
     def _left(self, fraction: float) -> str:
         if self.budget.unit == BudgetUnit.HOURS:
             seconds = (1 - fraction) * self.budget.amount * 3600

@@ -15,19 +15,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from crammit.cluster import start_ray
 from crammit.config import Device, ModelConfig, PrepareConfig, TrainConfig, model_config
-from crammit.data.layout import TOKENIZER, read_manifest, shard_paths
+from crammit.data.layout import TOKENIZER, read_manifest
 from crammit.errors import CrammitError
 from crammit.io import atomic_path
 from crammit.train import rundir
-from crammit.train.data import TRAIN_DATASET
+from crammit.train.ingest import ingest
 from crammit.train.loop import train_loop
 
-# Held training sets leave the rest of the object store to the blocks Ray Data streams.
-OBJECT_STORE_SHARE = 0.25
 # CPU workers share cores down to this many logical CPUs each (8 workers on 2 cores, one
 # kept for the data readers); torch in each still runs on every core it is given.
 MIN_CPU_PER_WORKER = 0.125
@@ -150,34 +146,6 @@ def _cause(error: Exception) -> str:
     failures = getattr(error, "worker_failures", None) or {}
     text = str(next(iter(failures.values()), error))
     return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), type(error).__name__)
-
-
-def ingest(data: Path, object_store_share: float = OBJECT_STORE_SHARE) -> dict:
-    """TorchTrainer arguments that stream a prepared directory: each worker reads a
-    disjoint shard (`get_dataset_shard`), in the same order on every execution, so a
-    resumed run that skips the micro-batches it consumed continues where it stopped.
-
-    Training sequences that take at most `object_store_share` of the object store are read
-    once into it: otherwise each epoch starts by reading the files again, a pause of
-    seconds that a small corpus, with an epoch every step or two, pays every step or two."""
-    import ray
-    from ray.train import DataConfig
-
-    options = DataConfig.default_ingest_options()
-    options.preserve_order = True  # the splitter then hands out blocks in order, ignoring locality
-    manifest = read_manifest(data)
-    sequences = ray.data.read_parquet([str(path) for path in shard_paths(data, manifest)])
-    sequences.context.execution_options.preserve_order = True  # local mode reads it unsplit
-    if training_bytes(manifest) <= object_store_share * ray.cluster_resources().get("object_store_memory", 0):
-        sequences = sequences.materialize()
-    # Each epoch is an execution of this dataset: its progress bars would bury the run's own.
-    sequences.context.enable_progress_bars = False
-    return {"datasets": {TRAIN_DATASET: sequences}, "dataset_config": DataConfig(execution_options=options)}
-
-
-def training_bytes(manifest: dict) -> int:
-    """The size of a prepared directory's training sequences as int32 token ids."""
-    return manifest["train_sequences"] * manifest["config"]["seq_len"] * np.dtype(np.int32).itemsize
 
 
 def max_cpu_workers(cpus: float) -> int:

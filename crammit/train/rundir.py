@@ -62,7 +62,11 @@ def save_config(run_dir: Path, config: TrainConfig) -> None:
 
 
 def load_config(run_dir: Path) -> TrainConfig:
-    return TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE))
+    try:
+        return TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE))
+    except (TypeError, KeyError) as error:  # a field this version does not have, or lacks
+        raise CrammitError(f"{run_dir / CONFIG_FILE} does not match this crammit version's settings "
+                           f"({error}); continue it with the version that started it") from None
 
 
 class StepTable:

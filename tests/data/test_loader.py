@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from crammit.data.loader import HeldOutBatches, mask_tokens, prefetched
+from crammit.config import MAX_SEED, MAX_WORKERS
+from crammit.data.loader import HeldOutBatches, mask_seed, mask_tokens, prefetched
 from crammit.data.tokenizer import SpecialIds
 from crammit.model.bert import IGNORE_INDEX
 
@@ -98,3 +99,10 @@ def test_prefetched_keeps_order_raises_the_producers_error_and_closes_its_source
     assert [next(stream) for _ in range(3)] == [0, 1, 2]
     stream.close()
     assert closed.wait(timeout=5)
+
+
+def test_mask_seeds_differ_for_every_micro_batch_rank_and_run_seed():
+    corners = [(seed, rank, index) for seed in (0, 1, MAX_SEED - 1) for rank in (0, 1, MAX_WORKERS - 1)
+               for index in (0, 1, (1 << 32) - 1)]
+    seeds = [mask_seed(*corner) for corner in corners]
+    assert len(set(seeds)) == len(corners) and max(seeds) < 1 << 64

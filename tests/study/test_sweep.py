@@ -27,7 +27,7 @@ def study_file(tmp_path: Path) -> Path:
 name = "killed"
 unit = "tokens"
 checkpoint_minutes = 0.02
-eval_sequences = 32
+max_eval_sequences = 32
 [glue]
 tasks = ["rte"]
 glue_dir = "{write_glue_dir(tmp_path / 'glue')}"

@@ -1,15 +1,10 @@
 """The training loop in one process (Ray Train's local mode), on a tiny model."""
 
 import dataclasses
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
@@ -22,7 +17,7 @@ from crammit.data.tokenizer import SpecialIds
 from crammit.errors import CrammitError
 from crammit.model.bert import IGNORE_INDEX, CrammedBert
 from crammit.train import rundir
-from crammit.train.checkpoint import checkpoint_dir, latest_tag
+from crammit.train.checkpoint import checkpoint_dir
 from crammit.train.engine import create_engine, process_group
 from crammit.train.loop import train_step
 from crammit.train.run import launch, prepare_run
@@ -65,47 +60,6 @@ def test_run_directory_holds_metrics_final_model_and_results(tmp_path, corpus_fi
     assert evals["elapsed_s"].iloc[1:].tolist() == metrics["elapsed_s"].tolist()
 
 
-@pytest.mark.slow
-def test_interrupted_and_resumed_run_ends_with_the_same_parameters(tmp_path, corpus_file, cache_dir,
-                                                                   toy_data):
-    budget = Budget.tokens(120 * 16 * 128)
-    common = dict(budget=budget, checkpoint_every_steps=5, deterministic=True, data=str(toy_data))
-    straight = prepare_run(tiny_train_config(tmp_path / "straight", corpus_file, **common), cache_dir)
-    interrupted = prepare_run(tiny_train_config(tmp_path / "interrupted", corpus_file, **common), cache_dir)
-
-    # A second driver on this session's cluster runs the loop in its own process, to be killed.
-    worker = subprocess.Popen(
-        [sys.executable, "-c", "import sys, json, ray; from crammit.config import TrainConfig; "
-         "from crammit.train.run import launch; ray.init(address=sys.argv[2]); "
-         "launch(TrainConfig.from_dict(json.loads(sys.argv[1])), in_process=True)",
-         json.dumps(interrupted.to_dict()), ray.get_runtime_context().gcs_address],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while latest_tag(tmp_path / "interrupted") in (None, "step-00000005") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    worker.kill()  # SIGKILL: no chance to clean up, as in a preemption
-    worker.wait()
-    assert not (tmp_path / "interrupted" / rundir.FINAL_FILE).exists(), "run ended before the kill"
-    checkpoint_step = int(latest_tag(tmp_path / "interrupted").removeprefix("step-"))
-
-    resumed = launch(interrupted, in_process=True)
-    # The second attempt started from the checkpoint, not from step 0, and rows stay one per step.
-    attempts = rundir.read_attempts(tmp_path / "interrupted")
-    assert [a["resumed_at_step"] for a in attempts] == [0, checkpoint_step] > [0, 0]
-    assert not attempts[1]["restart_after_failure"]
-    metrics = rundir.read_metrics(tmp_path / "interrupted")
-    assert metrics["step"].tolist() == list(range(1, resumed["steps"] + 1))
-    assert metrics.query("attempt == 2")["step"].iloc[0] == checkpoint_step + 1
-    uninterrupted = launch(straight, in_process=True)
-    assert resumed["steps"] == uninterrupted["steps"] and resumed["tokens"] == uninterrupted["tokens"]
-    a = load_file(tmp_path / "straight" / rundir.MODEL_FILE)
-    b = load_file(tmp_path / "interrupted" / rundir.MODEL_FILE)
-    assert all((a[name] == b[name]).all() for name in a)
-    losses = [rundir.read_metrics(tmp_path / name)["loss"].tolist() for name in ("straight", "interrupted")]
-    assert losses[0] == losses[1]
-
-
 def test_the_original_bert_arm_trains_and_saves_a_model_hugging_face_loads(tmp_path, corpus_file, cache_dir,
                                                                           toy_data):
     model = dataclasses.replace(tiny_train_config(tmp_path, corpus_file).model, arch=Arch.BERT, dropout=0.1)
@@ -119,7 +73,7 @@ def test_the_original_bert_arm_trains_and_saves_a_model_hugging_face_loads(tmp_p
 
     # The same held-out batches through Hugging Face's own model, loaded from RUN_DIR/hf.
     hf = BertForMaskedLM.from_pretrained(run_dir / rundir.HF_DIR).eval()
-    held_out = HeldOutBatches(sequence_rows(pq.read_table(toy_data / EVAL_FILE))[:config.eval_sequences],
+    held_out = HeldOutBatches(sequence_rows(pq.read_table(toy_data / EVAL_FILE))[:config.max_eval_sequences],
                               SpecialIds.of(Tokenizer.from_file(str(toy_data / TOKENIZER))),
                               config.model.vocab_size, results["eval_mask_rate"], config.recipe.seed)
     total, count = 0.0, 0
