@@ -30,11 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from datasets import load_dataset
-from tokenizers import Tokenizer
 from transformers import (
     BertForMaskedLM,
     DataCollatorForLanguageModeling,
@@ -45,21 +43,14 @@ from transformers import (
 )
 
 from crammit.config import RecipeConfig, TrainConfig, recipe_config
-from crammit.data.layout import (
-    EVAL_FILE,
-    INPUT_IDS,
-    MANIFEST,
-    TOKENIZER,
-    read_manifest,
-    sequence_rows,
-    shard_paths,
-)
-from crammit.data.loader import HeldOutBatches, MaskedBatch
-from crammit.data.tokenizer import CLS, MASK, PAD, SEP, UNK, SpecialIds
+from crammit.data.layout import MANIFEST, TOKENIZER, shard_paths
+from crammit.data.loader import MaskedBatch
+from crammit.data.tokenizer import CLS, MASK, PAD, SEP, UNK
 from crammit.model.bert import IGNORE_INDEX
 from crammit.model.build import build_model
 from crammit.model.original_bert import hf_config
 from crammit.train import rundir
+from crammit.train.ingest import held_out_set
 from crammit.train.recipe import learning_rate
 from crammit.train.run import model_for
 
@@ -82,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data = prepare_once(args.out / "data", args.vocab_size)
-    held_out = held_out_batches(data, args.max_eval_sequences)
+    held_out = held_out_batches(data, args.size, args.max_eval_sequences)
     crammit_curve, crammit_final = run_crammit(args, data)
     check_same_evaluation(args.out / "crammit", held_out, crammit_final["eval_loss"])
     baseline_curve, baseline_final = run_baseline(args, data, held_out)
@@ -100,15 +91,11 @@ def prepare_once(directory: Path, vocab_size: int) -> Path:
     return directory
 
 
-def held_out_batches(data: Path, max_eval_sequences: int) -> list[MaskedBatch]:
-    """The batches crammit's evaluation uses on one worker: the first `max_eval_sequences`
-    held-out rows, masked at 15 %, in micro-batches."""
-    rows = sequence_rows(pq.read_table(data / EVAL_FILE, columns=[INPUT_IDS]))[:max_eval_sequences]
-    config = TrainConfig(run_dir="")
-    special = SpecialIds.of(Tokenizer.from_file(str(data / TOKENIZER)))
-    vocab_size = read_manifest(data)["config"]["vocab_size"]
-    batches = HeldOutBatches(rows, special, vocab_size, config.eval_mask_rate, config.recipe.seed)
-    return batches.rank_batches(EVAL_MICRO_BATCH, rank=0, world_size=1)
+def held_out_batches(data: Path, size: str, max_eval_sequences: int) -> list[MaskedBatch]:
+    """The batches crammit's evaluation of the crammit run uses on one worker."""
+    config = TrainConfig(run_dir="", data=str(data), model=model_for(size, data),
+                         max_eval_sequences=max_eval_sequences)
+    return held_out_set(config).rank_batches(EVAL_MICRO_BATCH, rank=0, world_size=1)
 
 
 @torch.no_grad()

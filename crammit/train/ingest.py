@@ -64,10 +64,16 @@ def training_data(
     train = shard_batches(ray.train.get_dataset_shard(TRAIN_DATASET), micro_batch, special,
                           config.model.vocab_size, recipe.mask_rate, recipe.seed, rank,
                           skip=sequences_done // (micro_batch * world_size))
-    held_out = _read_rows(directory / EVAL_FILE, config.max_eval_sequences)
-    held_out_batches = HeldOutBatches(held_out, special, config.model.vocab_size, config.eval_mask_rate,
-                                      recipe.seed)
-    return train, held_out_batches
+    return train, held_out_set(config)
+
+
+def held_out_set(config: TrainConfig) -> HeldOutBatches:
+    """The run's held-out sequences, masked once: what every evaluation of the run (and a
+    benchmark that compares with it) measures its loss on."""
+    directory = Path(config.data)
+    special = SpecialIds.of(Tokenizer.from_file(str(directory / TOKENIZER)))
+    rows = _read_rows(directory / EVAL_FILE, config.max_eval_sequences)
+    return HeldOutBatches(rows, special, config.model.vocab_size, config.eval_mask_rate, config.recipe.seed)
 
 
 def _read_rows(path: Path, limit: int) -> np.ndarray:
