@@ -50,7 +50,7 @@ from crammit.model.bert import IGNORE_INDEX
 from crammit.model.build import build_model
 from crammit.model.original_bert import hf_config
 from crammit.train import rundir
-from crammit.train.ingest import held_out_set
+from crammit.train.ingest import held_out_set, special_ids
 from crammit.train.recipe import learning_rate
 from crammit.train.run import model_for
 
@@ -95,7 +95,7 @@ def held_out_batches(data: Path, size: str, max_eval_sequences: int) -> list[Mas
     """The batches crammit's evaluation of the crammit run uses on one worker."""
     config = TrainConfig(run_dir="", data=str(data), model=model_for(size, data),
                          max_eval_sequences=max_eval_sequences)
-    return held_out_set(config).rank_batches(EVAL_MICRO_BATCH, rank=0, world_size=1)
+    return held_out_set(config, special_ids(config)).rank_batches(EVAL_MICRO_BATCH, rank=0, world_size=1)
 
 
 @torch.no_grad()

@@ -59,20 +59,23 @@ def training_data(
     held-out batches (the same on every rank)."""
     import ray.train
 
-    directory, micro_batch, recipe = Path(config.data), config.recipe.micro_batch_size, config.recipe
-    special = SpecialIds.of(Tokenizer.from_file(str(directory / TOKENIZER)))
+    micro_batch, recipe = config.recipe.micro_batch_size, config.recipe
+    special = special_ids(config)
     train = shard_batches(ray.train.get_dataset_shard(TRAIN_DATASET), micro_batch, special,
                           config.model.vocab_size, recipe.mask_rate, recipe.seed, rank,
                           skip=sequences_done // (micro_batch * world_size))
-    return train, held_out_set(config)
+    return train, held_out_set(config, special)
 
 
-def held_out_set(config: TrainConfig) -> HeldOutBatches:
+def special_ids(config: TrainConfig) -> SpecialIds:
+    """The special tokens of the run's prepared directory's tokenizer."""
+    return SpecialIds.of(Tokenizer.from_file(str(Path(config.data) / TOKENIZER)))
+
+
+def held_out_set(config: TrainConfig, special: SpecialIds) -> HeldOutBatches:
     """The run's held-out sequences, masked once: what every evaluation of the run (and a
     benchmark that compares with it) measures its loss on."""
-    directory = Path(config.data)
-    special = SpecialIds.of(Tokenizer.from_file(str(directory / TOKENIZER)))
-    rows = _read_rows(directory / EVAL_FILE, config.max_eval_sequences)
+    rows = _read_rows(Path(config.data) / EVAL_FILE, config.max_eval_sequences)
     return HeldOutBatches(rows, special, config.model.vocab_size, config.eval_mask_rate, config.recipe.seed)
 
 

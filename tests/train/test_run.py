@@ -259,15 +259,15 @@ def test_a_killed_driver_resumes_from_its_checkpoint_to_the_same_parameters(tmp_
              "--batch-size", "16", "--micro-batch", "8", "--max-eval-sequences", "32", "--deterministic",
              "--checkpoint-minutes", "0.02", "--address", address]
     interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
-    log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen([str(Path(sys.executable).parent / "crammit"), "train", *flags,
-                               "--out", str(interrupted)],
-                              stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while latest_tag(interrupted) is None and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    driver.kill()  # SIGKILL: no chance to clean up, as in a preemption
-    driver.wait()
+    with (tmp_path / "driver.log").open("w") as log:
+        driver = subprocess.Popen([str(Path(sys.executable).parent / "crammit"), "train", *flags,
+                                   "--out", str(interrupted)],
+                                  stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while latest_tag(interrupted) is None and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        driver.kill()  # SIGKILL: no chance to clean up, as in a preemption
+        driver.wait()
     assert latest_tag(interrupted) is not None, (tmp_path / "driver.log").read_text()
     assert not (interrupted / rundir.FINAL_FILE).exists(), "run ended before the kill"
     checkpoint_step = int(latest_tag(interrupted).removeprefix("step-"))
