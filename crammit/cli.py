@@ -109,6 +109,9 @@ def train(
     eval_minutes: Annotated[float, typer.Option(
         help="Minutes of training between held-out evaluations, to evals.parquet (0: first and last only; "
              "evaluation time is not budget time).")] = 0.0,
+    profile_steps: Annotated[int, typer.Option(
+        help="Trace this many steady steps (past half the budget) with torch.profiler into the run's "
+             "profile/: trace and summary of GPU busy time, host gaps, phases, syncs, top kernels.")] = 0,
     cache_dir: CacheDirOption = None,
 ) -> None:
     """Train a crammed (or the original) BERT until the budget is spent; report held-out loss."""
@@ -149,6 +152,7 @@ def train(
                 checkpoint_every_s=checkpoint_minutes * 60,
                 max_failures=max_failures,
                 deterministic=deterministic,
+                profile_steps=profile_steps,
             )
             accumulation_target(config.recipe, config.num_workers)  # fail before any work
             connect(config, address)

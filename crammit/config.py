@@ -240,6 +240,7 @@ class TrainConfig:
     max_failures: int = 3  # worker failures Ray Train recovers from (restarting at the last checkpoint)
     deterministic: bool = False
     progress_bar: bool = True
+    profile_steps: int = 0  # steady steps traced by torch.profiler into the run's profile/; 0: none
 
     def __post_init__(self) -> None:
         if self.zero_stage not in ZERO_STAGES:
@@ -251,6 +252,8 @@ class TrainConfig:
         for name in ("eval_every_s", "checkpoint_every_s"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise CrammitError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.profile_steps < 0:
+            raise CrammitError(f"profile steps must be >= 0, got {self.profile_steps}")
         if self.max_failures < -1:
             raise CrammitError(f"max_failures must be >= 0 (or -1: no limit), got {self.max_failures}")
 

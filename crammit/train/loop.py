@@ -16,12 +16,13 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 
 from crammit.config import BudgetUnit, Device, TrainConfig
 from crammit.data.loader import HeldOutBatches, MaskedBatch
 from crammit.model.build import build_model
 from crammit.model.flops import model_flops_utilization, peak_flops, training_flops_per_token
-from crammit.train import rundir
+from crammit.train import profile, rundir
 from crammit.train.budget import few_steps_warning, micro_batches_left
 from crammit.train.checkpoint import load_checkpoint, save_checkpoint
 from crammit.train.engine import create_engine, process_group, set_learning_rate, torch_device
@@ -75,6 +76,8 @@ def _train(config: TrainConfig, launch: str) -> dict:
     flops_per_token = training_flops_per_token(config.model, config.recipe.mask_rate)
     peak = peak_flops(torch.cuda.get_device_name()) if config.device == Device.CUDA else None
     progress = Progress(config.budget, enabled=config.progress_bar and rank == 0)
+    profiler = profile.StepProfiler(run_dir, config.profile_steps if rank == 0 else 0,
+                                    max(profile.START_FRACTION, config.recipe.ramp_end), config.device)
     last_checkpoint_s = last_report_s = last_eval_s = state.elapsed_s
     clock_start = time.perf_counter() - state.elapsed_s
 
@@ -92,10 +95,12 @@ def _train(config: TrainConfig, launch: str) -> dict:
             break
         if left is not None:
             accumulation = min(accumulation, left)  # the budget's last step is cut short
+        profiler.step_started(fraction)
         engine.set_train_batch_size(accumulation * micro_batch * world_size)
         lr = learning_rate(config.recipe, fraction)
         set_learning_rate(engine, lr)
-        step_batches = [next(train_batches) for _ in range(accumulation)]
+        with record_function(profile.DATA):
+            step_batches = [next(train_batches) for _ in range(accumulation)]
         loss_share = train_step(engine, step_batches, world_size, device)
         state.sequences += accumulation * micro_batch * world_size
         # One collective per step: the global mean loss, and an elapsed time and a time per
@@ -103,8 +108,9 @@ def _train(config: TrainConfig, launch: str) -> dict:
         now = time.perf_counter()
         timing = torch.tensor([now - clock_start, (now - step_start) / accumulation], device=device)
         reduced = torch.cat([loss_share.reshape(1), timing / world_size])
-        dist.all_reduce(reduced)
-        loss_value, elapsed, micro_batch_s = reduced.tolist()
+        with record_function(profile.STEP_COLLECTIVE):
+            dist.all_reduce(reduced)
+            loss_value, elapsed, micro_batch_s = reduced.tolist()
         if config.budget.unit is BudgetUnit.HOURS:
             micro_batch_cost = config.budget.fraction(micro_batch_s, 0, 0.0)
         step_tokens = accumulation * micro_batch * world_size * config.model.seq_len
@@ -123,6 +129,7 @@ def _train(config: TrainConfig, launch: str) -> dict:
             metrics.append(row)
         spent = config.budget.progress(elapsed, state.tokens, state.flops)
         progress.update(spent, row)
+        profiler.step_finished()
         if state.step == resumed_at_step + 1 and rank == 0:
             warning = few_steps_warning(config.recipe, world_size, state.step, spent, micro_batch_cost)
             if warning:
@@ -143,6 +150,7 @@ def _train(config: TrainConfig, launch: str) -> dict:
             _report(row, fraction=spent)
             last_report_s = state.elapsed_s
     progress.close()
+    profiler.close()
 
     results = {
         "initial_eval_loss": state.initial_eval_loss,
@@ -228,10 +236,13 @@ def train_step(engine, batches: list[MaskedBatch], world_size: int, device: torc
     loss_sum = torch.zeros((), device=device)
     for index, batch in enumerate(batches):
         engine.set_gradient_accumulation_boundary(index == len(batches) - 1)
-        summed = engine(batch.input_ids.to(device), batch.labels.to(device))
-        engine.backward(summed * scale)
+        with record_function(profile.FORWARD):
+            summed = engine(batch.input_ids.to(device), batch.labels.to(device))
+        with record_function(profile.BACKWARD):
+            engine.backward(summed * scale)
         loss_sum += summed.detach()
-    engine.step()
+    with record_function(profile.OPTIMIZER):
+        engine.step()
     return loss_sum / step_masked
 
 

@@ -1,6 +1,7 @@
 """The training loop in one process (Ray Train's local mode), on a tiny model."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,6 +21,7 @@ from crammit.train import rundir
 from crammit.train.checkpoint import checkpoint_dir
 from crammit.train.engine import create_engine, process_group
 from crammit.train.loop import train_step
+from crammit.train.profile import PHASES, PROFILE_DIR, SUMMARY_JSON
 from crammit.train.run import launch, prepare_run
 from tests.helpers import tiny_train_config
 
@@ -37,7 +39,8 @@ def test_hours_budget_ends_the_run_within_five_percent(tmp_path, corpus_file, ca
 
 
 def test_run_directory_holds_metrics_final_model_and_results(tmp_path, corpus_file, cache_dir, toy_data):
-    config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), eval_every_s=1e-9)
+    config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), eval_every_s=1e-9,
+                               profile_steps=2)
     config = prepare_run(config, cache_dir)
     run_dir = Path(config.run_dir)
     results = launch(config, in_process=True)
@@ -58,6 +61,9 @@ def test_run_directory_holds_metrics_final_model_and_results(tmp_path, corpus_fi
     assert evals["eval_loss"].iloc[0] == final["initial_eval_loss"]
     assert evals["eval_loss"].iloc[-1] == final["eval_loss"]
     assert evals["elapsed_s"].iloc[1:].tolist() == metrics["elapsed_s"].tolist()
+    # Two steady steps traced: every phase of a step appears in the summary.
+    profile = json.loads((run_dir / PROFILE_DIR / SUMMARY_JSON).read_text())
+    assert profile["steps"] == 2 and set(profile["phase_ms"]) == set(PHASES)
 
 
 def test_the_original_bert_arm_trains_and_saves_a_model_hugging_face_loads(tmp_path, corpus_file, cache_dir,
