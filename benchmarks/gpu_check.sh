@@ -2,7 +2,7 @@
 # The GPU checks CI cannot run, each in one call of a lent machine (install, run, summarise):
 #   gpu_check.sh [speed]  where a training step's time goes, and how fast the trainer runs:
 #       one corpus prepared once, then `crammit train --gpus 1 --size crammed --tokens 1.5e7`
-#       for each of RUNS (a micro-batch, + a DeepSpeed variant of benchmarks/deepspeed/),
+#       for each of RUNS, in order (a micro-batch, + a DeepSpeed variant of benchmarks/deepspeed/),
 #       each tracing PROFILE_STEPS steady steps (--profile-steps); then
 #       benchmarks/throughput.py against HF BERT. Runs that would start after DEADLINE
 #       seconds are skipped, so the call ends inside the device's 10-minute limit.
@@ -64,7 +64,7 @@ PY
 fi
 
 SIZE=${SIZE:-crammed} TOKENS=${TOKENS:-1.5e7} BATCH=${BATCH:-8192} PROFILE_STEPS=${PROFILE_STEPS:-1}
-RUNS=${RUNS:-128 128+autocast 256 512} DEADLINE=${DEADLINE:-400} BASELINE=${BASELINE:-}
+RUNS=${RUNS:-128 128+autocast 256 128+bf16_fp32_grads 512} DEADLINE=${DEADLINE:-400} BASELINE=${BASELINE:-}
 DEVICE=$([ "$GPUS" -gt 0 ] && echo cuda || echo cpu)
 DATA=/tmp/crammit-prepared
 mkdir -p "$OUT/logs"
@@ -74,8 +74,9 @@ echo "prepare exit $? at ${SECONDS}s"
 train() {  # train NAME MICRO_BATCH[+VARIANT] [folder holding the crammit/ to run]
   if [ "$SECONDS" -gt "$DEADLINE" ]; then echo "skipped $1: ${SECONDS}s past the ${DEADLINE}s deadline"; return; fi
   local micro_batch=${2%%+*} variant=()
-  # A variant is a DeepSpeed JSON of benchmarks/deepspeed/ (e.g. autocast: fp32 weights and
-  # gradients, bf16 matmuls under torch.autocast, instead of the bf16 engine).
+  # A variant is a DeepSpeed JSON of benchmarks/deepspeed/, against the bf16 engine's bf16
+  # gradient sums: autocast (fp32 weights and gradients, bf16 matmuls under torch.autocast)
+  # or bf16_fp32_grads (bf16 weights, gradients summed in fp32 by ZeRO-1's BF16_Optimizer).
   if [ "$2" != "$micro_batch" ]; then variant=(--deepspeed-config "$PWD/benchmarks/deepspeed/${2#*+}.json"); fi
   (cd "${3:-$PWD}" && timeout 240 python3 -m crammit train --gpus "$GPUS" --size "$SIZE" --tokens "$TOKENS" \
     --batch-size "$BATCH" --micro-batch "$micro_batch" "${variant[@]}" --data "$DATA" --out "/tmp/runs/$1" \
@@ -94,8 +95,12 @@ timeout 200 python3 benchmarks/throughput.py --size "$SIZE" --device "$DEVICE" -
 echo "throughput exit $? at ${SECONDS}s"
 
 python3 benchmarks/speed_summary.py /tmp/runs/* --throughput "$OUT/logs/throughput.log" | tee "$OUT/speed_summary.txt"
-for run in /tmp/runs/*; do
+# The device returns 8 files of 16 MiB at most: the first two runs' traces come back whole
+# (the baseline's and the first of RUNS, or the first two of RUNS), every summary in the logs.
+for run in $(ls -d /tmp/runs/* | head -2); do
   cp "$run/profile/trace.json.gz" "$OUT/trace-$(basename "$run").json.gz" 2>/dev/null
+done
+for run in /tmp/runs/*; do
   mkdir -p "$OUT/logs/$(basename "$run")"
   cp "$run"/*.json "$run"/*.parquet "$run"/profile/summary.* "$OUT/logs/$(basename "$run")/" 2>/dev/null
 done
