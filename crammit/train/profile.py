@@ -59,7 +59,6 @@ class StepProfiler:
         self.activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == Device.CUDA else [])
         self.profiler: torch.profiler.profile | None = None
         self.step_range: record_function | None = None
-        self.steps_traced = 0
 
     def step_started(self, fraction: float) -> None:
         if self.profiler is None and self.steps_left and fraction >= self.start_fraction:
@@ -73,7 +72,6 @@ class StepProfiler:
         if self.profiler is None:
             return
         self.step_range.__exit__(None, None, None)
-        self.steps_traced += 1
         self.steps_left -= 1
         if self.steps_left == 0:
             self.close()
@@ -141,8 +139,7 @@ def summarize_trace(path: Path) -> TraceSummary:
 
 def summarize_events(events: list[dict[str, Any]]) -> TraceSummary:
     # Kineto repeats each range on the GPU timeline ("gpu_user_annotation"): the host's counts.
-    marks = [event for event in events if event.get("cat") == HOST_RANGE]
-    steps = [_interval(event) for event in marks if event["name"] == STEP]
+    steps = [_interval(event) for event in events if event.get("cat") == HOST_RANGE and event["name"] == STEP]
     if not steps:
         raise ValueError(f"the trace marks no {STEP} range")
     wall_us = sum(end - start for start, end in steps)
