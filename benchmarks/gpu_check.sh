@@ -78,10 +78,11 @@ train() {  # train NAME MICRO_BATCH[+VARIANT] [folder holding the crammit/ to ru
   # gradient sums: autocast (fp32 weights and gradients, bf16 matmuls under torch.autocast)
   # or bf16_fp32_grads (bf16 weights, gradients summed in fp32 by ZeRO-1's BF16_Optimizer).
   if [ "$2" != "$micro_batch" ]; then variant=(--deepspeed-config "$PWD/benchmarks/deepspeed/${2#*+}.json"); fi
-  (cd "${3:-$PWD}" && timeout 240 python3 -m crammit train --gpus "$GPUS" --size "$SIZE" --tokens "$TOKENS" \
+  # torch.compile says when the batch ramp (or anything else) makes it recompile.
+  (cd "${3:-$PWD}" && TORCH_LOGS=recompiles,graph_breaks timeout 240 python3 -m crammit train --gpus "$GPUS" --size "$SIZE" --tokens "$TOKENS" \
     --batch-size "$BATCH" --micro-batch "$micro_batch" "${variant[@]}" --data "$DATA" --out "/tmp/runs/$1" \
     --profile-steps "$PROFILE_STEPS" > "$OUT/logs/$1.log" 2>&1)
-  echo "$1 exit $? at ${SECONDS}s"
+  echo "$1 exit $? at ${SECONDS}s; recompiles: $(grep -ac "Recompiling function" "$OUT/logs/$1.log"), graph breaks: $(grep -ac "Graph break" "$OUT/logs/$1.log")"
 }
 set -- $RUNS
 # Run names keep to what the device tool returns: letters, digits, '.', '_', '-'.
