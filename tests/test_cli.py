@@ -45,6 +45,7 @@ def test_unknown_size_is_one_line_in_a_real_process():
         (["--max-failures", "-2"], "max_failures must be >= 0"),
         (["--eval-minutes", "-1"], "eval_every_s must be a finite number >= 0"),
         (["--workers", "0"], "--workers >= 1"),
+        (["--profile-steps", "-1"], "profile steps must be >= 0"),
     ],
 )
 def test_bad_budgets_and_batches(args, fragment, tmp_path):
