@@ -60,8 +60,8 @@ def merge_runs(paths: Sequence[Path], keys: Sequence[str]) -> Iterator[pa.Table]
     row group of each run at a time.
 
     Vectorised: the smallest last key among the row groups at the runs' heads bounds
-    everything still unread, so all their rows up to it go out in one sort, and the row groups that ended
-    at it are replaced by their runs' next."""
+    everything still unread, so all their rows up to it go out in one sort, and the row
+    groups that ended at it are replaced by their runs' next."""
     readers = [row_groups(path) for path in paths]
     heads = {run: table for run, reader in enumerate(readers) if (table := next(reader, None)) is not None}
     while heads:
@@ -108,13 +108,13 @@ def _rows_up_to(table: pa.Table, bound: tuple, keys: Sequence[str]) -> int:
 def slices(tables: Iterator[pa.Table], sizes: Iterator[int]) -> Iterator[pa.Table]:
     """Consecutive tables of `next(sizes)` rows from a stream of tables; the last may be
     shorter, and a size of 0 yields an empty table."""
-    pending, heads, size = [], 0, next(sizes)
+    pending, pending_rows, size = [], 0, next(sizes)
     for table in tables:
         pending.append(table)
-        heads += table.num_rows
-        while heads >= size:
+        pending_rows += table.num_rows
+        while pending_rows >= size:
             whole = pa.concat_tables(pending)
             yield whole.slice(0, size)
-            pending, heads, size = [whole.slice(size)], heads - size, next(sizes)
-    if heads:
+            pending, pending_rows, size = [whole.slice(size)], pending_rows - size, next(sizes)
+    if pending_rows:
         yield pa.concat_tables(pending)

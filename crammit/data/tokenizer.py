@@ -36,12 +36,10 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int) -> Tokenizer:
     The same documents give the same tokenizer in every process, which is what lets a
     prepare be reproduced from the corpus alone, byte for byte. HF `tokenizers` numbers
     the continuing-subword tokens (`##e`) in hash-map order and breaks frequency ties by
-    those numbers (huggingface/tokenizers#1794), so two trainings differ in rare entries
-    (three trainings on the embedded corpus gave three vocabularies: benchmarks/RESULTS.md,
-    "Determinism"); the first read finds those tokens (`_ContinuingCharacters`), and
-    training declares them up front, sorted, within the vocabulary size asked for. Its
-    cost is that pass, recorded as tokenizer training on the embedded corpus taking 2.0 s
-    where it took 1.65 s without pinning (commit 1097551)."""
+    those numbers (huggingface/tokenizers#1794), so two trainings differ in rare entries;
+    the first read finds those tokens (`_ContinuingCharacters`), and training declares them
+    up front, sorted, within the vocabulary size asked for. That read is the price
+    (benchmarks/RESULTS.md, "Corpus preparation: measurements behind design choices")."""
     tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -96,11 +94,10 @@ class TokenIds:
     `encode_batch`, for less of the CPU time that tokenizing, most of a prepare's, takes.
 
     What it buys: the fast batch API skips character offsets, and texts that the
-    tokenizer's normaliser provably leaves unchanged skip the normaliser, recorded as
-    ~38 % of encoding time (benchmarks/RESULTS.md, corpus preparation). Learning which
-    characters beyond ASCII it keeps gave 33 % less tokenizing CPU where every document
-    has an accent (commit 328bf6e; on such a corpus, 0.88x -> 1.13x the baseline's speed,
-    benchmarks/RESULTS.md).
+    tokenizer's normaliser provably leaves unchanged skip the normaliser, a large share of
+    encoding time. Learning which characters beyond ASCII it keeps extends that to texts
+    with accents (figures: benchmarks/RESULTS.md, "Corpus preparation: measurements behind
+    design choices").
 
     Why the ids are exact: BERT's normaliser works a character at a time (drop controls,
     pad CJK, strip accents, lower-case), so a text made of characters it leaves unchanged
