@@ -26,7 +26,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import huber
 
-from crammit.study.fit import FitOptions, fit_params_tokens_law
+from crammit.study.laws import FitOptions, fit_params_tokens_law
 
 TRUTH = {"E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
 NOISE = 0.03

@@ -25,6 +25,8 @@ PreparedDataOption = Annotated[Path | None, typer.Option(
     help="A `crammit data prepare` directory (replaces --corpus).")]
 MicroBatchOption = Annotated[int | None, typer.Option(help="Sequences per worker per pass (128).")]
 DryRunOption = Annotated[bool, typer.Option(help="Print the plan and stop.")]
+AllowOrderedDataOption = Annotated[bool, typer.Option(
+    help="Run on a --data in prevalence order even where the budgets read much of it.")]
 
 data_app = typer.Typer(help="Prepare corpora on Ray Data and inspect prepared directories.",
                        no_args_is_help=True)
@@ -248,7 +250,8 @@ def _with_flags(spec, data: Path | None, glue: str | None, glue_dir: Path | None
     return spec
 
 
-def _run_study(spec, out: Path | None, address: str | None, dry_run: bool, cache_dir: Path | None) -> None:
+def _run_study(spec, out: Path | None, address: str | None, dry_run: bool, cache_dir: Path | None,
+               allow_ordered_data: bool) -> None:
     """Print the plan; unless `dry_run`, run the study and print its fitted laws."""
     import time
 
@@ -260,7 +263,8 @@ def _run_study(spec, out: Path | None, address: str | None, dry_run: bool, cache
     typer.echo(plan_study(spec, out, cluster).render())
     if dry_run:
         return
-    run_study(spec, out, cluster, cache_dir or default_cache_dir(), address, echo=typer.echo)
+    run_study(spec, out, cluster, cache_dir or default_cache_dir(), address, echo=typer.echo,
+              allow_ordered_data=allow_ordered_data)
     typer.echo(f"study directory: {out}")
 
 
@@ -282,9 +286,12 @@ def study_scaling(
     corpus: Annotated[str, typer.Option(help="Prepared once for every trial: any `data prepare --corpus`.")]
     = "embedded",
     data: PreparedDataOption = None,
+    order: Annotated[str, typer.Option(help="Order the study prepares its corpus in: 'shuffle' or "
+                                            "'prevalence' (the paper's, for one run).")] = "shuffle",
     out: Annotated[Path | None, typer.Option(help="Study directory (default runs/<time>-scaling).")] = None,
     address: AddressOption = None,
     dry_run: DryRunOption = False,
+    allow_ordered_data: AllowOrderedDataOption = False,
     cache_dir: CacheDirOption = None,
     glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP)] = None,
     glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
@@ -306,8 +313,9 @@ def study_scaling(
                           budgets=parse_budgets(budgets), gpus=gpus_per_trial, workers=workers, arch=arch,
                           recipe=recipe, overrides=overrides)
         spec = StudySpec(name="scaling", settings=(setting,), unit=StudyUnit(unit),
-                         data=StudyData(corpus=corpus))
-        _run_study(_with_flags(spec, data, glue, glue_dir, glue_seeds), out, address, dry_run, cache_dir)
+                         data=StudyData(corpus=corpus, order=order))
+        _run_study(_with_flags(spec, data, glue, glue_dir, glue_seeds), out, address, dry_run, cache_dir,
+                   allow_ordered_data)
     except CrammitError as error:
         raise _fail(error) from None
 
@@ -320,6 +328,7 @@ def study_run(
     = None,
     address: AddressOption = None,
     dry_run: DryRunOption = False,
+    allow_ordered_data: AllowOrderedDataOption = False,
     cache_dir: CacheDirOption = None,
     glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP + " Replaces the file's \\[glue] tasks.")]
     = None,
@@ -331,7 +340,7 @@ def study_run(
 
     try:
         spec = _with_flags(read_study_file(study_file), data, glue, glue_dir, glue_seeds)
-        _run_study(spec, out, address, dry_run, cache_dir)
+        _run_study(spec, out, address, dry_run, cache_dir, allow_ordered_data)
     except CrammitError as error:
         raise _fail(error) from None
 
@@ -340,23 +349,26 @@ def study_run(
 def study_fit(
     source: Annotated[Path, typer.Argument(help="A study directory, or a CSV/Parquet table with "
                                                  "params, tokens, loss (optional flops, setting).")],
-    out: Annotated[Path | None, typer.Option(help="Where fit.json goes (default: beside the source).")]
+    out: Annotated[Path | None, typer.Option(
+        help="Where fit.json and plots/ go (default: the study directory, or TABLE-fit/ beside a table).")]
     = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    params: Annotated[str, typer.Option(
+        help="N of the laws: 'total' parameters, or 'non-embedding' (Kaplan et al.'s count).")] = "total",
 ) -> None:
-    """Refit the scaling laws without training, with bootstrap intervals."""
-    from crammit.study.fit import FitOptions
+    """Refit the scaling laws without training, with bootstrap intervals, and draw their figures."""
+    from crammit.study.laws import FitOptions
     from crammit.study.report import fit_source, summarize
 
     try:
         if resamples < 1:
             raise CrammitError(f"--resamples must be at least 1, got {resamples}")
-        fitted, target = fit_source(source, FitOptions(resamples=resamples, seed=seed), out)
+        fitted, target = fit_source(source, FitOptions(resamples=resamples, seed=seed, params=params), out)
     except CrammitError as error:
         raise _fail(error) from None
     typer.echo(summarize(fitted))
-    typer.echo(f"fit: {target}")
+    typer.echo(f"fit: {target}; figures in {target.parent / 'plots'}")
 
 
 @study_app.command("plot")

@@ -143,6 +143,7 @@ def test_study_scaling_dry_run_prints_the_plan_without_training(tmp_path):
     (["--budgets", "six"], "'six' is not a number"),
     (["--budgets", "6", "--unit", "days"], "unknown --unit 'days'"),
     (["--budgets", "6", "--sizes", "tiny", "--gpus-per-trial", "4"], "need 4 GPU(s) each"),
+    (["--budgets", "6", "--order", "sorted"], "unknown corpus order 'sorted' (--order"),
 ])
 def test_study_scaling_bad_input(args, fragment, tmp_path):
     result = CliRunner().invoke(app, ["study", "scaling", *args, "--out", str(tmp_path / "s")])
@@ -162,11 +163,36 @@ def test_study_fit_of_a_table_it_cannot_fit(tmp_path):
     missing.write_text("params,loss\n1e6,3.0\n")
     few = tmp_path / "few.csv"
     few.write_text("params,tokens,loss\n1e6,1e8,3.0\n2e6,1e8,2.9\n")
-    for table, fragment in ((missing, "tokens"), (few, "2 usable runs"),
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    constant = tmp_path / "constant.csv"
+    constant.write_text("params,tokens,loss\n" + "".join(f"{n},{d},4.0\n" for n in (1e6, 2e6, 4e6)
+                                                         for d in (1e8, 2e8, 4e8)))
+    for table, fragment in ((missing, "tokens"), (few, "2 usable runs"), (empty, "is empty"),
+                            (constant, "no law: the loss is 4 in all 9 runs"),
                             (tmp_path / "absent.csv", "does not exist")):
         result = CliRunner().invoke(app, ["study", "fit", str(table)])
-        assert result.exit_code == 2 and fragment in result.output, result.output
-    assert not (tmp_path / "fit.json").exists()
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 2 and len(errors) == 1 and fragment in errors[0], result.output
+    assert not list(tmp_path.glob("*-fit/fit.json"))
+    result = CliRunner().invoke(app, ["study", "fit", str(few), "--params", "embedding"])
+    assert result.exit_code == 2 and "unknown parameter count 'embedding' (--params)" in result.output
+
+
+def test_study_fit_of_a_table_names_dropped_rows_and_draws_what_it_allows(tmp_path):
+    rows = [(n, d, 2 + 300 / n**0.3 + 900 / d**0.3) for n in (1e6, 3e6, 1e7) for d in (1e8, 1e9, 1e10)]
+    table = tmp_path / "table.csv"
+    table.write_text("params,tokens,loss\n" + "".join(f"{n},{d},{loss:.4f}\n" for n, d, loss in rows)
+                     + "2e6,1e9,nan\n0,1e9,5.0\n")
+    result = CliRunner().invoke(app, ["study", "fit", str(table), "--resamples", "50", "--out",
+                                      str(tmp_path / "fit")])
+    assert result.exit_code == 0, result.output
+    assert "dropped 2 rows: loss NaN at row 10, params 0 at row 11" in result.output
+    figures = {path.name for path in (tmp_path / "fit" / "plots").glob("*.png")}
+    assert {"loss_vs_compute.png", "compute_frontier.png", "residuals.png"} <= figures
+    (tmp_path / "fit" / "plots" / "residuals.png").unlink()
+    result = CliRunner().invoke(app, ["study", "plot", str(tmp_path / "fit")])
+    assert result.exit_code == 0 and (tmp_path / "fit" / "plots" / "residuals.png").is_file(), result.output
 
 
 def test_eval_glue_unknown_task_is_one_line_in_a_real_process(tmp_path):

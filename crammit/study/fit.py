@@ -1,322 +1,158 @@
-"""Scaling-law fits of a study table (one row per finished run): L(C) per setting on its
-compute frontier and Chinchilla's L(N, D), with bootstrap intervals, the compute-optimal
-allocation, predictions at named budgets and a holdout test on the largest budget.
+"""The scaling laws of a study table, as fit.json holds them.
 
-Both laws are a log-sum-exp of terms linear in log inputs, log L = LSE(e, a_j - p_j·log x_j),
-fitted as Hoffmann et al. (2022, approach 3) did and Besiroglu et al. (2024) corrected: the
-summed Huber loss of log residuals, minimised by L-BFGS to convergence from the best points
-of a grid (see shared/SCALING.md). Intervals are percentile bootstrap intervals over runs: for
-parameters and the law's predictions they say where the law is; for the held-back runs of the
-holdout test they also hold a run's own noise (`LawFit.predict_run`), since that is what
-"does the interval cover the run" asks.
+- L(C) = E + A·C^-alpha per setting, on the setting's compute frontier;
+- L(N, D) = E + A/N^alpha + B/D^beta per law group (settings that share an arch and a recipe
+  share a law: GPUs per trial change neither), with the compute-optimal allocation under the
+  trials' own FLOPs per token (`allocation.py`);
+- every parameter with its bootstrap interval and whether the runs identify it (`laws.py`);
+- a rollout check of each law: refitted on the budgets below each budget in turn (and for
+  L(N, D) without its largest size), it predicts the runs it did not see, with intervals for
+  one run (the law's uncertainty and a symmetric run-to-run scatter);
+- predictions at named budgets (one and eight device-days at the measured throughput), each
+  with how far it extrapolates beyond the largest trial, how far the rollout checked, and
+  the epochs of the study's corpus it implies;
+- each pair of settings compared at the named budgets, the difference with its interval.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize
+from scipy.stats import spearmanr
 from threadpoolctl import threadpool_limits
 
 from crammit.errors import CrammitError
 from crammit.io import write_json
+from crammit.study.allocation import FlopsPerToken, allocate, compute_optimal
+from crammit.study.laws import (
+    FitOptions,
+    Interval,
+    LawFit,
+    Noise,
+    fit_compute_law,
+    fit_params_tokens_law,
+    percentile_interval,
+    usable_resamples_needed,
+)
+from crammit.study.table import fit_rows
 
 COMPUTE_LAW = "L(C) = E + A * C^-alpha"
 PARAMS_TOKENS_LAW = "L(N, D) = E + A / N^alpha + B / D^beta"
-REQUIRED_COLUMNS = ("params", "tokens", "loss")
-MIN_COMPUTE_POINTS = 4
-MIN_PARAMS_TOKENS_POINTS = 6
 NAMED_HOURS = (24.0, 192.0)  # one and eight device-days
 CURVE_POINTS = 60
-FULL_STARTS = 8  # best grid points the full-data fit starts from
-RETRY_STARTS = 4  # best grid points (under its weights) a resample is refitted from if its fit fails
-DEAD_SHARE = 1e-6  # a term whose share of every prediction is below this has no gradient left
-HOLDOUT_QUANTILE = 0.8  # without a budget column, rows at or above this FLOPs quantile are held back
-
-
-@dataclass(frozen=True)
-class FitOptions:
-    """How laws are fitted: bootstrap resamples, interval confidence, Huber threshold, seed."""
-
-    resamples: int = 1000
-    confidence: float = 0.95
-    huber_delta: float = 1e-3
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.resamples < 1:
-            raise CrammitError(f"resamples must be at least 1, got {self.resamples}")
-        if not 0 < self.confidence < 1:
-            raise CrammitError(f"confidence must be in (0, 1), got {self.confidence}")
-        if not self.huber_delta > 0:
-            raise CrammitError(f"huber_delta must be positive, got {self.huber_delta}")
-
-
-class Interval(NamedTuple):
-    """An estimate and its percentile bootstrap interval (floats or arrays alike)."""
-
-    estimate: Any
-    low: Any
-    high: Any
-
-
-@dataclass(frozen=True, eq=False)
-class LawFit:
-    """A fitted law L = E + sum_j A_j * x_j^-p_j: its parameters (E, the A_j, the p_j) in the
-    inputs' own units, their bootstrap samples and how the optimiser ended."""
-
-    names: tuple[str, ...]
-    estimate: np.ndarray  # (parameters,)
-    samples: np.ndarray  # (converged resamples, parameters)
-    confidence: float
-    converged: bool
-    gradient_norm: float  # of the summed Huber objective at the estimate (normalised inputs)
-    failed_resamples: int
-    log_residuals: np.ndarray  # log observed - log fitted, at the points the law was fitted on
-
-    def interval(self, name: str) -> Interval:
-        column = self.names.index(name)
-        return _interval(self.estimate[column], self.samples[:, column], self.confidence)
-
-    def predict(self, *inputs: Any) -> Interval:
-        """Loss at the inputs (C; or N and D), with the interval of the law itself, as arrays."""
-        log_x = _log_inputs(inputs)
-        return _interval(_evaluate(self.estimate, log_x), _evaluate(self.samples, log_x), self.confidence)
-
-    def predict_run(self, *inputs: Any, seed: int = 0) -> Interval:
-        """Where one more run at the inputs lands: each bootstrap law's prediction times one of
-        the fit's own residuals (widened for the parameters fitted), so the interval holds a
-        new run's noise as well as the law's uncertainty."""
-        log_x = _log_inputs(inputs)
-        n = len(self.log_residuals)
-        spread = self.log_residuals * np.sqrt(n / max(n - len(self.names), 1))
-        noise = np.random.default_rng(seed).choice(spread, size=(len(self.samples), 1))
-        return _interval(_evaluate(self.estimate, log_x), _evaluate(self.samples, log_x) * np.exp(noise),
-                         self.confidence)
-
-
-def _log_inputs(inputs: Sequence[Any]) -> np.ndarray:
-    return np.log(np.column_stack([np.atleast_1d(np.asarray(x, float)) for x in inputs]))
-
-
-def _evaluate(params: np.ndarray, log_x: np.ndarray) -> np.ndarray:
-    """The law's loss for parameter rows (..., 1 + 2k) at log inputs (m, k): shape (..., m)."""
-    k = log_x.shape[1]
-    # A wild resample's A may have under- or overflowed to 0 or inf: its loss is then inf or nan.
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        log_a, power = np.log(params[..., None, 1:1 + k]), params[..., None, 1 + k:]
-        return params[..., :1] + np.exp(log_a - power * log_x).sum(axis=-1)
-
-
-def _interval(estimate: Any, samples: np.ndarray, confidence: float) -> Interval:
-    """Percentile interval over the samples' first axis (a sample that is undefined is skipped)."""
-    if not len(samples) or not np.size(estimate):  # nothing to take percentiles of
-        undefined = np.full(np.shape(estimate), np.nan)
-        return Interval(estimate, undefined, undefined)
-    tail = 50 * (1 - confidence)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # where no sample is defined: NaN
-        low, high = np.nanpercentile(samples, [tail, 100 - tail], axis=0)
-    return Interval(estimate, low, high)
-
-
-# The objective, in normalised coordinates: theta = (e, a_1..a_k, p_1..p_k) and x (1 + k, n) =
-# a row of zeros for the constant term, then each log input minus its mean, so that
-# log L = LSE(e - 0, a_j - p_j * x_j). Terms run along axis -2: reducing over a few long rows
-# is several times faster than over many short ones.
-
-def _terms(theta: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The LSE's terms for parameter rows theta (..., 1 + 2k) at x (1 + k, n): (..., 1 + k, n)."""
-    k = x.shape[0] - 1
-    powers = np.concatenate([np.zeros_like(theta[..., :1]), theta[..., 1 + k:]], axis=-1)
-    return theta[..., :1 + k, None] - powers[..., :, None] * x
-
-
-def _huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
-    """The Huber loss of each residual, and its derivative."""
-    slope = np.clip(r, -delta, delta)
-    return slope * (r - 0.5 * slope), slope
-
-
-def _log_predict(terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """log-sum-exp over the terms (axis -2), and each term's share (the LSE's gradient)."""
-    top = terms.max(axis=-2, keepdims=True)
-    exps = np.exp(terms - top)
-    total = exps.sum(axis=-2, keepdims=True)
-    return (top + np.log(total))[..., 0, :], exps / total
-
-
-def _objective(theta: np.ndarray, x: np.ndarray, log_loss: np.ndarray, weights: np.ndarray,
-               delta: float) -> tuple[float, np.ndarray]:
-    """Weighted sum of Huber losses of log residuals, and its gradient."""
-    log_pred, share = _log_predict(_terms(theta, x))
-    huber, slope = _huber(log_pred - log_loss, delta)
-    # Sums, not matrix products: BLAS threads cost more than they give at this size.
-    weighted = share * (weights * slope)
-    gradient = np.concatenate([weighted.sum(axis=1), -(weighted[1:] * x[1:]).sum(axis=1)])
-    return float((weights * huber).sum()), gradient
-
-
-def _minimise(starts: np.ndarray, x: np.ndarray, log_loss: np.ndarray, weights: np.ndarray,
-              delta: float) -> tuple[np.ndarray, bool]:
-    """L-BFGS from each start; the lowest converged optimum (or the lowest, unconverged)."""
-    best, best_value, best_converged = starts[0], np.inf, False
-    for start in starts:
-        result = minimize(_objective, start, args=(x, log_loss, weights, delta), jac=True,
-                          method="L-BFGS-B", options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-9})
-        converged = bool(result.success and np.isfinite(result.fun))
-        if (converged, -result.fun) > (best_converged, -best_value):
-            best, best_value, best_converged = result.x, result.fun, converged
-    return best, best_converged
-
-
-def _recentre(theta: np.ndarray, centre: np.ndarray, sign: int) -> np.ndarray:
-    """Move each a_j by sign * p_j * centre_j: own units to centred logs (-1) and back (+1)."""
-    k = len(centre)
-    moved = theta.copy()
-    moved[..., 1:1 + k] += sign * theta[..., 1 + k:] * centre
-    return moved
-
-
-def _fit_law(names: tuple[str, ...], inputs: np.ndarray, loss: np.ndarray, grid: np.ndarray,
-             options: FitOptions) -> LawFit:
-    """Fit log L = LSE(e, a_j - p_j·log x_j) to the rows of inputs (n, k) from the best points of
-    the grid (rows e, a_j, p_j in the inputs' units), then refit each bootstrap resample."""
-    log_x = np.log(inputs)
-    centre = log_x.mean(axis=0)
-    x = np.vstack([np.zeros(len(loss)), (log_x - centre).T])  # centred logs condition the problem
-    log_loss, delta, n = np.log(loss), options.huber_delta, len(loss)
-    grid = _recentre(grid, centre, -1)
-    grid_huber = _huber(_log_predict(_terms(grid, x))[0] - log_loss, delta)[0]  # (starts, rows)
-    ones = np.ones(n)
-    theta, converged = _minimise(grid[np.argsort(grid_huber.sum(axis=1))[:FULL_STARTS]], x, log_loss,
-                                 ones, delta)
-    gradient_norm = float(np.linalg.norm(_objective(theta, x, log_loss, ones, delta)[1]))
-
-    # A resample is the rows counted with multinomial weights; its grid losses are one product.
-    counts = np.random.default_rng(options.seed).multinomial(n, np.full(n, 1 / n), size=options.resamples)
-    ranked = np.argsort(grid_huber @ counts.T, axis=0)[:RETRY_STARTS].T  # (resamples, starts)
-    # Each starts from the full-data optimum; if a term is dead there (E -> 0, say), its
-    # parameters have no gradient and would stay put, so each also starts from its best grid point.
-    dead = _log_predict(_terms(theta, x))[1].max(axis=-1).min() < DEAD_SHARE
-    thetas = []
-    for weights, starts in zip(counts.astype(float), ranked, strict=True):
-        fitted, ok = _minimise(np.vstack([theta, grid[starts[:1]]]) if dead else theta[None],
-                               x, log_loss, weights, delta)
-        if not ok:
-            fitted, ok = _minimise(grid[starts], x, log_loss, weights, delta)
-        if ok:
-            thetas.append(fitted)
-
-    def own_units(theta: np.ndarray) -> np.ndarray:
-        k = len(centre)
-        theta = _recentre(theta, centre, 1)
-        with np.errstate(over="ignore"):  # a wild resample's A may be past float range: inf
-            return np.concatenate([np.exp(theta[..., :1 + k]), theta[..., 1 + k:]], axis=-1)
-
-    estimate = own_units(theta)
-    if not np.isfinite(estimate).all():
-        overflowed = ", ".join(name for name, value in zip(names, estimate, strict=True)
-                               if not np.isfinite(value))
-        raise CrammitError(f"the fit is degenerate ({overflowed} past float range): these {n} runs do not "
-                           "constrain the law")
-    return LawFit(names, estimate, own_units(np.reshape(thetas, (-1, len(theta)))),
-                  options.confidence, converged, gradient_norm, options.resamples - len(thetas),
-                  log_residuals=log_loss - _log_predict(_terms(theta, x))[0])
-
-
-def _as_columns(*columns: Any) -> list[np.ndarray]:
-    return [np.asarray(column, float).ravel() for column in columns]
-
-
-def fit_compute_law(flops: Any, loss: Any, options: FitOptions = FitOptions()) -> LawFit:
-    """L(C) = E + A·C^-alpha through (flops, loss) points, usually a compute frontier."""
-    flops, loss = _as_columns(flops, loss)
-    if len(loss) < MIN_COMPUTE_POINTS:
-        raise CrammitError(f"{len(loss)} compute-frontier points; L(C) needs at least {MIN_COMPUTE_POINTS}")
-    # Starts: E a fraction of the lowest loss; A·C^-alpha at the mean log C a multiple of it.
-    lowest, centre = loss.min(), np.log(flops).mean()
-    grid = np.array([(np.log(lowest * share), np.log(lowest * reducible) + alpha * centre, alpha)
-                     for share, reducible, alpha in itertools.product(
-                         (0.1, 0.3, 0.5, 0.7, 0.9), (0.03, 0.1, 0.3, 1.0, 3.0),
-                         (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0))])
-    return _fit_law(("E", "A", "alpha"), flops[:, None], loss, grid, options)
-
-
-def fit_params_tokens_law(params: Any, tokens: Any, loss: Any, options: FitOptions = FitOptions()) -> LawFit:
-    """L(N, D) = E + A/N^alpha + B/D^beta through (params, tokens, loss) points (Chinchilla approach 3)."""
-    params, tokens, loss = _as_columns(params, tokens, loss)
-    distinct = len(np.unique(params)), len(np.unique(tokens))
-    if len(loss) < MIN_PARAMS_TOKENS_POINTS or min(distinct) < 2:
-        raise CrammitError(
-            f"{len(loss)} points with {distinct[0]} distinct params and {distinct[1]} distinct tokens; "
-            f"L(N, D) needs at least {MIN_PARAMS_TOKENS_POINTS} with 2 distinct params and 2 distinct tokens")
-    exponents, logs = np.arange(0, 2.01, 0.5), np.arange(0, 26, 5.0)
-    grid = np.array([(e, a, b, alpha, beta) for e, a, b, alpha, beta in itertools.product(
-        np.arange(-1, 1.01, 0.5), logs, logs, exponents, exponents)])
-    return _fit_law(("E", "A", "B", "alpha", "beta"), np.column_stack([params, tokens]), loss, grid, options)
+BUDGET_BINS = 5  # budget levels of a table without a budget column: quantiles of log FLOPs
+UNINFORMATIVE_WIDTH = 1.0  # an interval wider than this share of the loss says nothing
+NO_LAW = "no law"
 
 
 def compute_frontier(flops: Any, loss: Any) -> np.ndarray:
-    """Which points are on the compute frontier: lower loss than every other point with no
-    more compute (the lower envelope of loss against FLOPs)."""
-    flops, loss = _as_columns(flops, loss)
-    cheaper = (flops[None, :] <= flops[:, None]) & ~np.eye(len(flops), dtype=bool)
-    return ~(cheaper & (loss[None, :] <= loss[:, None])).any(axis=1)
+    """Which points are on the compute frontier: no other point has no more compute and a
+    lower loss, or less compute and no higher loss (ties are all on it)."""
+    flops, loss = (np.asarray(column, float).ravel() for column in (flops, loss))
+    no_more = flops[None, :] <= flops[:, None]
+    less = flops[None, :] < flops[:, None]
+    beaten = (no_more & (loss[None, :] < loss[:, None])) | (less & (loss[None, :] <= loss[:, None]))
+    return ~beaten.any(axis=1)
 
 
-def compute_optimal(fit: LawFit, flops: Any) -> dict[str, Interval]:
-    """Params, tokens and loss of the compute-optimal model under C = 6·N·D implied by an L(N, D)
-    fit, at each of `flops`, with intervals from the bootstrap samples."""
-    sixth = np.atleast_1d(np.asarray(flops, float)) / 6  # N·D
+@dataclasses.dataclass(frozen=True)
+class _Fitted:
+    """What the comparisons need of a fitted section beyond its JSON."""
 
-    def allocate(params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        e, a, b, alpha, beta = np.moveaxis(params, -1, 0)[..., None]
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            g = (alpha * a / (beta * b)) ** (1 / (alpha + beta))
-            n = g * sixth ** (beta / (alpha + beta))
-            d = sixth ** (alpha / (alpha + beta)) / g
-            return n, d, e + a / n**alpha + b / d**beta
-
-    return {name: _interval(estimate, samples, fit.confidence)
-            for name, estimate, samples in zip(("params", "tokens", "loss"), allocate(fit.estimate),
-                                               allocate(fit.samples), strict=True)}
+    fit: LawFit
+    per_token: FlopsPerToken | None = None  # L(N, D) only
+    allocation_identified: bool = False
 
 
-def load_table(path: Path) -> pd.DataFrame:
-    """The study table at `path` (.csv or .parquet), checked and cleaned as `fit_study` fits it."""
-    readers: dict[str, Callable[[Path], pd.DataFrame]] = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
-    if path.suffix.lower() not in readers:
-        raise CrammitError(f"cannot read study table {path}: expected a .csv or .parquet file")
-    if not path.is_file():
-        raise CrammitError(f"study table {path} does not exist")
-    return _fittable(readers[path.suffix.lower()](path))
+def fit_study(table: pd.DataFrame, options: FitOptions | None = None) -> dict[str, Any]:
+    """Every fit of a study table, as the JSON-ready dict that fit.json holds (see the module
+    docstring); a part that cannot be fitted says why under "skipped". No law at all is a
+    CrammitError."""
+    options = options or FitOptions()
+    cleaned = fit_rows(table, options.params_column)
+    rows = cleaned.rows
+    fitted: dict[tuple[str, str], _Fitted] = {}
+    # The optimiser's vectors are a handful of numbers: BLAS threads only contend for the cores.
+    with threadpool_limits(1, user_api="blas"):
+        compute = {}
+        for setting, group in rows.groupby("setting", sort=True):
+            compute[str(setting)], fitted[("L(C)", str(setting))] = _compute_section(
+                group.reset_index(drop=True), options)
+        params_tokens = {}
+        for name, group in _law_groups(rows):
+            params_tokens[name], fitted[("L(N, D)", name)] = _params_tokens_section(group, options)
+        comparisons = _comparisons(rows, compute, params_tokens, fitted, options)
+    sections = [*compute.values(), *params_tokens.values()]
+    if all("skipped" in section for section in sections):
+        _no_law(cleaned.rows, compute, params_tokens)
+    return {
+        "options": dataclasses.asdict(options),
+        "conventions": {
+            "params": f"{options.params}: the table's {options.params_column} column",
+            "flops": cleaned.flops_source,
+            "allocation": next((section["allocation_convention"] for section in params_tokens.values()
+                                if "allocation_convention" in section), None),
+        },
+        "table_points": len(rows),
+        "dropped_rows": list(cleaned.dropped),
+        "unfinished_runs": cleaned.unfinished,
+        "unique_tokens": _unique_tokens(rows),
+        "compute": compute,
+        "params_tokens": params_tokens,
+        "comparisons": comparisons,
+    }
 
 
-def _fittable(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows a law can be fitted to: status "ok" (where recorded), flops defaulting to
-    6·params·tokens, setting to "all", and positive finite params, tokens, loss and flops."""
-    missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
-    if missing:
-        raise CrammitError(
-            f"study table lacks column(s) {', '.join(missing)}: it needs one row per finished run "
-            f"with params, tokens and loss (optional: flops, setting)")
-    rows = table[table["status"] == "ok"].copy() if "status" in table.columns else table.copy()
-    for column in REQUIRED_COLUMNS:
-        rows[column] = pd.to_numeric(rows[column], errors="coerce")
-    flops = pd.to_numeric(rows.get("flops", pd.Series(np.nan, index=rows.index)), errors="coerce")
-    rows["flops"] = flops.fillna(6 * rows["params"] * rows["tokens"])
-    rows["setting"] = rows["setting"].fillna("all").astype(str) if "setting" in rows else "all"
-    values = rows[[*REQUIRED_COLUMNS, "flops"]].to_numpy(float)
-    return rows[(np.isfinite(values) & (values > 0)).all(axis=1)].reset_index(drop=True)
+def _no_law(rows: pd.DataFrame, compute: dict, params_tokens: dict) -> None:
+    reasons = [f"L(C) of {setting}: {section['skipped']}" for setting, section in compute.items()] + [
+        f"L(N, D) of {name}: {section['skipped']}" for name, section in params_tokens.items()]
+    falls = [section["skipped"] for section in [*compute.values(), *params_tokens.values()]
+             if section["skipped"].startswith(NO_LAW)]
+    if falls:
+        raise CrammitError(falls[0] + (f" (and {len(reasons) - 1} more: {'; '.join(reasons[1:])})"
+                                       if len(reasons) > 1 else ""))
+    raise CrammitError(f"no scaling law can be fitted to {len(rows)} usable runs ({'; '.join(reasons)})")
+
+
+def write_fit(path: Path, fit: dict[str, Any]) -> None:
+    """Write a `fit_study` result as JSON, atomically."""
+    write_json(path, fit)
+
+
+# --- the rows: law groups, budget levels, named budgets, noise -------------------------------------
+
+def _law_groups(rows: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
+    """Rows of settings that share an arch and a recipe (where the table says), named by
+    their settings; else each setting alone."""
+    keys = [column for column in ("arch", "recipe") if column in rows] or ["setting"]
+    for _, group in rows.groupby(keys, sort=True, dropna=False):
+        yield " + ".join(sorted(group["setting"].unique())), group.reset_index(drop=True)
+
+
+def _budget_levels(rows: pd.DataFrame) -> pd.Series:
+    """Each row's budget level, 0 for the least compute: the `budget` column where the table
+    has one (ordered by median FLOPs), else quantile bins of log FLOPs."""
+    if "budget" in rows and rows["budget"].notna().all():
+        keys = rows[["budget_unit", "budget"]].astype(str).agg(" ".join, axis=1) if "budget_unit" in rows \
+            else rows["budget"].astype(str)
+    else:
+        bins = min(BUDGET_BINS, rows["flops"].nunique())
+        keys = pd.qcut(np.log(rows["flops"]), q=bins, labels=False, duplicates="drop").astype(str)
+    order = rows.groupby(keys)["flops"].median().sort_values().index
+    return keys.map({key: level for level, key in enumerate(order)})
+
+
+def _budget_name(rows: pd.DataFrame) -> str:
+    if "budget" in rows and rows["budget"].notna().all() and rows["budget"].nunique() == 1:
+        unit = rows["budget_unit"].iloc[0] if "budget_unit" in rows else ""
+        return f"{rows['budget'].iloc[0]:g} {unit}".strip()
+    return f"{rows['flops'].min():.3g}–{rows['flops'].max():.3g} FLOPs"
 
 
 def _named_budgets(rows: pd.DataFrame) -> dict[str, float]:
@@ -336,26 +172,48 @@ def _named_budgets(rows: pd.DataFrame) -> dict[str, float]:
     return {name: throughput * hours for name, hours in zip(names, NAMED_HOURS, strict=True)}
 
 
+def _unique_tokens(rows: pd.DataFrame) -> float | None:
+    """The study corpus's unique training tokens, where the table records them."""
+    values = pd.to_numeric(rows.get("unique_tokens", pd.Series(dtype=float)), errors="coerce").dropna()
+    return float(values.median()) if len(values) else None
+
+
+def _noise(rows: pd.DataFrame, fit: LawFit) -> Noise | None:
+    """A run's scatter of log loss about the law: pooled over repeated trials (the same size
+    and budget) where the study has them, else the residuals' (inflated for the fitted
+    parameters); None when neither leaves a degree of freedom."""
+    key = ["params", "budget"] if "budget" in rows and rows["budget"].notna().all() else ["params", "tokens"]
+    log_loss = np.log(rows["loss"])
+    groups = log_loss.groupby([rows[column] for column in key])
+    dof = int((groups.size() - 1).clip(lower=0).sum())
+    if dof >= 1:
+        squares = float((log_loss - groups.transform("mean")).pow(2).sum())
+        return Noise(float(np.sqrt(squares / dof)), dof, "repeated trials")
+    return fit.residual_noise()
+
+
 def _curve_flops(flops: pd.Series, budgets: dict[str, float]) -> np.ndarray:
     """Where curves are drawn: from half the least compute to twice the most, or the largest budget."""
     return np.geomspace(flops.min() / 2, max([2 * flops.max(), *budgets.values()]), CURVE_POINTS)
 
 
-def _held_back(rows: pd.DataFrame) -> np.ndarray:
-    """The largest budget's rows: per setting by `budget` where the table has it, else the rows
-    at or above the FLOPs quantile."""
-    if "budget" not in rows:
-        return (rows["flops"] >= rows["flops"].quantile(HOLDOUT_QUANTILE)).to_numpy()
-    held = pd.Series(False, index=rows.index)
-    for _, setting in rows.groupby("setting"):
-        by_compute = setting.groupby("budget")["flops"].median()  # the largest budget, whatever its type
-        if len(by_compute):
-            held[setting.index[setting["budget"] == by_compute.idxmax()]] = True
-    return held.to_numpy()
+def _loss_problem(rows: pd.DataFrame) -> str | None:
+    """Why the rows hold no law of loss against compute: a constant loss, or one that does
+    not fall as compute grows."""
+    if rows["loss"].nunique() < 2:
+        return f"{NO_LAW}: the loss is {rows['loss'].iloc[0]:.4g} in all {len(rows)} runs"
+    if rows["flops"].nunique() > 1:
+        rho = spearmanr(rows["flops"], rows["loss"]).statistic
+        if not rho < 0:
+            return (f"{NO_LAW}: loss does not fall with compute (Spearman rho {rho:+.2f} over "
+                    f"{len(rows)} runs)")
+    return None
 
+
+# --- JSON -------------------------------------------------------------------------------------------
 
 def _number(value: Any) -> float | None:
-    return float(value) if np.isfinite(value) else None
+    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def _label(row: dict[str, Any], column: str) -> str | None:
@@ -372,134 +230,275 @@ def _json_each(interval: Interval) -> list[dict[str, float | None]]:
     return [_json(Interval(*values)) for values in zip(*interval, strict=True)]
 
 
-def _parameters(fit: LawFit) -> dict[str, dict[str, float | None]]:
-    return {name: _json(fit.interval(name)) for name in fit.names}
+def _parameters(fit: LawFit) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name in fit.names:
+        verdict = fit.identified(name)
+        out[name] = {**_json(fit.interval(name)), "identified": verdict.identified,
+                     **({"reason": verdict.reason} if not verdict.identified else {})}
+    return out
 
 
-def _residual_rms(fit: LawFit, inputs: Sequence[Any], loss: Any) -> float:
-    return float(np.sqrt(np.mean((np.log(fit.predict(*inputs).estimate) - np.log(loss)) ** 2)))
+def _quality(fit: LawFit, options: FitOptions) -> dict[str, Any]:
+    return {**fit.fit_quality(), "points": len(fit.log_residuals), "gradient_norm": fit.gradient_norm,
+            "resamples": {"asked": options.resamples, "used": len(fit.samples),
+                          "degenerate": fit.degenerate_resamples, "failed": fit.failed_resamples}}
 
 
-def _allocations(fit: LawFit, flops: Sequence[float]) -> list[dict[str, Any]]:
-    optimal = {name: _json_each(interval) for name, interval in compute_optimal(fit, flops).items()}
-    return [{"flops": float(c), **{name: values[i] for name, values in optimal.items()}}
-            for i, c in enumerate(flops)]
+def _extrapolation(flops: float, largest: float, validated: float) -> dict[str, float]:
+    return {"extrapolation": float(flops / largest), "validated_factor": validated}
 
 
-def _holdout(rows: pd.DataFrame, held: np.ndarray, target: np.ndarray,
-             refit: Callable[[pd.DataFrame, FitOptions], LawFit], inputs: tuple[str, ...],
-             options: FitOptions) -> dict[str, Any]:
-    """Refit without the `held` rows and predict the `target` runs, with run intervals from fewer
-    resamples."""
-    if not target.any():
-        return {"skipped": "no held-back run is on the compute frontier"}
-    resamples = min(options.resamples, max(100, options.resamples // 4))
-    try:
-        fit = refit(rows[~held], dataclasses.replace(options, resamples=resamples))
-    except CrammitError as error:
-        return {"skipped": f"without the largest budget: {error}"}
-    predicted = fit.predict_run(*(rows[column][target] for column in inputs), seed=options.seed)
-    actual = rows["loss"][target].to_numpy()
-    error = (predicted.estimate - actual) / actual
-    covered = (predicted.low <= actual) & (actual <= predicted.high)
-    held_out = [
-        {"trial": _label(row, "trial"), **{column: float(row[column]) for column in inputs},
-         "loss": float(row["loss"]), **interval, "relative_error": float(wrong), "covered": bool(inside)}
-        for row, interval, wrong, inside
-        in zip(rows[target].to_dict("records"), _json_each(predicted), error, covered, strict=True)]
-    return {"held_out": held_out, "mean_abs_relative_error": float(np.abs(error).mean()),
-            "coverage": float(covered.mean())}
+# --- rollout ----------------------------------------------------------------------------------------
 
+def _score(rows: pd.DataFrame, predicted: Interval, inputs: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Each held-out run against its one-run interval: covered, missed, or uninformative (an
+    interval wider than the loss itself covers anything)."""
+    scored = []
+    for row, interval in zip(rows.to_dict("records"), _json_each(predicted), strict=True):
+        loss, width = float(row["loss"]), None
+        if interval["low"] is not None and interval["high"] is not None:
+            width = (interval["high"] - interval["low"]) / loss
+        verdict = ("uninformative" if width is None or width > UNINFORMATIVE_WIDTH else
+                   "covered" if interval["low"] <= loss <= interval["high"] else "missed")
+        scored.append({"trial": _label(row, "trial"), **{column: float(row[column]) for column in inputs},
+                       "flops": float(row["flops"]), "loss": loss, **interval,
+                       "relative_error": (interval["estimate"] - loss) / loss, "relative_width": width,
+                       "verdict": verdict})
+    return scored
+
+
+def _rollout(rows: pd.DataFrame, steps: list[tuple[str, pd.Series, pd.Series]],
+             refit: Callable[[pd.DataFrame, FitOptions], LawFit],
+             targets: Callable[[pd.DataFrame], pd.DataFrame],
+             inputs: tuple[str, ...], options: FitOptions) -> dict[str, Any]:
+    """Refit on each step's training rows and predict its held-out `targets`; every
+    held-out target is scored. The validated factor is the largest extrapolation (held-out
+    FLOPs over the training rows' largest) up to which every step's runs were covered."""
+    records = []
+    needed = usable_resamples_needed(options.tail)
+    for name, train, held in steps:
+        record: dict[str, Any] = {"predicts": name}
+        try:
+            fit = refit(rows[train].reset_index(drop=True), options)
+        except CrammitError as error:
+            records.append({**record, "skipped": str(error)})
+            continue
+        if len(fit.samples) < needed:
+            records.append({**record, "skipped": f"only {len(fit.samples)} of {options.resamples} resamples "
+                                                 f"of {int(train.sum())} runs were usable; an interval needs "
+                                                 f"{needed}"})
+            continue
+        noise = _noise(rows[train].reset_index(drop=True), fit)
+        if noise is None:
+            records.append({**record, "skipped": f"{int(train.sum())} runs leave no degree of freedom for "
+                                                 "the run-to-run scatter"})
+            continue
+        target = targets(rows[held])
+        predicted = fit.predict_run(*(target[column] for column in inputs), noise=noise, seed=options.seed)
+        records.append({**record, "fitted_on": int(train.sum()),
+                        "factor": float(target["flops"].max() / rows[train]["flops"].max()),
+                        "noise": noise._asdict(), "runs": _score(target, predicted, inputs)})
+    runs = [run for record in records for run in record.get("runs", [])]
+    counts = {verdict: sum(run["verdict"] == verdict for run in runs)
+              for verdict in ("covered", "missed", "uninformative")}
+    validated = 1.0
+    for record in sorted((r for r in records if "runs" in r), key=lambda r: r["factor"]):
+        if any(run["verdict"] != "covered" for run in record["runs"]):
+            break
+        validated = max(validated, record["factor"])
+    informative = counts["covered"] + counts["missed"]
+    return {
+        "steps": records, "scored": len(runs), **counts,
+        "coverage": counts["covered"] / informative if informative else None,
+        "mean_abs_relative_error": float(np.mean([abs(run["relative_error"]) for run in runs]))
+        if runs else None,
+        "median_relative_width": float(np.median([run["relative_width"] for run in runs
+                                                  if run["relative_width"] is not None]))
+        if any(run["relative_width"] is not None for run in runs) else None,
+        "validated_factor": validated,
+    }
+
+
+def _budget_steps(rows: pd.DataFrame) -> list[tuple[str, pd.Series, pd.Series]]:
+    """Each budget predicted from the budgets below it."""
+    levels = _budget_levels(rows)
+    return [(_budget_name(rows[levels == level]), levels < level, levels == level)
+            for level in range(1, int(levels.max()) + 1)]
+
+
+# --- L(C) -------------------------------------------------------------------------------------------
 
 def _frontier_fit(rows: pd.DataFrame, options: FitOptions) -> LawFit:
     frontier = compute_frontier(rows["flops"], rows["loss"])
     return fit_compute_law(rows["flops"][frontier], rows["loss"][frontier], options)
 
 
-def _compute_section(rows: pd.DataFrame, options: FitOptions) -> dict[str, Any]:
-    """L(C) on one setting's compute frontier, with its band, named budgets and holdout."""
+def _lowest_of_budget(rows: pd.DataFrame) -> pd.DataFrame:
+    """What L(C) predicts at a held-out budget: the lowest loss any run reached with it."""
+    return rows.loc[[rows["loss"].idxmin()]]
+
+
+def _compute_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dict[str, Any], _Fitted | None]:
+    """L(C) on one setting's compute frontier, with its band, named budgets and rollout."""
     frontier = compute_frontier(rows["flops"], rows["loss"])
 
-    def points(predicted: Sequence[float | None]) -> list[dict[str, Any]]:
+    def points(predicted: Any) -> list[dict[str, Any]]:
         return [{"trial": _label(row, "trial"), "size": _label(row, "size"), "flops": float(row["flops"]),
-                 "loss": float(row["loss"]), "predicted": None if value is None else float(value),
-                 "frontier": bool(on)}
+                 "loss": float(row["loss"]), "predicted": _number(value), "frontier": bool(on)}
                 for row, value, on in zip(rows.to_dict("records"), predicted, frontier, strict=True)]
 
+    problem = _loss_problem(rows)
     try:
+        if problem:
+            raise CrammitError(problem)
         fit = _frontier_fit(rows, options)
     except CrammitError as error:
-        return {"skipped": str(error), "points": points([None] * len(rows))}
-    budgets, held = _named_budgets(rows), _held_back(rows)
+        return {"skipped": str(error), "points": points([None] * len(rows))}, None
+    budgets = _named_budgets(rows)
     band = _curve_flops(rows["flops"], budgets)
+    rollout = _rollout(rows, _budget_steps(rows), _frontier_fit, _lowest_of_budget, ("flops",), options)
+    largest = float(rows["flops"].max())
     named = fit.predict(list(budgets.values()))
-    return {
+    section = {
         "law": COMPUTE_LAW,
         "parameters": _parameters(fit),
-        "converged": fit.converged,
-        "failed_resamples": fit.failed_resamples,
-        "residual_rms": _residual_rms(fit, [rows["flops"][frontier]], rows["loss"][frontier]),
+        "fit": _quality(fit, options),
+        "noise": _noise_json(rows[frontier].reset_index(drop=True), fit),
         "points": points(fit.predict(rows["flops"]).estimate),
+        "largest_trial_flops": largest,
         "band": [{"flops": float(c), **interval} for c, interval in zip(band, _json_each(fit.predict(band)),
                                                                         strict=True)],
-        "predictions": [{"name": name, "flops": c, **interval} for (name, c), interval
-                        in zip(budgets.items(), _json_each(named), strict=True)],
-        "holdout": _holdout(rows, held, held & frontier, _frontier_fit, ("flops",), options),
+        "predictions": [{"name": name, "flops": c, **interval,
+                         **_extrapolation(c, largest, rollout["validated_factor"])}
+                        for (name, c), interval in zip(budgets.items(), _json_each(named), strict=True)],
+        "rollout": rollout,
     }
+    return section, _Fitted(fit)
 
+
+def _noise_json(rows: pd.DataFrame, fit: LawFit) -> dict[str, Any] | None:
+    noise = _noise(rows, fit)
+    return None if noise is None else noise._asdict()
+
+
+# --- L(N, D) ----------------------------------------------------------------------------------------
 
 def _params_tokens_fit(rows: pd.DataFrame, options: FitOptions) -> LawFit:
     return fit_params_tokens_law(rows["params"], rows["tokens"], rows["loss"], options)
 
 
-def _params_tokens_section(rows: pd.DataFrame, options: FitOptions) -> dict[str, Any]:
-    """L(N, D) over every run, with its compute-optimal allocation, named budgets and holdout."""
+def _allocation_problem(fit: LawFit) -> str | None:
+    missing = [name for name in ("alpha", "beta") if not fit.identified(name).identified]
+    return f"needs {' and '.join(missing)} identified" if missing else None
+
+
+def _params_tokens_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dict[str, Any], _Fitted | None]:
+    """L(N, D) over one law group's runs, with its compute-optimal allocation, named budgets
+    and rollout (over budgets, and without the largest size)."""
+    settings = sorted(rows["setting"].unique())
+    sizes = rows["params"].nunique()
+    if sizes < 2:
+        return {"settings": settings, "skipped": f"one model size ({rows['params'].iloc[0]:.3g} parameters) "
+                                                 "cannot separate N from D: L(C) only"}, None
+    problem = _loss_problem(rows)
     try:
+        if problem:
+            raise CrammitError(problem)
         fit = _params_tokens_fit(rows, options)
     except CrammitError as error:
-        return {"skipped": str(error)}
-    budgets, held = _named_budgets(rows), _held_back(rows)
+        return {"settings": settings, "skipped": str(error)}, None
+    per_token = FlopsPerToken.from_trials(rows["params"], rows["tokens"], rows["flops"])
+    budgets = _named_budgets(rows)
+    largest_size = rows["params"] == rows["params"].max()
+    steps = [*_budget_steps(rows), (f"the largest size ({rows['params'].max():.3g} parameters)",
+                                    ~largest_size, largest_size)]
+    rollout = _rollout(rows, steps, _params_tokens_fit, lambda held: held, ("params", "tokens"), options)
+    largest = float(rows["flops"].max())
+    unique_tokens = _unique_tokens(rows)
+    not_allocated = _allocation_problem(fit)
+
+    def allocations(flops: list[float] | np.ndarray) -> list[dict[str, Any]]:
+        optimal = {name: _json_each(interval)
+                   for name, interval in compute_optimal(fit, flops, per_token).items()}
+        return [{"flops": float(c), **{name: values[i] for name, values in optimal.items()}}
+                for i, c in enumerate(flops)]
+
+    def prediction(name: str, allocation: dict[str, Any]) -> dict[str, Any]:
+        tokens = allocation["tokens"]["estimate"]
+        epochs = {"epochs": tokens / unique_tokens} if unique_tokens and tokens else {}
+        return {"name": name, **allocation, **epochs,
+                **_extrapolation(allocation["flops"], largest, rollout["validated_factor"])}
+
     predicted = fit.predict(rows["params"], rows["tokens"]).estimate
-    return {
+    optimal_loss = compute_optimal(fit, rows["flops"], per_token)["loss"].estimate
+    section = {
         "law": PARAMS_TOKENS_LAW,
+        "settings": settings,
         "parameters": _parameters(fit),
-        "converged": fit.converged,
-        "failed_resamples": fit.failed_resamples,
-        "residual_rms": _residual_rms(fit, [rows["params"], rows["tokens"]], rows["loss"]),
+        "fit": _quality(fit, options),
+        "noise": _noise_json(rows, fit),
+        "allocation_convention": per_token.describe(),
+        "allocation_identified": not_allocated is None,
+        **({"allocation_problem": not_allocated} if not_allocated else {}),
         "points": [{"trial": _label(row, "trial"), "setting": row["setting"], "size": _label(row, "size"),
                     **{column: float(row[column]) for column in ("params", "tokens", "flops", "loss")},
-                    "predicted": float(value)}
-                   for row, value in zip(rows.to_dict("records"), predicted, strict=True)],
-        "compute_optimal": _allocations(fit, _curve_flops(rows["flops"], budgets)),
-        "predictions": [{"name": name, **allocation} for name, allocation
-                        in zip(budgets, _allocations(fit, list(budgets.values())), strict=True)],
-        "holdout": _holdout(rows, held, held, _params_tokens_fit, ("params", "tokens"), options),
+                    "predicted": float(value), "optimal_loss": float(optimal)}
+                   for row, value, optimal
+                   in zip(rows.to_dict("records"), predicted, optimal_loss, strict=True)],
+        "largest_trial_flops": largest,
+        "compute_optimal": allocations(_curve_flops(rows["flops"], budgets)),
+        "predictions": [prediction(name, allocation) for name, allocation
+                        in zip(budgets, allocations(list(budgets.values())), strict=True)],
+        "rollout": rollout,
     }
+    return section, _Fitted(fit, per_token, not_allocated is None)
 
 
-def fit_study(table: pd.DataFrame, options: FitOptions = FitOptions()) -> dict[str, Any]:
-    """Every fit of a study table, as the JSON-ready dict that fit.json holds: the options, the
-    number of usable runs, "compute" (L(C) per setting: parameters, points, band, predictions at
-    named budgets, holdout) and "params_tokens" (L(N, D): parameters, points, compute-optimal
-    allocations, predictions, holdout); a part that cannot be fitted says why under "skipped"."""
-    rows = _fittable(table)
-    # The optimiser's vectors are a handful of numbers: BLAS threads only contend for the cores.
-    with threadpool_limits(1, user_api="blas"):
-        compute = {str(setting): _compute_section(group.reset_index(drop=True), options)
-                   for setting, group in rows.groupby("setting", sort=True)}
-        params_tokens = _params_tokens_section(rows, options)
-    if "skipped" in params_tokens and all("skipped" in section for section in compute.values()):
-        reasons = [f"L(N, D): {params_tokens['skipped']}"] + [
-            f"L(C) of {setting}: {section['skipped']}" for setting, section in compute.items()]
-        raise CrammitError(f"no scaling law can be fitted to {len(rows)} usable runs ({'; '.join(reasons)})")
-    return {
-        "options": dataclasses.asdict(options),
-        "table_points": len(rows),
-        "compute": compute,
-        "params_tokens": params_tokens,
-    }
+# --- comparisons -----------------------------------------------------------------------------------
+
+def _comparisons(rows: pd.DataFrame, compute: dict, params_tokens: dict, fitted: dict,
+                 options: FitOptions) -> list[dict[str, Any]]:
+    """Each pair of settings at each named budget both have: the predicted losses and their
+    difference with a bootstrap interval (the two laws' resamples are independent, so their
+    samples pair in any order). Under L(N, D)'s compute-optimal loss where both settings'
+    allocations are identified, else under L(C)."""
+    group_of = {setting: name for name, section in params_tokens.items() for setting in section["settings"]}
+    out = []
+    for first, second in itertools.combinations(sorted(compute), 2):
+        budgets = {setting: _named_budgets(rows[rows["setting"] == setting]) for setting in (first, second)}
+        for name in budgets[first].keys() & budgets[second].keys():
+            samples = {}
+            law = "L(N, D)" if all(fitted.get(("L(N, D)", group_of.get(s, ""))) is not None
+                                   and fitted[("L(N, D)", group_of[s])].allocation_identified
+                                   for s in (first, second)) else "L(C)"
+            for setting in (first, second):
+                samples[setting] = _named_samples(fitted, law, setting, group_of, budgets[setting][name])
+            if any(value is None for value in samples.values()):
+                continue
+            (estimate_a, samples_a), (estimate_b, samples_b) = samples[first], samples[second]
+            paired = min(len(samples_a), len(samples_b))
+            difference = percentile_interval(estimate_a - estimate_b, samples_a[:paired] - samples_b[:paired],
+                                             options.confidence)
+            extrapolation = max(budgets[s][name] / rows.loc[rows["setting"] == s, "flops"].max()
+                                for s in (first, second))
+            out.append({"budget": name, "law": law, "settings": [first, second],
+                        "loss": [_json(percentile_interval(estimate_a, samples_a, options.confidence)),
+                                 _json(percentile_interval(estimate_b, samples_b, options.confidence))],
+                        "difference": _json(difference), "extrapolation": float(extrapolation)})
+    return sorted(out, key=lambda entry: (entry["budget"], entry["settings"]))
 
 
-def write_fit(path: Path, fit: dict[str, Any]) -> None:
-    """Write a `fit_study` result as JSON, atomically."""
-    write_json(path, fit)
+def _named_samples(fitted: dict, law: str, setting: str, group_of: dict[str, str],
+                   flops: float) -> tuple[float, np.ndarray] | None:
+    """A setting's predicted loss at `flops` under `law`: the estimate and its bootstrap samples."""
+    if law == "L(N, D)":
+        entry = fitted[("L(N, D)", group_of[setting])]
+        estimate, samples = (allocate(params, [flops], entry.per_token)[2][..., 0]
+                             for params in (entry.fit.estimate, entry.fit.samples))
+        return float(estimate), samples
+    entry = fitted.get(("L(C)", setting))
+    if entry is None:
+        return None
+    estimate, samples = entry.fit.evaluate([flops])
+    return float(estimate[0]), samples[:, 0]

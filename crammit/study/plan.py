@@ -15,11 +15,24 @@ from dataclasses import dataclass
 import pandas as pd
 
 from crammit.cluster import ClusterResources
+from crammit.config import SequenceOrder
 from crammit.model.flops import peak_flops
-from crammit.study.spec import StudySpec, StudyUnit, Trial
+from crammit.study.spec import StudySpec, StudyUnit, Trial, TrialStatus
 
 # The crammed trainer's MFU on one H100 (benchmarks/RESULTS.md): a planning figure only.
 ASSUMED_MFU = 0.3
+# A prevalence-ordered corpus is refused once a budget reads more than this share of it:
+# beyond it, budgets end (and anneal) on sequences of visibly different prevalence.
+ORDERED_DATA_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class StudyCorpus:
+    """What a plan knows of the study's corpus: its order, and its unique training tokens
+    once it is prepared (None before)."""
+
+    order: str
+    train_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,8 @@ class StudyPlan:
     estimate_note: str
     problem: str  # why this cluster cannot run the study as asked; empty when it can
     glue: str = ""  # the GLUE fine-tunes that follow training; empty when none
+    corpus: str = ""  # how much of the corpus the budgets read
+    ordered_data: str = ""  # why the corpus's order would bend the law; empty when it does not
 
     def render(self) -> str:
         width = max(len(trial.name) for trial in self.trials)
@@ -51,7 +66,7 @@ class StudyPlan:
         for trial in self.trials:
             lines.append(f"  {trial.name:<{width}}  {trial.size:<8} {trial.budget:<14} {trial.resources:<15} "
                          f"{_hours(trial.hours):>8}  {trial.status}")
-        to_run = sum(trial.status != "ok" for trial in self.trials)
+        to_run = sum(trial.status != TrialStatus.OK.value for trial in self.trials)
         lines += [
             f"cluster: {self.cluster.describe()}; {self.concurrent_trials} trial(s) at a time",
             f"to run: {to_run} trials, {_hours(self.gpu_hours)} GPU-hours in all, "
@@ -61,6 +76,10 @@ class StudyPlan:
             lines.append(f"({self.estimate_note})")
         if self.glue:
             lines.append(self.glue)
+        if self.corpus:
+            lines.append(self.corpus)
+        if self.ordered_data:
+            lines.append(f"refused unless --allow-ordered-data: {self.ordered_data}")
         if self.problem:
             lines.append(f"this cluster cannot run this study as asked: {self.problem}")
         return "\n".join(lines)
@@ -89,15 +108,18 @@ def cluster_problem(spec: StudySpec, cluster: ClusterResources) -> str:
 
 
 def make_plan(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources,
-              flops_per_token: dict[tuple[str, str], float]) -> StudyPlan:
+              flops_per_token: dict[tuple[str, str], float], corpus: StudyCorpus | None = None) -> StudyPlan:
     """`trials` is the study's trial table (status, and measured figures of finished
-    trials); `flops_per_token` maps each (setting, size) to its training FLOPs per token."""
+    trials); `flops_per_token` maps each (setting, size) to its training FLOPs per token;
+    `corpus` what is known of the study's corpus."""
     status = dict(zip(trials["trial"], trials["status"], strict=True))
     measured = _measured_flops_per_s(trials)
     peak = peak_flops(cluster.accelerator) if cluster.accelerator else None
-    planned, notes = [], set()
+    planned, notes, tokens = [], set(), []
     for trial in spec.trials():
-        hours, note = _trial_hours(trial, flops_per_token[(trial.setting.name, trial.size)], measured, peak)
+        per_token = flops_per_token[(trial.setting.name, trial.size)]
+        hours, note = _trial_hours(trial, per_token, measured, peak)
+        tokens.append(_trial_tokens(trial, per_token, hours, measured, peak))
         notes.add(note)
         setting = trial.setting
         resources = f"{setting.gpus} GPU" if setting.gpus else f"{setting.workers} CPU worker"
@@ -105,7 +127,7 @@ def make_plan(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources,
                                     resources + ("s" if setting.workers_per_trial > 1 else ""),
                                     hours, status[trial.name]))
     to_run = [(trial, plan) for trial, plan in zip(spec.trials(), planned, strict=True)
-              if plan.status != "ok"]
+              if plan.status != TrialStatus.OK.value]
     known = all(plan.hours is not None for _, plan in to_run)
     gpu_known = all(plan.hours is not None for trial, plan in to_run if trial.setting.gpus)
     concurrency = concurrent_trials(spec, cluster)
@@ -117,7 +139,41 @@ def make_plan(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources,
         estimate_note="; ".join(sorted(note for note in notes if note)),
         problem=cluster_problem(spec, cluster),
         glue=_glue_line(spec),
+        **_corpus_lines(corpus, tokens),
     )
+
+
+def _trial_tokens(trial: Trial, flops_per_token: float, hours: float | None, measured: dict,
+                  peak: float | None) -> float | None:
+    """The training tokens a trial's budget reads; None where its speed is unknown."""
+    if trial.unit is StudyUnit.TOKENS:
+        return trial.budget
+    if trial.unit is StudyUnit.FLOPS:
+        return trial.budget / flops_per_token
+    rate = measured.get((trial.setting.name, trial.size)) or (
+        peak * ASSUMED_MFU * trial.setting.gpus if trial.setting.gpus and peak else None)
+    return None if rate is None or hours is None else hours * 3600 * rate / flops_per_token
+
+
+def _corpus_lines(corpus: StudyCorpus | None, tokens: list[float | None]) -> dict[str, str]:
+    """The plan's line on how much of the corpus the budgets read, and, for a corpus in
+    prevalence order, why that order would bend the law."""
+    if corpus is None:
+        return {}
+    largest = None if None in tokens else max(tokens)
+    share = None if largest is None or not corpus.train_tokens else largest / corpus.train_tokens
+    size = f"{corpus.train_tokens:,} unique training tokens" if corpus.train_tokens else "not prepared yet"
+    reads = ("the largest budget's tokens are unknown until trials finish" if largest is None else
+             f"the largest budget reads {largest:,.0f} tokens"
+             + ("" if share is None else f", {share:.2f} epochs"))
+    lines = {"corpus": f"corpus: {size}, {corpus.order} order; {reads}"}
+    if corpus.order == SequenceOrder.PREVALENCE.value and (share is None or share > ORDERED_DATA_SHARE):
+        reach = "an unknown share" if share is None else f"{min(share, 1):.0%}"
+        lines["ordered_data"] = (
+            f"the corpus is in prevalence order and the budgets reach {reach} of it, so each budget "
+            "would end on sequences of a different prevalence and final loss would not be a function "
+            "of compute alone; prepare it with `crammit data prepare --order shuffle`")
+    return lines
 
 
 def _glue_line(spec: StudySpec) -> str:
@@ -144,7 +200,7 @@ def _trial_hours(trial: Trial, flops_per_token: float, measured: dict, peak: flo
 
 
 def _measured_flops_per_s(trials: pd.DataFrame) -> dict[tuple[str, str], float]:
-    done = trials[(trials["status"] == "ok") & (trials["elapsed_s"].fillna(0) > 0)]
+    done = trials[(trials["status"] == TrialStatus.OK.value) & (trials["elapsed_s"].fillna(0) > 0)]
     rates = done["flops"] / done["elapsed_s"]
     return rates.groupby([done["setting"], done["size"]]).median().to_dict()
 

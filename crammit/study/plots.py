@@ -25,11 +25,13 @@ from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullForma
 
 from crammit.errors import CrammitError
 from crammit.io import atomic_path
+from crammit.study.spec import TrialStatus
 
 LOSS_LABEL = "held-out MLM loss (nats/token)"
 FLOPS_LABEL = "training FLOPs"
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "p"]
-DASHES = ["-", "--", "-.", ":"]
+LAW_COLORS = ["0.15", "#b2182b", "#2166ac", "#1b7837"]  # one per fitted law in a figure
+ISO_FLOP_TOLERANCE = 0.05  # a FLOP budget whose trials all used it to within this is iso-FLOP
 DPI = 150
 
 
@@ -102,15 +104,14 @@ def loss_vs_compute(trials: pd.DataFrame, fit: dict[str, Any]) -> Figure:
                    linewidths=1, zorder=2, label="on the compute frontier (fitted)")
     confidence = _confidence(fit)
     titles = []
-    for (setting, law), dashes in zip(laws.items(), itertools.cycle(DASHES)):
+    for (setting, law), color in zip(laws.items(), itertools.cycle(LAW_COLORS)):
         band = pd.DataFrame(law["band"])
-        ax.fill_between(band["flops"], band["low"], band["high"], color="0.5", alpha=0.18, lw=0,
+        ax.fill_between(band["flops"], band["low"], band["high"], color=color, alpha=0.15, lw=0,
                         label=None if titles else f"{confidence} band")  # one entry serves every band
-        alpha = law["parameters"]["alpha"]
-        ax.plot(band["flops"], band["estimate"], color="0.15", ls=dashes, lw=1.5,
-                label=f"L(C), {setting}: α = {_interval(alpha)}{_unconverged(law)}")
+        _checked_line(ax, band["flops"], band["estimate"], _checked_flops(law), color,
+                      f"L(C), {setting}: α = {_parameter(law, 'alpha')}")
         for index, prediction in enumerate(law.get("predictions", [])):
-            _prediction(ax, prediction["flops"], prediction, prediction["name"], "0.15", index)
+            _prediction(ax, prediction["flops"], prediction, _prediction_name(prediction), color, index)
         titles.append(f"{_compute_law_text(law)} ({setting})")
     _log_log(ax, loss=True)
     predicted = [prediction[key] for law in laws.values() for prediction in law.get("predictions", [])
@@ -118,45 +119,61 @@ def loss_vs_compute(trials: pd.DataFrame, fit: dict[str, Any]) -> Figure:
     _loss_limits(ax, [*finished["eval_loss"], *predicted])
     ax.set(xlabel=FLOPS_LABEL, ylabel=LOSS_LABEL)
     ax.set_title("\n".join(titles) or "held-out loss vs training compute (no L(C) fitted)")
+    if laws:
+        ax.plot([], [], color="0.3", ls="--", label="beyond what the rollout checked")
     _legend_outside(ax)
     return fig
 
 
 @_styled
 def compute_frontier(trials: pd.DataFrame, fit: dict[str, Any]) -> Figure:
-    """What L(N, D) implies at each compute: (a) the compute-optimal loss, (b) the
-    compute-optimal parameters and tokens, both with bands and the fitted trials."""
-    law = fit.get("params_tokens") or {"skipped": "fit.json has no L(N, D) fit"}
-    if "skipped" in law or not law.get("compute_optimal"):
-        raise NothingToDraw(f"L(N, D) was not fitted: {law.get('skipped', 'no compute-optimal curve')}")
-    optimal = pd.json_normalize(law["compute_optimal"])
-    points = pd.DataFrame(law["points"]).fillna({"size": "unknown"})
+    """What each L(N, D) implies at each compute, under the trials' own FLOPs per token:
+    (a) the compute-optimal loss, with each trial and the law's value at the trial's N and
+    D, which is never below the curve; (b) the compute-optimal parameters and tokens. Both
+    with bands; dashed beyond what the rollout checked; an allocation the runs do not
+    identify is labelled so."""
+    laws = _params_tokens_laws(fit)
+    if not laws:
+        raise NothingToDraw("no L(N, D) was fitted")
+    points = pd.DataFrame([point for law in laws.values() for point in law["points"]])
+    points = points.fillna({"size": "unknown"})
     sizes, palette = _sizes(trials, points["size"])
     confidence = _confidence(fit)
-    fig = Figure(figsize=(14, 5.2), layout="constrained")
+    fig = Figure(figsize=(16, 5.5), layout="constrained")
     loss_ax, allocation_ax = fig.subplots(1, 2)
-
     sns.scatterplot(data=points, x="flops", y="loss", hue="size", hue_order=sizes, palette=palette, s=60,
                     zorder=3, ax=loss_ax)
-    _band(loss_ax, optimal, "loss", "0.15", f"compute-optimal loss ({confidence} band)")
-    for prediction in law.get("predictions", []):
-        _prediction(loss_ax, prediction["flops"], prediction["loss"], prediction["name"], "0.15")
+    loss_ax.scatter(points["flops"], points["predicted"], marker="_", s=160, color="0.2", zorder=4,
+                    label="the law at the trial's N, D")
+    titles = []
+    for (name, law), color in zip(laws.items(), itertools.cycle(LAW_COLORS)):
+        optimal = pd.json_normalize(law["compute_optimal"])
+        checked = _checked_flops(law)
+        flag = "" if law["allocation_identified"] else " (n.i.)"
+        _band(loss_ax, optimal, "loss", color, f"{name}: compute-optimal loss{flag}", checked)
+        for column, dashes, label in [("params", "-", "N"), ("tokens", ":", "D")]:
+            _band(allocation_ax, optimal, column, color, f"{name}: optimal {label}{flag}", checked, dashes)
+        mine = points[points["setting"].isin(law["settings"])]
+        for column, marker, label in [("params", "o", "N"), ("tokens", "s", "D")]:
+            allocation_ax.scatter(mine["flops"], mine[column], color=color, marker=marker, s=36,
+                                  edgecolors="white", zorder=3, label=f"{name}: trials' {label}")
+        if law["allocation_identified"]:  # a prediction of an allocation the runs cannot tell is not drawn
+            for prediction in law.get("predictions", []):
+                _prediction(loss_ax, prediction["flops"], prediction["loss"], _prediction_name(prediction),
+                            color)
+        else:
+            titles.append(f"{name}: the allocation is not identified (n.i.): it {law['allocation_problem']}")
+        titles.append(_params_tokens_law_text(name, law))
     _log_log(loss_ax, loss=True)
-    loss_ax.set(xlabel=FLOPS_LABEL, ylabel=LOSS_LABEL, title="(a) loss at the compute-optimal N, D")
+    loss_ax.set(xlabel=FLOPS_LABEL, ylabel=LOSS_LABEL,
+                title=f"(a) loss at the compute-optimal N, D ({confidence} bands; dashed: beyond the "
+                      "rollout)")
     _legend_outside(loss_ax)
-
-    for column, color, marker, name in [("params", "C0", "o", "parameters N"),
-                                        ("tokens", "C1", "s", "training tokens D")]:
-        _band(allocation_ax, optimal, column, color, f"optimal {name} ({confidence} band)")
-        allocation_ax.scatter(points["flops"], points[column], color=color, marker=marker, s=40,
-                              edgecolors="white", zorder=3, label=f"trials: {name}")
-        for prediction in law.get("predictions", []):
-            _prediction(allocation_ax, prediction["flops"], prediction[column], prediction["name"], color)
     _log_log(allocation_ax)
     allocation_ax.set(xlabel=FLOPS_LABEL, ylabel="parameters N, training tokens D",
-                      title="(b) compute-optimal allocation, C ≈ 6·N·D")
+                      title="(b) compute-optimal allocation, C = c(N)·D")
     _legend_outside(allocation_ax)
-    fig.suptitle(_params_tokens_law_text(law))
+    fig.suptitle("\n".join(titles))
     return fig
 
 
@@ -164,7 +181,7 @@ def compute_frontier(trials: pd.DataFrame, fit: dict[str, Any]) -> Figure:
 def settings_comparison(trials: pd.DataFrame) -> Figure:
     """Settings side by side: final loss against training FLOPs and against device-hours,
     each (setting, size) joined in budget order."""
-    finished = _finished(trials)
+    finished = _finished(_requiring(trials, "device_hours", "device"))
     if finished["setting"].nunique() < 2:
         raise NothingToDraw("fewer than two settings have finished trials")
     finished = finished.sort_values(["setting", "size", "budget"])
@@ -190,7 +207,7 @@ def settings_comparison(trials: pd.DataFrame) -> Figure:
 def iso_budget(trials: pd.DataFrame) -> Figure:
     """Loss against model size at equal budget, one line per budget and one panel per
     setting, for every (setting, budget) with three or more sizes; the best size is starred."""
-    finished = _finished(trials)
+    finished = _finished(_requiring(trials, "budget", "budget_unit"))
     groups = finished.groupby(["setting", "budget_unit", "budget"]).filter(lambda g: g["size"].nunique() >= 3)
     if groups.empty:
         raise NothingToDraw("no (setting, budget) has finished trials of three or more sizes")
@@ -215,10 +232,25 @@ def iso_budget(trials: pd.DataFrame) -> Figure:
         _size_names(ax, panel)
         _count_axis(ax)
         ax.set(xlabel="parameters", ylabel=LOSS_LABEL)
-        kind = "iso-FLOP" if unit == "flops" else f"equal budget ({unit})"
-        ax.set_title(f"{setting}: {kind}", pad=30)  # room for the size names
+        ax.set_title(f"{setting}: {_equal_budget_kind(groups, setting, unit)}", pad=30)  # room for size names
         _legend_outside(ax, title="budget")
     return fig
+
+
+def _equal_budget_kind(trials: pd.DataFrame, setting: str, unit: str) -> str:
+    """iso-FLOP where every trial of a FLOP budget used it to within ISO_FLOP_TOLERANCE; else
+    say which sizes used more (a budget ends at a whole micro-batch, which is large for
+    large sizes)."""
+    if unit != "flops":
+        return f"equal budget ({unit})"
+    rows = trials[(trials["setting"] == setting) & (trials["budget_unit"] == unit)]
+    over = rows["flops"] / rows["budget"] - 1
+    if (over.abs() <= ISO_FLOP_TOLERANCE).all():
+        return "iso-FLOP"
+    worst = over.groupby(rows["size"]).max()
+    worst = worst[worst.abs() > ISO_FLOP_TOLERANCE].sort_values(ascending=False)
+    return ("equal nominal FLOP budgets; actual FLOPs over by "
+            + ", ".join(f"{value:+.0%} ({size})" for size, value in worst.items()))
 
 
 @_styled
@@ -257,7 +289,8 @@ def training_curves(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     """Training loss against tokens for each finished trial, one panel per setting; a
     ringed dot at each curve's end marks the trial's final held-out loss."""
     finished = _finished(trials)
-    steps = curves[curves["trial"].isin(finished["trial"])]
+    steps = _requiring(curves, "trial")
+    steps = steps[steps["trial"].isin(finished["trial"])]
     if steps.empty:
         raise NothingToDraw("no training curves of finished trials")
     labels, order = _budget_labels(steps)
@@ -289,20 +322,18 @@ def training_curves(trials: pd.DataFrame, curves: pd.DataFrame) -> Figure:
 @_styled
 def residuals(trials: pd.DataFrame, fit: dict[str, Any]) -> Figure:
     """Log-space residuals, log observed − log predicted loss, of each fitted law against
-    training FLOPs; open markers are held-out trials the law was not fitted on."""
+    training FLOPs: filled markers by the law fitted on all runs, open markers by the
+    rollout's refits on smaller budgets (or sizes) at runs they were not fitted on."""
     rows = []
-    flops_of = dict(zip(trials["trial"], trials["flops"], strict=True))
     fitted = {f"L(C), {setting}": (law, [p for p in law["points"] if p["frontier"]])
               for setting, law in _compute_laws(fit).items()}
-    params_tokens = fit.get("params_tokens") or {"skipped": "not fitted"}
-    if "skipped" not in params_tokens:
-        fitted["L(N, D)"] = (params_tokens, params_tokens["points"])
+    fitted |= {f"L(N, D), {name}": (law, law["points"]) for name, law in _params_tokens_laws(fit).items()}
     for name, (law, points) in fitted.items():
         rows += [{"law": name, "flops": p["flops"], "residual": math.log(p["loss"] / p["predicted"]),
                   "held_out": False} for p in points]
-        rows += [{"law": name, "flops": held.get("flops", flops_of.get(held["trial"])),
-                  "residual": math.log(held["loss"] / held["estimate"]), "held_out": True}
-                 for held in law.get("holdout", {}).get("held_out", [])]
+        rows += [{"law": name, "flops": run["flops"], "residual": math.log(run["loss"] / run["estimate"]),
+                  "held_out": True}
+                 for step in law.get("rollout", {}).get("steps", []) for run in step.get("runs", [])]
     if not rows:
         raise NothingToDraw("no law was fitted")
     frame = pd.DataFrame(rows).dropna()
@@ -315,17 +346,27 @@ def residuals(trials: pd.DataFrame, fit: dict[str, Any]) -> Figure:
         for held_out, part in frame[frame["law"] == name].groupby("held_out"):
             ax.scatter(part["flops"], part["residual"], marker=markers[name], s=55, linewidths=1.2,
                        facecolors="none" if held_out else palette[name], edgecolors=palette[name],
-                       label=f"{name}, held out" if held_out else name, zorder=3)
+                       label=f"{name}, held out by a rollout refit" if held_out else f"{name}, fitted",
+                       zorder=3)
     ax.set_xscale("log")
     ax.set(xlabel=FLOPS_LABEL, ylabel="log observed − log predicted loss",
-           title="residuals of the fitted laws (filled: fitted, open: held out)")
+           title="residuals: filled, of the law fitted on every run; open, of a rollout refit\n"
+                 "(fitted on the smaller budgets or sizes) at a run it did not see")
     _legend_outside(ax)
     return fig
 
 
+def _requiring(table: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """The table, if it has `columns` (a table fitted outside a study may not)."""
+    missing = [column for column in columns if column not in table]
+    if missing:
+        raise NothingToDraw(f"the table has no {', '.join(missing)} column")
+    return table
+
+
 def _finished(trials: pd.DataFrame) -> pd.DataFrame:
     """Trials that finished with a held-out loss; failed and pending ones are not drawn."""
-    return trials[trials["status"].eq("ok") & trials["eval_loss"].notna()]
+    return trials[trials["status"].eq(TrialStatus.OK.value) & trials["eval_loss"].notna()]
 
 
 def _sizes(trials: pd.DataFrame, shown: pd.Series) -> tuple[list[str], dict[str, Any]]:
@@ -345,6 +386,11 @@ def _setting_order(trials: pd.DataFrame) -> list[str]:
 def _compute_laws(fit: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The settings whose L(C) was fitted, skipping those with too few points."""
     return {setting: law for setting, law in (fit.get("compute") or {}).items() if "skipped" not in law}
+
+
+def _params_tokens_laws(fit: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The law groups whose L(N, D) was fitted."""
+    return {name: law for name, law in (fit.get("params_tokens") or {}).items() if "skipped" not in law}
 
 
 def _confidence(fit: dict[str, Any]) -> str:
@@ -386,26 +432,53 @@ def _interval(interval: dict[str, float]) -> str:
     return f"{_num(interval['estimate'])} [{_num(interval['low'])}, {_num(interval['high'])}]"
 
 
-def _unconverged(law: dict[str, Any]) -> str:
-    return "" if law.get("converged", True) else " (not converged)"
+def _parameter(law: dict[str, Any], name: str) -> str:
+    """A parameter as the figures show it: estimate [low, high], or "n.i." (not identified)."""
+    value = law["parameters"][name]
+    return _interval(value) if value.get("identified", True) else "n.i."
 
 
 def _compute_law_text(law: dict[str, Any]) -> str:
-    p = {name: _num(value["estimate"]) for name, value in law["parameters"].items()}
-    return f"L(C) = {p['E']} + {p['A']}·$C^{{-{p['alpha']}}}$"
+    p = {name: _num(value["estimate"]) if value.get("identified", True) else "n.i."
+         for name, value in law["parameters"].items()}
+    text = f"L(C) = {p['E']} + {p['A']}·$C^{{-{p['alpha']}}}$"
+    return text + (" (n.i.: not identified by the runs)" if "n.i." in p.values() else "")
 
 
-def _params_tokens_law_text(law: dict[str, Any]) -> str:
-    p = {name: _num(value["estimate"]) for name, value in law["parameters"].items()}
-    return (f"L(N, D) = {p['E']} + {p['A']} / $N^{{{p['alpha']}}}$ + {p['B']} / $D^{{{p['beta']}}}$"
-            f"{_unconverged(law)}, fitted on {len(law['points'])} trials")
+def _params_tokens_law_text(name: str, law: dict[str, Any]) -> str:
+    p = {key: _num(value["estimate"]) if value.get("identified", True) else "n.i."
+         for key, value in law["parameters"].items()}
+    return (f"{name}: L(N, D) = {p['E']} + {p['A']} / $N^{{{p['alpha']}}}$ + {p['B']} / $D^{{{p['beta']}}}$, "
+            f"fitted on {len(law['points'])} trials"
+            + (" (n.i.: not identified)" if "n.i." in p.values() else ""))
 
 
-def _band(ax: Axes, frame: pd.DataFrame, column: str, color: Any, label: str) -> None:
-    """An interval column of a json-normalised table as a line with its shaded band."""
+def _checked_flops(law: dict[str, Any]) -> float:
+    """Up to where a law's curve is drawn solid: its largest trial times the factor its rollout checked."""
+    return law["largest_trial_flops"] * law["rollout"]["validated_factor"]
+
+
+def _checked_line(ax: Axes, flops: pd.Series, values: pd.Series, checked: float, color: Any, label: str,
+                  dashes: str = "-") -> None:
+    """A law's curve: solid up to `checked` FLOPs, dashed beyond."""
+    inside = flops <= checked
+    ax.plot(flops[inside], values[inside], color=color, ls=dashes, lw=1.5, label=label)
+    beyond = flops >= flops[inside].max() if inside.any() else flops == flops
+    ax.plot(flops[beyond], values[beyond], color=color, ls="--", lw=1.2, alpha=0.8)
+
+
+def _prediction_name(prediction: dict[str, Any]) -> str:
+    factor = prediction.get("extrapolation", 1.0)
+    return prediction["name"] + (f" (×{factor:,.0f} beyond the trials)" if factor > 1 else "")
+
+
+def _band(ax: Axes, frame: pd.DataFrame, column: str, color: Any, label: str, checked: float,
+          dashes: str = "-") -> None:
+    """An interval column of a json-normalised table as a line with its shaded band, solid up
+    to `checked` FLOPs and dashed beyond."""
     ax.fill_between(frame["flops"], frame[f"{column}.low"], frame[f"{column}.high"], color=color,
-                    alpha=0.18, lw=0)
-    ax.plot(frame["flops"], frame[f"{column}.estimate"], color=color, lw=1.5, label=label)
+                    alpha=0.15, lw=0)
+    _checked_line(ax, frame["flops"], frame[f"{column}.estimate"], checked, color, label, dashes)
 
 
 def _prediction(ax: Axes, flops: float, interval: dict[str, float], name: str, color: Any,

@@ -1,5 +1,10 @@
 """A study's fits and figures from its tables: `fit.json`, `plots/`, and the summary the
-CLI prints. Runs without training, so `crammit study fit` and `study plot` can redo it."""
+CLI prints. Runs without training, so `crammit study fit` and `study plot` can redo it.
+
+The summary prints a parameter the runs do not identify as `not identified (<reason>)`,
+with its one-sided bound where it has one, never as a bare number; every prediction
+beyond the largest trial says how far it extrapolates and how far the rollout checked.
+"""
 
 from __future__ import annotations
 
@@ -9,34 +14,55 @@ from pathlib import Path
 import pandas as pd
 
 from crammit.errors import CrammitError
-from crammit.io import read_json
+from crammit.io import atomic_path, read_json
 from crammit.study import fit as fitting
 from crammit.study import plots, results
+from crammit.study.laws import FitOptions
+from crammit.study.table import DEFAULT_SETTING, fit_rows, read_table, study_rows
 
 
-def fit_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """The rows a law is fitted on: finished trials, their final held-out loss as `loss`."""
-    return trials[trials["status"] == results.TrialStatus.OK.value].rename(columns={"eval_loss": "loss"})
-
-
-def fit_source(source: Path, options: fitting.FitOptions | None = None, out: Path | None = None
-               ) -> tuple[dict, Path]:
-    """Fit a study directory's finished trials, or any table with params, tokens and loss,
-    and write `fit.json` into `out` (default: the study directory, or beside the table)."""
+def fit_source(source: Path, options: FitOptions | None = None, out: Path | None = None) -> tuple[dict, Path]:
+    """Fit a study directory's finished trials, or any table with params, tokens and loss;
+    write `fit.json` and the figures into `out` (default: the study directory, or
+    `TABLE-fit/` beside a table), with the table as `trials.parquet` where `out` is not the
+    study directory, so `study plot OUT` and `study fit OUT` work on it. Returns the fit and
+    the path of fit.json."""
+    options = options or FitOptions()
     if source.is_dir():
-        table = fit_table(results.read_tables(source)[0])
+        trials = results.read_tables(source)[0]
+        table, target = study_rows(trials), out or source
     elif source.is_file():
-        table = fitting.load_table(source)
+        table, target = read_table(source), out or source.with_name(f"{source.stem}-fit")
     else:
         raise CrammitError(f"{source} does not exist; pass a study directory or a CSV/Parquet table")
-    target = (out or (source if source.is_dir() else source.parent)) / results.FIT_FILE
+    if target != source and (target / results.STUDY_FILE).is_file():
+        raise CrammitError(f"--out {target} is a study directory; give another --out")
+    fit_file = target / results.FIT_FILE
     try:
-        fitted = fitting.fit_study(table, options or fitting.FitOptions())
+        fitted = fitting.fit_study(table, options)
     except CrammitError:
-        target.unlink(missing_ok=True)  # an earlier fit the runs no longer support must not be drawn
+        fit_file.unlink(missing_ok=True)  # an earlier fit the runs no longer support must not be drawn
         raise
-    fitting.write_fit(target, fitted)
-    return fitted, target
+    if not source.is_dir():
+        trials = _as_trials(fit_rows(table, options.params_column).rows)
+    target.mkdir(parents=True, exist_ok=True)
+    if target != source:
+        with atomic_path(target / results.TRIALS_FILE) as tmp:
+            trials.to_parquet(tmp, index=False)
+    fitting.write_fit(fit_file, fitted)
+    plot_directory(target)
+    return fitted, fit_file
+
+
+def _as_trials(table: pd.DataFrame) -> pd.DataFrame:
+    """Any fit table in the trials table's shape, so the figures can draw it: its loss as
+    `eval_loss`; where it does not say, every row a finished trial named by its row, in one
+    setting, its size named by its parameter count."""
+    trials = table.rename(columns={"loss": "eval_loss"})
+    defaults = {"status": results.TrialStatus.OK.value, "setting": DEFAULT_SETTING,
+                "trial": [f"row {i + 1}" for i in range(len(trials))],
+                "size": [f"{value} params" for value in trials["params"]] if "params" in trials else None}
+    return trials.assign(**{column: value for column, value in defaults.items() if column not in trials})
 
 
 def plot_directory(study_dir: Path) -> list[Path]:
@@ -47,7 +73,7 @@ def plot_directory(study_dir: Path) -> list[Path]:
     return plots.draw_all(trials, curves, fitted, study_dir / results.PLOTS_DIR)
 
 
-def write_report(study_dir: Path, options: fitting.FitOptions, echo: Callable[[str], None] = print) -> None:
+def write_report(study_dir: Path, options: FitOptions, echo: Callable[[str], None] = print) -> None:
     """Fit, draw and summarise a study whose tables are written. Too few finished trials
     for a law is not an error here: the study still has its tables and training curves."""
     try:
@@ -55,53 +81,139 @@ def write_report(study_dir: Path, options: fitting.FitOptions, echo: Callable[[s
         echo(summarize(fitted))
     except CrammitError as error:
         echo(f"no scaling law fitted: {error}")
-    figures = plot_directory(study_dir)
-    echo(f"{len(figures)} figures in {study_dir / results.PLOTS_DIR}")
+        plot_directory(study_dir)
+    echo(f"figures in {study_dir / results.PLOTS_DIR}")
 
 
 def summarize(fitted: dict) -> str:
-    """The fitted laws in a few lines: parameters with their intervals, the held-back
-    check and the extrapolated budgets."""
+    """The fitted laws in lines a researcher can act on: what is identified, how well each
+    law fits, its rollout, its predictions with their extrapolation, the comparisons."""
     level = f"{fitted['options']['confidence']:.0%}"
-    lines = []
+    lines = [f"N = {fitted['conventions']['params']}; C = {fitted['conventions']['flops']}"]
+    if fitted["conventions"].get("allocation"):
+        lines.append(f"allocation: {fitted['conventions']['allocation']}")
+    if fitted.get("dropped_rows"):
+        dropped = fitted["dropped_rows"]
+        lines.append(f"dropped {len(dropped)} row{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}")
+    if fitted.get("unfinished_runs"):
+        lines.append(f"left out {fitted['unfinished_runs']} unfinished run(s)")
     for setting, law in fitted["compute"].items():
         if "skipped" in law:
             lines.append(f"L(C), {setting}: not fitted ({law['skipped']})")
             continue
-        lines.append(f"L(C) = E + A*C^-alpha, {setting} ({level} intervals): {_parameters(law)}")
-        lines += _holdout_and_predictions(law, lambda p: _interval(p))
-    law = fitted["params_tokens"]
-    if "skipped" in law:
-        lines.append(f"L(N, D): not fitted ({law['skipped']})")
-    else:
-        lines.append(f"L(N, D) = E + A/N^alpha + B/D^beta ({level} intervals): {_parameters(law)}")
-        lines += _holdout_and_predictions(
-            law, lambda p: f"{_interval(p['loss'])} with {_number(p['params']['estimate'])} parameters "
-                           f"on {_number(p['tokens']['estimate'])} tokens")
+        frontier = sum(point["frontier"] for point in law["points"])
+        lines.append(f"L(C) = E + A*C^-alpha, {setting}, on {frontier} compute-frontier trials "
+                     f"({level} intervals):")
+        lines += _law_lines(law)
+        lines += [f"  at {p['name']} ({p['flops']:.3g} FLOPs): loss {interval_text(p)}{_extrapolated(p)}"
+                  for p in law["predictions"]]
+    unique = fitted.get("unique_tokens")
+    for name, law in fitted["params_tokens"].items():
+        if "skipped" in law:
+            lines.append(f"L(N, D), {name}: not fitted ({law['skipped']})")
+            continue
+        lines.append(f"L(N, D) = E + A/N^alpha + B/D^beta, {name}, on {len(law['points'])} trials "
+                     f"({level} intervals):")
+        lines += _law_lines(law)
+        if not law["allocation_identified"]:
+            lines.append(f"  compute-optimal allocation: not identified ({law['allocation_problem']})")
+        for p in law["predictions"]:
+            lines.append(f"  at {p['name']} ({p['flops']:.3g} FLOPs): " + (
+                f"loss {interval_text(p['loss'])} with {interval_text(p['params'])} parameters on "
+                f"{interval_text(p['tokens'])} tokens{_epochs(p, unique)}"
+                if law["allocation_identified"] else "allocation not identified") + _extrapolated(p))
+    lines += [_comparison(entry, level) for entry in fitted.get("comparisons", [])]
     return "\n".join(lines)
 
 
-def _parameters(law: dict) -> str:
-    return ", ".join(f"{name} {_interval(value)}" for name, value in law["parameters"].items())
-
-
-def _holdout_and_predictions(law: dict, describe: Callable[[dict], str]) -> list[str]:
-    holdout = law["holdout"]
-    if "skipped" in holdout:
-        lines = [f"  held-back largest budget: not checked ({holdout['skipped']})"]
-    else:
-        held = holdout["held_out"]
-        covered = sum(point["covered"] for point in held)
-        lines = [f"  held-back largest budget: predicted with mean |error| "
-                 f"{holdout['mean_abs_relative_error']:.1%}, {covered}/{len(held)} inside the interval"]
-    lines += [f"  at {p['name']} ({p['flops']:.3g} FLOPs): loss {describe(p)}" for p in law["predictions"]]
+def _law_lines(law: dict) -> list[str]:
+    width = max(len(name) for name in law["parameters"])
+    lines = [f"  {name:<{width}}  {parameter_text(name, value)}" for name, value in law["parameters"].items()]
+    quality, resamples = law["fit"], law["fit"]["resamples"]
+    lines.append(f"  fit: RMSE of log loss {quality['rmse_log']:.2%}, R² of log loss "
+                 f"{_number(quality['r2_log'], 3)}; "
+                 f"resamples: {resamples['used']} of {resamples['asked']} used, {resamples['degenerate']} "
+                 f"degenerate (no more distinct runs than parameters), {resamples['failed']} failed")
+    lines.append(f"  {_rollout_text(law['rollout'])}")
     return lines
 
 
-def _interval(value: dict) -> str:
+def parameter_text(name: str, value: dict) -> str:
+    """An identified parameter as `estimate [low, high]`; else `not identified (reason)`
+    and its one-sided bound, at the two significant digits a bound at a boundary supports."""
+    if value["identified"]:
+        return interval_text(value)
+    text = f"not identified ({value['reason']})"
+    if value["low"] is not None and value["high"] is not None:
+        if value["low"] == 0:
+            text += f"; {name} ≤ {_number(value['high'], 2)}"
+        else:
+            text += f"; {name} ≥ {_number(value['low'], 2)}"
+    return text
+
+
+def _rollout_text(rollout: dict) -> str:
+    steps = rollout["steps"]
+    fitted = sum("runs" in step for step in steps)
+    if not rollout["scored"]:
+        reasons = "; ".join(f"{step['predicts']}: {step['skipped']}" for step in steps) or "one budget"
+        return f"rollout: not checked ({reasons})"
+    width = rollout["median_relative_width"]
+    return (f"rollout ({fitted} of {len(steps)} refits): {rollout['scored']} held-out runs, "
+            f"{rollout['covered']} covered, {rollout['missed']} missed, {rollout['uninformative']} "
+            f"uninformative (interval wider than the loss); mean |error| "
+            f"{rollout['mean_abs_relative_error']:.1%}"
+            + (f", median interval width {width:.0%} of the loss" if width is not None else "")
+            + f"; {_checked(rollout['validated_factor'])}")
+
+
+def _checked(factor: float) -> str:
+    return f"checked to {_factor(factor)}" if factor > 1 else "not checked beyond the largest fitted trial"
+
+
+def _extrapolated(prediction: dict) -> str:
+    factor = prediction["extrapolation"]
+    if factor <= 1:
+        return ""
+    checked = _checked(prediction["validated_factor"])
+    return f"; extrapolated {_factor(factor)} beyond the largest trial; {checked}"
+
+
+def _factor(factor: float) -> str:
+    return f"{factor:,.0f}×" if factor >= 10 else f"{factor:.3g}×"
+
+
+def _epochs(prediction: dict, unique_tokens: float | None) -> str:
+    epochs = prediction.get("epochs")
+    if epochs is None or epochs <= 1:
+        return ""
+    return (f" ({epochs:.3g} epochs of the corpus's {unique_tokens:.3g} unique training tokens: "
+            "repeated data is worth less than fresh)")
+
+
+def _comparison(entry: dict, level: str) -> str:
+    """"a lower by x [lo, hi] nats": the difference of the two settings' predicted losses."""
+    first, second = entry["settings"]
+    difference = entry["difference"]
+    estimate, low, high = difference["estimate"], difference["low"], difference["high"]
+    if estimate < 0:  # the first is lower: flip the difference to say by how much
+        lower, estimate = first, -estimate
+        low, high = (None if high is None else -high), (None if low is None else -low)
+    else:
+        lower = second
+    verdict = f"{lower} lower by {interval_text({'estimate': estimate, 'low': low, 'high': high})} nats"
+    if low is None or low <= 0:
+        verdict += " (the interval includes 0: no clear winner)"
+    extrapolated = f"; extrapolated {_factor(entry['extrapolation'])}" if entry["extrapolation"] > 1 else ""
+    return (f"at {entry['budget']} under {entry['law']} ({level} intervals): {first} "
+            f"{interval_text(entry['loss'][0])} vs {second} {interval_text(entry['loss'][1])}: "
+            f"{verdict}{extrapolated}")
+
+
+def interval_text(value: dict) -> str:
     return f"{_number(value['estimate'])} [{_number(value['low'])}, {_number(value['high'])}]"
 
 
-def _number(value: float | None) -> str:
-    """fit.json writes a value that overflowed (a degenerate fit) as null."""
-    return "n/a" if value is None else f"{value:.4g}"
+def _number(value: float | None, digits: int = 4) -> str:
+    """fit.json writes a side the runs do not bound as null."""
+    return "unbounded" if value is None else f"{value:.{digits}g}"

@@ -8,18 +8,18 @@ and can never list one twice.
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import pandas as pd
 import tomli_w
 
 from crammit.config import Device
+from crammit.data.layout import MANIFEST, read_manifest
 from crammit.errors import CrammitError
 from crammit.eval.glue import trial_columns
 from crammit.io import atomic_path
 from crammit.model.flops import non_embedding_parameter_count, parameter_count
-from crammit.study.spec import StudySpec, Trial, read_study_file
+from crammit.study.spec import StudySpec, Trial, TrialStatus, read_study_file
 from crammit.train import rundir
 
 STUDY_FILE = "study.toml"
@@ -30,13 +30,6 @@ PLOTS_DIR = "plots"
 TRIALS_DIR = "trials"
 DATA_DIR = "data"
 ERROR_FILE = "error.txt"  # in a trial's run directory: why its last attempt failed
-
-
-class TrialStatus(str, Enum):
-    OK = "ok"  # final.json written
-    INTERRUPTED = "interrupted"  # started (config.json) but not finished: resumed from its checkpoint
-    FAILED = "failed"  # its last attempt raised: retried by the next run of the study
-    PENDING = "pending"  # not started
 
 
 def trial_dir(study_dir: Path, trial: Trial) -> Path:
@@ -80,22 +73,31 @@ def _trial_row(spec: StudySpec, trial: Trial, study_dir: Path) -> dict:
            "budget": float(trial.budget), "budget_unit": trial.unit.value, "params": None,
            "non_embedding_params": None, "tokens": None, "flops": None, "elapsed_s": None,
            "gpu_hours": None, "device_hours": None, "eval_loss": None, "initial_eval_loss": None,
-           "status": status.value, "error": None,
+           "unique_tokens": None, "epochs": None, "status": status.value, "error": None,
            "run_dir": str(run_dir.relative_to(study_dir))}
     if rundir.is_run_dir(run_dir):
-        model = rundir.load_config(run_dir).model
-        row.update(params=parameter_count(model), non_embedding_params=non_embedding_parameter_count(model))
+        config = rundir.load_config(run_dir)
+        row.update(params=parameter_count(config.model),
+                   non_embedding_params=non_embedding_parameter_count(config.model),
+                   unique_tokens=_unique_tokens(config.data))
     if status is TrialStatus.OK:
         final = rundir.read_final(run_dir)
         hours = final["elapsed_s"] / 3600
         row.update(tokens=final["tokens"], flops=final["flops"], elapsed_s=final["elapsed_s"],
                    gpu_hours=hours * trial.setting.gpus, device_hours=hours * trial.setting.workers_per_trial,
-                   eval_loss=final["eval_loss"], initial_eval_loss=final["initial_eval_loss"])
+                   eval_loss=final["eval_loss"], initial_eval_loss=final["initial_eval_loss"],
+                   epochs=final["tokens"] / row["unique_tokens"] if row["unique_tokens"] else None)
     elif status is TrialStatus.FAILED:
         row["error"] = (run_dir / ERROR_FILE).read_text().strip()
     if spec.glue.tasks:
         row.update(trial_columns(run_dir, spec.glue.task_list()))
     return row
+
+
+def _unique_tokens(data: str) -> int | None:
+    """The training tokens of a trial's prepared corpus; None where it is not at hand."""
+    manifest = Path(data) / MANIFEST
+    return read_manifest(Path(data))["train_tokens"] if data and manifest.is_file() else None
 
 
 def curves_table(trials: pd.DataFrame, study_dir: Path) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from crammit.config import Arch, Budget, RecipeConfig, model_config, recipe_config
+from crammit.config import Arch, Budget, RecipeConfig, SequenceOrder, model_config, recipe_config
 from crammit.errors import CrammitError
 from crammit.eval.glue_data import GlueTask, parse_tasks
 
@@ -95,12 +95,22 @@ class Setting:
 
 @dataclass(frozen=True)
 class StudyData:
-    """The one corpus every trial of a study trains on."""
+    """The one corpus every trial of a study trains on. A study shuffles its corpus (with
+    `seed`): budgets end at different places in it, and each budget's final, annealed
+    stretch must see data of the same difficulty, which prevalence order does not give."""
 
     corpus: str = "embedded"
     data: str = ""  # a `crammit data prepare` directory; replaces corpus when set
     vocab_size: int = 32768
     seq_len: int = 128
+    order: str = SequenceOrder.SHUFFLE.value  # how the study prepares its corpus
+    seed: int = 0  # of the shuffle
+
+    def __post_init__(self) -> None:
+        orders = [choice.value for choice in SequenceOrder]
+        if self.order not in orders:
+            raise CrammitError(f"unknown corpus order {self.order!r} (--order, or [data] order in a study "
+                               f"file); use one of {', '.join(orders)}")
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,15 @@ class StudySpec:
             **{key: raw[key] for key in ("checkpoint_minutes", "max_eval_sequences", "resamples")
                if key in raw},
         )
+
+
+class TrialStatus(str, Enum):
+    """Where a trial's run directory says it stands (`trials.parquet`'s `status`)."""
+
+    OK = "ok"  # final.json written
+    INTERRUPTED = "interrupted"  # started (config.json) but not finished: resumed from its checkpoint
+    FAILED = "failed"  # its last attempt raised: retried by the next run of the study
+    PENDING = "pending"  # not started
 
 
 @dataclass(frozen=True)

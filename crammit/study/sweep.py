@@ -19,13 +19,22 @@ import pandas as pd
 from ray import tune
 
 from crammit.cluster import ClusterResources, start_ray
-from crammit.config import Device, GlueRecipe, ModelConfig, PrepareConfig, TrainConfig, model_config
+from crammit.config import (
+    Device,
+    GlueRecipe,
+    ModelConfig,
+    PrepareConfig,
+    SequenceOrder,
+    TrainConfig,
+    model_config,
+)
+from crammit.data.layout import MANIFEST, read_manifest
 from crammit.errors import CrammitError
 from crammit.io import atomic_path
 from crammit.model.flops import training_flops_per_token
 from crammit.study import results
-from crammit.study.fit import FitOptions
-from crammit.study.plan import StudyPlan, cluster_problem, concurrent_trials, make_plan
+from crammit.study.laws import FitOptions
+from crammit.study.plan import StudyCorpus, StudyPlan, cluster_problem, concurrent_trials, make_plan
 from crammit.study.report import write_report
 from crammit.study.spec import StudySpec, Trial
 from crammit.train import rundir
@@ -45,13 +54,26 @@ def plan_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources) -> S
     flops_per_token = {(setting.name, size): training_flops_per_token(trial_model(spec, size, setting.arch),
                                                                        setting.recipe_config().mask_rate)
                        for setting in spec.settings for size in setting.sizes}
-    return make_plan(spec, results.trials_table(spec, study_dir), cluster, flops_per_token)
+    return make_plan(spec, results.trials_table(spec, study_dir), cluster, flops_per_token,
+                     _study_corpus(spec, study_dir))
+
+
+def _study_corpus(spec: StudySpec, study_dir: Path) -> StudyCorpus:
+    """The study's corpus as far as it is known: a given or already prepared directory's
+    manifest, else the order the study will prepare it in."""
+    data = Path(spec.data.data) if spec.data.data else study_dir / results.DATA_DIR
+    if not (data / MANIFEST).is_file():
+        return StudyCorpus(spec.data.order)
+    manifest = read_manifest(data)
+    return StudyCorpus(manifest["config"]["order"], manifest["train_tokens"])
 
 
 def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache_dir: Path,
-              address: str | None = None, echo: Callable[[str], None] = print) -> pd.DataFrame:
+              address: str | None = None, echo: Callable[[str], None] = print,
+              allow_ordered_data: bool = False) -> pd.DataFrame:
     """Prepare the study's corpus once, run every unfinished trial on Ray Tune, then write
-    the tables, the fits and the plots. Returns the trials table."""
+    the tables, the fits and the plots. Returns the trials table. A corpus in prevalence
+    order that the budgets read more than a little of is refused unless `allow_ordered_data`."""
     problem = cluster_problem(spec, cluster)
     if problem:
         raise CrammitError(f"this cluster cannot run the study as asked: {problem}")
@@ -59,6 +81,9 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
     results.save_spec(study_dir, spec)
     start_ray(address)
     data = _study_data(spec, study_dir, cache_dir)
+    ordered = plan_study(spec, study_dir, cluster).ordered_data
+    if ordered and not allow_ordered_data:
+        raise CrammitError(f"{ordered}, or pass --allow-ordered-data to run it as it is")
     configs = {trial.name: trial_config(spec, trial, study_dir, data) for trial in spec.trials()}
     for name, config in configs.items():
         _check_compatible(config, name)
@@ -135,7 +160,8 @@ def _study_data(spec: StudySpec, study_dir: Path, cache_dir: Path) -> Path:
 
     data = study_dir / results.DATA_DIR
     prepare_corpus(PrepareConfig(corpus=spec.data.corpus, vocab_size=spec.data.vocab_size,
-                                 seq_len=spec.data.seq_len), data, cache_dir)
+                                 seq_len=spec.data.seq_len, order=SequenceOrder(spec.data.order),
+                                 seed=spec.data.seed), data, cache_dir)
     return data
 
 

@@ -13,9 +13,9 @@ NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "scaling_laws.ipynb"
 def test_scaling_laws_notebook_executes():
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     # What is tested is that every cell runs and shows its result; the intervals' precision
-    # (the committed outputs use 150 resamples) is the fit tests' concern.
+    # (the committed outputs use 300 resamples) is the fit tests' concern.
     for cell in notebook.cells:
-        cell.source = cell.source.replace("resamples=150", "resamples=20")
+        cell.source = cell.source.replace("resamples=300", "resamples=60")
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]

@@ -10,7 +10,12 @@ import pandas as pd
 import pytest
 import ray
 
+from crammit.cluster import cluster_resources
+from crammit.data.layout import read_manifest
+from crammit.errors import CrammitError
 from crammit.study import results
+from crammit.study.spec import Setting, StudyData, StudySpec, StudyUnit
+from crammit.study.sweep import _study_data, plan_study, run_study
 from crammit.train import rundir
 from crammit.train.checkpoint import latest_tag
 from tests.helpers import write_glue_dir
@@ -68,7 +73,9 @@ def interrupted_trial(out: Path) -> Path | None:
 def test_a_killed_study_resumes_and_completes_without_losing_or_repeating_trials_then_glue(
         tmp_path, toy_data, ray_session):
     out, address = tmp_path / "study", ray.get_runtime_context().gcs_address
-    arguments = [str(study_file(tmp_path)), "--out", str(out), "--data", str(toy_data), "--address", address]
+    # toy_data is in prevalence order, which a study refuses unless told (tested below).
+    arguments = [str(study_file(tmp_path)), "--out", str(out), "--data", str(toy_data), "--address", address,
+                 "--allow-ordered-data"]
 
     first = study(*arguments)
     deadline, victim = time.monotonic() + 240, None
@@ -88,6 +95,8 @@ def test_a_killed_study_resumes_and_completes_without_losing_or_repeating_trials
     assert sorted(trials["trial"]) == sorted(set(trials["trial"])) and len(trials) == 3
     done = trials[trials["setting"] == "tiny"]
     assert (done["status"] == "ok").all() and (done["eval_loss"] < done["initial_eval_loss"]).all()
+    assert (done["unique_tokens"] == read_manifest(toy_data)["train_tokens"]).all()
+    assert done["epochs"].tolist() == pytest.approx((done["tokens"] / done["unique_tokens"]).tolist())
     broken = trials[trials["setting"] == "broken"].iloc[0]
     assert broken["status"] == "failed" and "fewer than one micro-batch" in broken["error"]
 
@@ -107,3 +116,33 @@ def test_a_killed_study_resumes_and_completes_without_losing_or_repeating_trials
     assert done["glue_rte_accuracy"].between(0, 100).all()
     assert (done["glue_average"] == done["glue_rte_accuracy"]).all() and pd.isna(broken["glue_average"])
     assert (out / results.PLOTS_DIR / "glue_vs_compute.png").is_file()
+
+
+def token_study(data: str = "", corpus: str = "embedded") -> StudySpec:
+    return StudySpec("ordered", (Setting("tiny", ("tiny",), (2e4, 4e5), gpus=0),), unit=StudyUnit.TOKENS,
+                     data=StudyData(corpus=corpus, data=data, vocab_size=512))
+
+
+def test_a_prevalence_ordered_corpus_is_refused_where_budgets_read_much_of_it(tmp_path, toy_data, cache_dir):
+    spec = token_study(data=str(toy_data))
+    cluster = cluster_resources(ray.get_runtime_context().gcs_address)
+    plan = plan_study(spec, tmp_path / "study", cluster)
+    share = 4e5 / read_manifest(toy_data)["train_tokens"]
+    assert share > 0.1 and plan.ordered_data.startswith(f"the corpus is in prevalence order and the budgets "
+                                                        f"reach {min(share, 1):.0%} of it")
+    assert "refused unless --allow-ordered-data" in plan.render()
+    with pytest.raises(CrammitError, match="pass --allow-ordered-data to run it as it is"):
+        run_study(spec, tmp_path / "study", cluster, cache_dir)
+    assert not (tmp_path / "study" / results.TRIALS_DIR).exists()  # refused before any trial
+
+
+@pytest.mark.slow
+def test_a_study_shuffles_the_corpus_it_prepares(tmp_path, corpus_file, cache_dir, ray_session):
+    spec = token_study(corpus=str(corpus_file))
+    assert spec.data.order == "shuffle"
+    data = _study_data(spec, tmp_path, cache_dir)
+    manifest = read_manifest(data)
+    assert manifest["config"]["order"] == "shuffle" and manifest["config"]["seed"] == 0
+    plan = plan_study(spec, tmp_path, cluster_resources(ray.get_runtime_context().gcs_address))
+    assert plan.ordered_data == "" and f"{manifest['train_tokens']:,} unique training tokens, shuffle order" \
+        in plan.corpus
