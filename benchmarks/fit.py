@@ -92,7 +92,8 @@ def main() -> None:
     theirs_s = sum(seconds for _, seconds in runs) * 4500 / starts  # the whole grid's time
 
     print(f"\nL(N, D) on {len(loss)} synthetic points, {NOISE:.0%} noise; {args.resamples} bootstrap "
-          f"resamples ({ours.failed_resamples} failed); converged {ours.converged}")
+          f"resamples ({ours.failed_resamples} failed, {ours.degenerate_resamples} degenerate); identified: "
+          f"{', '.join(name for name in ours.names if ours.identified(name).identified) or 'none'}")
     if starts < 4500:
         print(f"published fit timed on {starts} of its 4,500 starts and scaled to all of them")
     print(f"{'procedure':<46}{'fits':>6}{'wall s':>9}{'CPU s':>9}{'wall s/fit':>12}{'ratio':>9}"

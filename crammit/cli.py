@@ -283,6 +283,7 @@ def study_scaling(
     = None,
     micro_batch: MicroBatchOption = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (the recipe's).")] = None,
+    seeds: Annotated[int, typer.Option(help="Trials of each size and budget, each with its own seed.")] = 1,
     corpus: Annotated[str, typer.Option(help="Prepared once for every trial: any `data prepare --corpus`.")]
     = "embedded",
     data: PreparedDataOption = None,
@@ -311,7 +312,7 @@ def study_scaling(
         name = arch if arch == recipe else f"{arch}_arch_{recipe}_recipe"
         setting = Setting(name=name, sizes=tuple(s.strip() for s in sizes.split(",") if s.strip()),
                           budgets=parse_budgets(budgets), gpus=gpus_per_trial, workers=workers, arch=arch,
-                          recipe=recipe, overrides=overrides)
+                          recipe=recipe, overrides=overrides, seeds=seeds)
         spec = StudySpec(name="scaling", settings=(setting,), unit=StudyUnit(unit),
                          data=StudyData(corpus=corpus, order=order))
         _run_study(_with_flags(spec, data, glue, glue_dir, glue_seeds), out, address, dry_run, cache_dir,

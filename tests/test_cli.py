@@ -144,6 +144,7 @@ def test_study_scaling_dry_run_prints_the_plan_without_training(tmp_path):
     (["--budgets", "6", "--unit", "days"], "unknown --unit 'days'"),
     (["--budgets", "6", "--sizes", "tiny", "--gpus-per-trial", "4"], "need 4 GPU(s) each"),
     (["--budgets", "6", "--order", "sorted"], "unknown corpus order 'sorted' (--order"),
+    (["--budgets", "6", "--seeds", "0"], "seeds must be whole numbers of at least 1 (--seeds)"),
 ])
 def test_study_scaling_bad_input(args, fragment, tmp_path):
     result = CliRunner().invoke(app, ["study", "scaling", *args, "--out", str(tmp_path / "s")])

@@ -103,6 +103,7 @@ def fit_study(table: pd.DataFrame, options: FitOptions | None = None) -> dict[st
         "dropped_rows": list(cleaned.dropped),
         "unfinished_runs": cleaned.unfinished,
         "unique_tokens": _unique_tokens(rows),
+        "seed_scatter": _seed_scatter(rows),
         "compute": compute,
         "params_tokens": params_tokens,
         "comparisons": comparisons,
@@ -110,14 +111,14 @@ def fit_study(table: pd.DataFrame, options: FitOptions | None = None) -> dict[st
 
 
 def _no_law(rows: pd.DataFrame, compute: dict, params_tokens: dict) -> None:
-    reasons = [f"L(C) of {setting}: {section['skipped']}" for setting, section in compute.items()] + [
-        f"L(N, D) of {name}: {section['skipped']}" for name, section in params_tokens.items()]
-    falls = [section["skipped"] for section in [*compute.values(), *params_tokens.values()]
-             if section["skipped"].startswith(NO_LAW)]
-    if falls:
-        raise CrammitError(falls[0] + (f" (and {len(reasons) - 1} more: {'; '.join(reasons[1:])})"
-                                       if len(reasons) > 1 else ""))
-    raise CrammitError(f"no scaling law can be fitted to {len(rows)} usable runs ({'; '.join(reasons)})")
+    """Why no law could be fitted, as one error: a loss that does not fall leads ("no law: ...")."""
+    reasons = {**{f"L(C) of {setting}": section["skipped"] for setting, section in compute.items()},
+               **{f"L(N, D) of {name}": section["skipped"] for name, section in params_tokens.items()}}
+    lead = next((reason for reason in reasons.values() if reason.startswith(NO_LAW)), None)
+    others = [f"{law}: {reason}" for law, reason in reasons.items() if reason != lead]
+    if lead:
+        raise CrammitError(lead + (f" ({'; '.join(others)})" if others else ""))
+    raise CrammitError(f"no scaling law can be fitted to {len(rows)} usable runs ({'; '.join(others)})")
 
 
 def write_fit(path: Path, fit: dict[str, Any]) -> None:
@@ -178,13 +179,52 @@ def _unique_tokens(rows: pd.DataFrame) -> float | None:
     return float(values.median()) if len(values) else None
 
 
+def _configurations(rows: pd.DataFrame) -> pd.Series:
+    """Each row's configuration: its setting, size and budget (or tokens, in a table without
+    budgets); the seeds of one configuration share it."""
+    key = ["setting", "params", "budget"] if "budget" in rows and rows["budget"].notna().all() else \
+        ["setting", "params", "tokens"]
+    return rows[key].astype(str).agg("|".join, axis=1)
+
+
+def _seed_scatter(rows: pd.DataFrame) -> dict[str, Any] | None:
+    """The seed-to-seed standard deviation of final loss per repeated configuration and
+    pooled over them (in nats, and of log loss: relative); None without repeats."""
+    configurations = _configurations(rows)
+    repeated = rows[configurations.map(configurations.value_counts()) > 1]
+    if repeated.empty:
+        return None
+    groups = repeated.groupby(_configurations(repeated), sort=False)
+    dof = int((groups.size() - 1).sum())
+    pooled = float(np.sqrt((repeated["loss"] - groups["loss"].transform("mean")).pow(2).sum() / dof))
+    log_loss = np.log(repeated["loss"])
+    relative = float(np.sqrt((log_loss - log_loss.groupby(_configurations(repeated)).transform("mean"))
+                             .pow(2).sum() / dof))
+    return {
+        "overall": {"sd": pooled, "relative_sd": relative, "dof": dof},
+        "configurations": [
+            {"setting": str(group["setting"].iloc[0]), "size": _label(group.iloc[0].to_dict(), "size"),
+             "params": float(group["params"].iloc[0]), "flops": float(group["flops"].median()),
+             "seeds": len(group), "mean": float(group["loss"].mean()), "sd": float(group["loss"].std(ddof=1))}
+            for _, group in groups],
+    }
+
+
+def _frontier(rows: pd.DataFrame) -> np.ndarray:
+    """Rows of the configurations on the compute frontier, judged by each configuration's
+    mean loss, so that the luckiest seed does not make the frontier."""
+    configurations = _configurations(rows)
+    means = rows.groupby(configurations).agg(flops=("flops", "median"), loss=("loss", "mean"))
+    on = dict(zip(means.index, compute_frontier(means["flops"], means["loss"]), strict=True))
+    return configurations.map(on).to_numpy(bool)
+
+
 def _noise(rows: pd.DataFrame, fit: LawFit) -> Noise | None:
-    """A run's scatter of log loss about the law: pooled over repeated trials (the same size
-    and budget) where the study has them, else the residuals' (inflated for the fitted
-    parameters); None when neither leaves a degree of freedom."""
-    key = ["params", "budget"] if "budget" in rows and rows["budget"].notna().all() else ["params", "tokens"]
+    """A run's scatter of log loss about the law: pooled over repeated trials (the seeds of
+    one configuration) where the study has them, else the residuals' (inflated for the
+    fitted parameters); None when neither leaves a degree of freedom."""
     log_loss = np.log(rows["loss"])
-    groups = log_loss.groupby([rows[column] for column in key])
+    groups = log_loss.groupby(_configurations(rows))
     dof = int((groups.size() - 1).clip(lower=0).sum())
     if dof >= 1:
         squares = float((log_loss - groups.transform("mean")).pow(2).sum())
@@ -330,18 +370,20 @@ def _budget_steps(rows: pd.DataFrame) -> list[tuple[str, pd.Series, pd.Series]]:
 # --- L(C) -------------------------------------------------------------------------------------------
 
 def _frontier_fit(rows: pd.DataFrame, options: FitOptions) -> LawFit:
-    frontier = compute_frontier(rows["flops"], rows["loss"])
-    return fit_compute_law(rows["flops"][frontier], rows["loss"][frontier], options)
+    frontier = rows[_frontier(rows)]
+    return fit_compute_law(frontier["flops"], frontier["loss"], options, _configurations(frontier))
 
 
 def _lowest_of_budget(rows: pd.DataFrame) -> pd.DataFrame:
-    """What L(C) predicts at a held-out budget: the lowest loss any run reached with it."""
-    return rows.loc[[rows["loss"].idxmin()]]
+    """What L(C) predicts at a held-out budget: the lowest loss reached with it, by the
+    configuration whose seeds reach the lowest mean (all its seeds are scored)."""
+    configurations = _configurations(rows)
+    return rows[configurations == rows["loss"].groupby(configurations).mean().idxmin()]
 
 
 def _compute_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dict[str, Any], _Fitted | None]:
     """L(C) on one setting's compute frontier, with its band, named budgets and rollout."""
-    frontier = compute_frontier(rows["flops"], rows["loss"])
+    frontier = _frontier(rows)
 
     def points(predicted: Any) -> list[dict[str, Any]]:
         return [{"trial": _label(row, "trial"), "size": _label(row, "size"), "flops": float(row["flops"]),
@@ -385,7 +427,7 @@ def _noise_json(rows: pd.DataFrame, fit: LawFit) -> dict[str, Any] | None:
 # --- L(N, D) ----------------------------------------------------------------------------------------
 
 def _params_tokens_fit(rows: pd.DataFrame, options: FitOptions) -> LawFit:
-    return fit_params_tokens_law(rows["params"], rows["tokens"], rows["loss"], options)
+    return fit_params_tokens_law(rows["params"], rows["tokens"], rows["loss"], options, _configurations(rows))
 
 
 def _allocation_problem(fit: LawFit) -> str | None:

@@ -356,10 +356,12 @@ def _bound_names(name: str) -> tuple[str, str]:
 
 
 def _fit_law(names: tuple[str, ...], inputs: np.ndarray, loss: np.ndarray, grid: np.ndarray,
-             options: FitOptions) -> LawFit:
+             options: FitOptions, configurations: np.ndarray | None) -> LawFit:
     """Fit log L = LSE(e, a_j - p_j·log x_j) to the rows of inputs (n, k) from the best points of
     the grid (rows e, a_j, p_j in the inputs' units), then refit each bootstrap resample that
-    has more distinct rows than the law has parameters."""
+    has more distinct rows than the law has parameters. A resample draws whole
+    configurations (each row's label in `configurations`; default: each row its own), so
+    the scatter between seeds of one configuration enters the intervals."""
     log_x = np.log(inputs)
     centre = log_x.mean(axis=0)
     x = np.vstack([np.zeros(len(loss)), (log_x - centre).T])  # centred logs condition the problem
@@ -376,7 +378,10 @@ def _fit_law(names: tuple[str, ...], inputs: np.ndarray, loss: np.ndarray, grid:
     gradient_norm = float(np.linalg.norm(_objective(theta, x, log_loss, ones, delta)[1]))
 
     # A resample is the rows counted with multinomial weights; its grid losses are one product.
-    counts = np.random.default_rng(options.seed).multinomial(n, np.full(n, 1 / n), size=options.resamples)
+    members = np.unique(np.arange(n) if configurations is None else configurations, return_inverse=True)[1]
+    drawn = np.random.default_rng(options.seed).multinomial(
+        members.max() + 1, np.full(members.max() + 1, 1 / (members.max() + 1)), size=options.resamples)
+    counts = drawn[:, members]  # each row counted as often as its configuration was drawn
     distinct = np.array([len(np.unique(inputs[row > 0], axis=0)) for row in counts])
     counts = counts[distinct > len(names)]  # as many rows as parameters: interpolated, no residual left
     ranked = np.argsort(grid_huber @ counts.T, axis=0)[:RETRY_STARTS].T  # (resamples, starts)
@@ -413,8 +418,10 @@ def _as_columns(*columns: Any) -> list[np.ndarray]:
     return [np.asarray(column, float).ravel() for column in columns]
 
 
-def fit_compute_law(flops: Any, loss: Any, options: FitOptions = FitOptions()) -> LawFit:
-    """L(C) = E + A·C^-alpha through (flops, loss) points, usually a compute frontier."""
+def fit_compute_law(flops: Any, loss: Any, options: FitOptions = FitOptions(),
+                    configurations: Any = None) -> LawFit:
+    """L(C) = E + A·C^-alpha through (flops, loss) points, usually a compute frontier;
+    `configurations` labels repeated runs of one configuration (seeds), resampled together."""
     flops, loss = _as_columns(flops, loss)
     if len(np.unique(flops)) < MIN_COMPUTE_POINTS:
         raise CrammitError(f"{len(np.unique(flops))} distinct compute values; L(C) needs at least "
@@ -425,11 +432,13 @@ def fit_compute_law(flops: Any, loss: Any, options: FitOptions = FitOptions()) -
                      for share, reducible, alpha in itertools.product(
                          (0.1, 0.3, 0.5, 0.7, 0.9), (0.03, 0.1, 0.3, 1.0, 3.0),
                          (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0))])
-    return _fit_law(("E", "A", "alpha"), flops[:, None], loss, grid, options)
+    return _fit_law(("E", "A", "alpha"), flops[:, None], loss, grid, options, _labels(configurations))
 
 
-def fit_params_tokens_law(params: Any, tokens: Any, loss: Any, options: FitOptions = FitOptions()) -> LawFit:
-    """L(N, D) = E + A/N^alpha + B/D^beta through (params, tokens, loss) points (Chinchilla approach 3)."""
+def fit_params_tokens_law(params: Any, tokens: Any, loss: Any, options: FitOptions = FitOptions(),
+                          configurations: Any = None) -> LawFit:
+    """L(N, D) = E + A/N^alpha + B/D^beta through (params, tokens, loss) points (Chinchilla
+    approach 3); `configurations` as for `fit_compute_law`."""
     params, tokens, loss = _as_columns(params, tokens, loss)
     distinct = len(np.unique(params)), len(np.unique(tokens))
     if len(loss) < MIN_PARAMS_TOKENS_POINTS or min(distinct) < 2:
@@ -439,4 +448,9 @@ def fit_params_tokens_law(params: Any, tokens: Any, loss: Any, options: FitOptio
     exponents, logs = np.arange(0, 2.01, 0.5), np.arange(0, 26, 5.0)
     grid = np.array([(e, a, b, alpha, beta) for e, a, b, alpha, beta in itertools.product(
         np.arange(-1, 1.01, 0.5), logs, logs, exponents, exponents)])
-    return _fit_law(("E", "A", "B", "alpha", "beta"), np.column_stack([params, tokens]), loss, grid, options)
+    return _fit_law(("E", "A", "B", "alpha", "beta"), np.column_stack([params, tokens]), loss, grid, options,
+                    _labels(configurations))
+
+
+def _labels(configurations: Any) -> np.ndarray | None:
+    return None if configurations is None else np.asarray(configurations).ravel()

@@ -211,7 +211,7 @@ def iso_budget(trials: pd.DataFrame) -> Figure:
     groups = finished.groupby(["setting", "budget_unit", "budget"]).filter(lambda g: g["size"].nunique() >= 3)
     if groups.empty:
         raise NothingToDraw("no (setting, budget) has finished trials of three or more sizes")
-    # Repeated (size, budget) trials average to one point, so the line and the star agree.
+    # Repeated (size, budget) trials (seeds) average to one point, so the line and the star agree.
     means = (groups.groupby(["setting", "budget_unit", "budget", "size"], as_index=False)
              .agg(params=("params", "median"), eval_loss=("eval_loss", "mean")))
     means["label"], order = _budget_labels(means)
@@ -224,6 +224,10 @@ def iso_budget(trials: pd.DataFrame) -> Figure:
         sns.lineplot(data=panel.sort_values("params"), x="params", y="eval_loss", hue="label",
                      hue_order=budgets, palette=palette, marker="o", markersize=7, estimator=None,
                      sort=False, ax=ax)
+        seeds = groups[(groups["setting"] == setting) & (groups["budget_unit"] == unit)]
+        if seeds.duplicated(["budget", "size"]).any():  # repeated trials: each seed beside the mean
+            ax.scatter(seeds["params"], seeds["eval_loss"], s=16, alpha=0.6, zorder=2, label="each seed",
+                       color=(_budget_labels(seeds)[0]).map(palette).tolist())
         best = panel.loc[panel.groupby("label")["eval_loss"].idxmin()]
         ax.scatter(best["params"], best["eval_loss"], marker="*", s=260,
                    color=best["label"].map(palette).tolist(), edgecolors="black", linewidths=0.8, zorder=4)

@@ -97,6 +97,8 @@ def summarize(fitted: dict) -> str:
         lines.append(f"dropped {len(dropped)} row{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}")
     if fitted.get("unfinished_runs"):
         lines.append(f"left out {fitted['unfinished_runs']} unfinished run(s)")
+    if fitted.get("seed_scatter"):
+        lines.append(_seed_line(fitted["seed_scatter"]))
     for setting, law in fitted["compute"].items():
         if "skipped" in law:
             lines.append(f"L(C), {setting}: not fitted ({law['skipped']})")
@@ -124,6 +126,16 @@ def summarize(fitted: dict) -> str:
                 if law["allocation_identified"] else "allocation not identified") + _extrapolated(p))
     lines += [_comparison(entry, level) for entry in fitted.get("comparisons", [])]
     return "\n".join(lines)
+
+
+def _seed_line(scatter: dict) -> str:
+    overall, configurations = scatter["overall"], scatter["configurations"]
+    sds = [configuration["sd"] for configuration in configurations]
+    seeds = sorted({configuration["seeds"] for configuration in configurations})
+    return (f"seeds: {len(configurations)} configurations run {'/'.join(map(str, seeds))} times; "
+            f"seed-to-seed sd of final loss {overall['sd']:.3g} nats ({overall['relative_sd']:.2%}) "
+            f"pooled over {overall['dof']} degrees of freedom, {min(sds):.3g}–{max(sds):.3g} per "
+            "configuration")
 
 
 def _law_lines(law: dict) -> list[str]:

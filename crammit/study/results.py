@@ -70,7 +70,7 @@ def _trial_row(spec: StudySpec, trial: Trial, study_dir: Path) -> dict:
            "arch": trial.setting.arch, "recipe": trial.setting.recipe_label(), "gpus": trial.setting.gpus,
            "workers": trial.setting.workers_per_trial,
            "device": (Device.CUDA if trial.setting.gpus else Device.CPU).value,
-           "budget": float(trial.budget), "budget_unit": trial.unit.value, "params": None,
+           "budget": float(trial.budget), "budget_unit": trial.unit.value, "seed": trial.seed, "params": None,
            "non_embedding_params": None, "tokens": None, "flops": None, "elapsed_s": None,
            "gpu_hours": None, "device_hours": None, "eval_loss": None, "initial_eval_loss": None,
            "unique_tokens": None, "epochs": None, "status": status.value, "error": None,

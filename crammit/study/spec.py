@@ -58,9 +58,20 @@ class Setting:
     arch: str = Arch.CRAMMED.value  # the block design: crammed or bert (the original)
     recipe: str = "crammed"  # a name in config.RECIPES: crammed or bert
     overrides: dict[str, Any] = field(default_factory=dict)  # RecipeConfig fields
+    # Trials of each size and budget, each with its own seed: one number, or one per budget.
+    seeds: int | tuple[int, ...] = 1
 
     def __post_init__(self) -> None:
         where = f"setting {self.name!r}"
+        if isinstance(self.seeds, list):
+            object.__setattr__(self, "seeds", tuple(self.seeds))
+        counts = self.seeds if isinstance(self.seeds, tuple) else (self.seeds,)
+        if any(isinstance(count, bool) or not isinstance(count, int) or count < 1 for count in counts):
+            raise CrammitError(f"{where}: seeds must be whole numbers of at least 1 (--seeds), "
+                               f"got {self.seeds}")
+        if isinstance(self.seeds, tuple) and len(self.seeds) != len(self.budgets):
+            raise CrammitError(f"{where}: seeds lists one count per budget: {len(self.seeds)} counts for "
+                               f"{len(self.budgets)} budgets")
         if not self.name or not all(c.isalnum() or c in "_." for c in self.name):
             raise CrammitError(f"{where}: a setting name uses letters, digits, '_' and '.' only")
         if not self.sizes:
@@ -79,6 +90,10 @@ class Setting:
     @property
     def workers_per_trial(self) -> int:
         return self.gpus or self.workers
+
+    def seeds_at(self, budget: float) -> int:
+        """How many seeds the trials at `budget` run."""
+        return self.seeds[self.budgets.index(budget)] if isinstance(self.seeds, tuple) else self.seeds
 
     def recipe_config(self) -> RecipeConfig:
         try:
@@ -158,8 +173,9 @@ class StudySpec:
             raise CrammitError(f"checkpoint_minutes must be positive, got {self.checkpoint_minutes}")
 
     def trials(self) -> list[Trial]:
-        return [Trial(setting, size, budget, self.unit)
-                for setting in self.settings for size in setting.sizes for budget in setting.budgets]
+        return [Trial(setting, size, budget, self.unit, seed)
+                for setting in self.settings for size in setting.sizes for budget in setting.budgets
+                for seed in range(setting.seeds_at(budget))]
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML layout a study file uses (what `study.toml` holds)."""
@@ -173,6 +189,7 @@ class StudySpec:
             "settings": [
                 {"name": s.name, "arch": s.arch, "recipe": s.recipe, "sizes": list(s.sizes),
                  "budgets": list(s.budgets), "gpus": s.gpus, "workers": s.workers,
+                 "seeds": list(s.seeds) if isinstance(s.seeds, tuple) else s.seeds,
                  **({"overrides": s.overrides} if s.overrides else {})}
                 for s in self.settings
             ],
@@ -219,18 +236,21 @@ class TrialStatus(str, Enum):
 
 @dataclass(frozen=True)
 class Trial:
-    """One training run of a study: a setting's size at one budget."""
+    """One training run of a study: a setting's size at one budget, with one seed."""
 
     setting: Setting
     size: str
     budget: float
     unit: StudyUnit
+    seed: int = 0  # added to the recipe's seed
 
     @property
     def name(self) -> str:
-        """Deterministic, so a re-run of the study finds the trial's directory again."""
+        """Deterministic, so a re-run of the study finds the trial's directory again; the
+        first seed's name has no suffix, so a study given more seeds keeps its trials."""
         amount = f"{self.budget:g}".replace("e+0", "e").replace("e+", "e")
-        return f"{self.setting.name}-{self.size}-{amount}{self.unit.suffix}"
+        seed = f"-s{self.seed}" if self.seed else ""
+        return f"{self.setting.name}-{self.size}-{amount}{self.unit.suffix}{seed}"
 
 
 def read_study_file(path: Path) -> StudySpec:

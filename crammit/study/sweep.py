@@ -136,7 +136,7 @@ def trial_config(spec: StudySpec, trial: Trial, study_dir: Path, data: Path) -> 
     config = TrainConfig(
         run_dir=str(results.trial_dir(study_dir, trial).resolve()),
         model=trial_model(spec, trial.size, setting.arch),
-        recipe=setting.recipe_config(),
+        recipe=dataclasses.replace(setting.recipe_config(), seed=setting.recipe_config().seed + trial.seed),
         budget=trial.unit.budget(trial.budget),
         data=str(data.resolve()),
         size_name=trial.size,

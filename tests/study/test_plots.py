@@ -190,3 +190,12 @@ def test_device_hours_axis_names_the_device(study, devices, label):
     axes = plots.settings_comparison(trials).axes
     assert axes[0].get_xlabel() == "training FLOPs"
     assert axes[1].get_xlabel() == label
+
+
+def test_each_seed_is_drawn_beside_its_mean(study):
+    trials, _, _ = study
+    second = trials.assign(trial=trials["trial"] + "-s1", eval_loss=trials["eval_loss"] * 1.01)
+    seeds = pd.concat([trials, second])
+    ax = plots.iso_budget(seeds).axes[0]
+    assert "each seed" in ax.get_legend_handles_labels()[1]
+    assert "each seed" not in plots.iso_budget(trials).axes[0].get_legend_handles_labels()[1]

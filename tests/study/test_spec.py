@@ -92,6 +92,10 @@ budgets = [1]
     ('unit = "days"\n[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]', "unknown unit 'days'"),
     ('name = "x"', "has no settings"),
     ('[[settings]]\nname = "a-b"\nsizes = ["tiny"]\nbudgets = [1]', "letters, digits"),
+    ('[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]\nseeds = 0', "seeds must be whole numbers"),
+    ('[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1, 2]\nseeds = [3]', "one count per budget"),
+    ('[data]\norder = "sorted"\n[[settings]]\nname = "a"\nsizes = ["tiny"]\nbudgets = [1]',
+     "unknown corpus order 'sorted'"),
     ("this is not toml", "not valid TOML"),
 ])
 def test_study_file_mistakes_are_named(tmp_path, text, fragment):
@@ -107,3 +111,23 @@ def test_budgets_flag():
         with pytest.raises(CrammitError) as error:
             parse_budgets(text)
         assert fragment in str(error.value)
+
+
+def test_seeds_repeat_trials_with_deterministic_names(tmp_path):
+    spec = read_study_file(write(tmp_path, """
+[[settings]]
+name = "a"
+sizes = ["tiny"]
+budgets = [1, 2, 4]
+seeds = [3, 2, 1]
+[[settings]]
+name = "b"
+sizes = ["tiny"]
+budgets = [1]
+seeds = 2
+"""))
+    assert [(trial.name, trial.seed) for trial in spec.trials()] == [
+        ("a-tiny-1h", 0), ("a-tiny-1h-s1", 1), ("a-tiny-1h-s2", 2), ("a-tiny-2h", 0), ("a-tiny-2h-s1", 1),
+        ("a-tiny-4h", 0), ("b-tiny-1h", 0), ("b-tiny-1h-s1", 1)]
+    assert StudySpec.from_dict(spec.to_dict()) == spec
+    assert spec.data.order == "shuffle" and spec.to_dict()["data"]["order"] == "shuffle"
