@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 from crammit.errors import CrammitError
 from crammit.io import write_json
 from crammit.study.allocation import FlopsPerToken, allocate, compute_optimal
+from crammit.study.isoflop import allocation_exponents
 from crammit.study.laws import (
     FitOptions,
     Interval,
@@ -275,7 +276,8 @@ def _parameters(fit: LawFit) -> dict[str, dict[str, Any]]:
     for name in fit.names:
         verdict = fit.identified(name)
         out[name] = {**_json(fit.interval(name)), "identified": verdict.identified,
-                     **({"reason": verdict.reason} if not verdict.identified else {})}
+                     **({"reason": verdict.reason} if not verdict.identified else {}),
+                     **({"bound": verdict.bound} if verdict.bound else {})}
     return out
 
 
@@ -474,6 +476,11 @@ def _params_tokens_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dic
 
     predicted = fit.predict(rows["params"], rows["tokens"]).estimate
     optimal_loss = compute_optimal(fit, rows["flops"], per_token)["loss"].estimate
+    exponents = allocation_exponents(rows, _configurations(rows), per_token,
+                                     fit if not_allocated is None else None, compute_frontier,
+                                     options.resamples, options.confidence, options.seed)
+    if not_allocated:
+        exponents["parametric"] = {"skipped": f"the allocation is not identified: it {not_allocated}"}
     section = {
         "law": PARAMS_TOKENS_LAW,
         "settings": settings,
@@ -490,6 +497,7 @@ def _params_tokens_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dic
                    in zip(rows.to_dict("records"), predicted, optimal_loss, strict=True)],
         "largest_trial_flops": largest,
         "compute_optimal": allocations(_curve_flops(rows["flops"], budgets)),
+        "allocation_exponents": exponents,
         "predictions": [prediction(name, allocation) for name, allocation
                         in zip(budgets, allocations(list(budgets.values())), strict=True)],
         "rollout": rollout,

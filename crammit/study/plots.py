@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
@@ -48,6 +49,7 @@ def draw_all(trials: pd.DataFrame, curves: pd.DataFrame, fit: dict[str, Any], ou
     figures: dict[str, Callable[[], Figure]] = {
         "loss_vs_compute": lambda: loss_vs_compute(trials, fit),
         "compute_frontier": lambda: compute_frontier(trials, fit),
+        "allocation_approaches": lambda: allocation_approaches(fit),
         "settings_comparison": lambda: settings_comparison(trials),
         "iso_budget": lambda: iso_budget(trials),
         "training_curves": lambda: training_curves(trials, curves),
@@ -174,6 +176,59 @@ def compute_frontier(trials: pd.DataFrame, fit: dict[str, Any]) -> Figure:
                       title="(b) compute-optimal allocation, C = c(N)·D")
     _legend_outside(allocation_ax)
     fig.suptitle("\n".join(titles))
+    return fig
+
+
+@_styled
+def allocation_approaches(fit: dict[str, Any]) -> Figure:
+    """Chinchilla's three approaches to N_opt(C), per L(N, D): (a) the IsoFLOP profiles, each
+    budget's parabola of loss in log N and its minimum; (b) N_opt against C by the frontier
+    (approach 1), the profiles' minima (2) and the parametric law (3), each labelled with its
+    exponent a (n.i.: not identified)."""
+    laws = {name: law for name, law in _params_tokens_laws(fit).items() if "allocation_exponents" in law}
+    profiles = [(name, profile) for name, law in laws.items()
+                for profile in law["allocation_exponents"].get("isoflop_profiles", [])]
+    if not profiles:
+        raise NothingToDraw("no FLOP budget has an IsoFLOP profile of three sizes or more")
+    fig = Figure(figsize=(15, 5.2), layout="constrained")
+    profile_ax, optimum_ax = fig.subplots(1, 2)
+    budgets = sorted({profile["flops"] for _, profile in profiles})
+    palette = dict(zip(budgets, sns.color_palette("flare", len(budgets)), strict=True))
+    for name, law in laws.items():
+        exponents = law["allocation_exponents"]
+        for profile in exponents.get("isoflop_profiles", []):
+            color = palette[profile["flops"]]
+            sizes = pd.DataFrame(profile["sizes"])
+            log_n = np.linspace(np.log(sizes["params"].min()), np.log(sizes["params"].max()), 50)
+            profile_ax.plot(np.exp(log_n), np.polyval(profile["parabola"], log_n), color=color, lw=1.2)
+            profile_ax.scatter(sizes["params"], sizes["loss"], color=color, s=40, zorder=3,
+                               label=f"{_num(profile['flops'])} FLOPs")
+            minimum = np.polyval(profile["parabola"], np.log(profile["params"]))
+            profile_ax.scatter([profile["params"]], [minimum], marker="*" if profile["bracketed"] else "X",
+                               s=160, color=color, edgecolors="black", linewidths=0.6, zorder=4)
+        bracketed = [profile for profile in exponents.get("isoflop_profiles", []) if profile["bracketed"]]
+        for key, chosen, marker, label in [
+                ("frontier", exponents.get("frontier_points", []), "o", "(1) frontier"),
+                ("isoflop", bracketed, "*", "(2) IsoFLOP minima")]:
+            if "a" in exponents.get(key, {}) and chosen:
+                chosen = pd.DataFrame(chosen)
+                optimum_ax.scatter(chosen["flops"], chosen["params"], marker=marker, s=90, zorder=3,
+                                   label=f"{name}: {label}, a = {_exponent(exponents[key]['a'])}")
+        if "a" in exponents.get("parametric", {}):
+            curve = pd.json_normalize(law["compute_optimal"])
+            optimum_ax.plot(curve["flops"], curve["params.estimate"], color="0.2", lw=1.4,
+                            label=f"{name}: (3) L(N, D), a = {_exponent(exponents['parametric']['a'])}")
+    profile_ax.scatter([], [], marker="*", s=160, color="white", edgecolors="black",
+                       label="minimum (X: outside the sizes tried)")
+    profile_ax.set(xlabel="parameters", ylabel=LOSS_LABEL,
+                   title="(a) IsoFLOP profiles: mean loss against size at each FLOP budget")
+    _count_axis(profile_ax)
+    _legend_outside(profile_ax, title="budget")
+    _log_log(optimum_ax)
+    agreement = "; ".join(law["allocation_exponents"]["agreement"] for law in laws.values())
+    optimum_ax.set(xlabel=FLOPS_LABEL, ylabel="compute-optimal parameters N_opt",
+                   title=f"(b) N_opt ∝ C^a by three approaches: {agreement}")
+    _legend_outside(optimum_ax)
     return fig
 
 
@@ -436,6 +491,10 @@ def _interval(interval: dict[str, float]) -> str:
     return f"{_num(interval['estimate'])} [{_num(interval['low'])}, {_num(interval['high'])}]"
 
 
+def _exponent(value: dict[str, Any]) -> str:
+    return _interval(value) if value.get("identified", True) else "n.i."
+
+
 def _parameter(law: dict[str, Any], name: str) -> str:
     """A parameter as the figures show it: estimate [low, high], or "n.i." (not identified)."""
     value = law["parameters"][name]
@@ -524,9 +583,11 @@ def _size_names(ax: Axes, panel: pd.DataFrame) -> None:
 
 
 def _count_axis(ax: Axes) -> None:
-    """A log x axis of counts that reads 2M, 5M, 10M, 1.1B rather than 2×10⁶."""
+    """A log x axis of counts that reads 2M, 5M, 10M, 1.1B rather than 2×10⁶; ticks at 1, 2
+    and 5 of each decade over two decades or less, else at each decade, so labels do not meet."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    low, high = ax.dataLim.intervalx
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5) if high <= 100 * low else (1,)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _count(value)))
     ax.xaxis.set_minor_formatter(NullFormatter())
 

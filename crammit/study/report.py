@@ -108,7 +108,7 @@ def summarize(fitted: dict) -> str:
                      f"({level} intervals):")
         lines += _law_lines(law)
         lines += [f"  at {p['name']} ({p['flops']:.3g} FLOPs): loss {interval_text(p)}{_extrapolated(p)}"
-                  for p in law["predictions"]]
+                  f"{_unidentified(law)}" for p in law["predictions"]]
     unique = fitted.get("unique_tokens")
     for name, law in fitted["params_tokens"].items():
         if "skipped" in law:
@@ -119,11 +119,13 @@ def summarize(fitted: dict) -> str:
         lines += _law_lines(law)
         if not law["allocation_identified"]:
             lines.append(f"  compute-optimal allocation: not identified ({law['allocation_problem']})")
+        lines.append(f"  {_exponents_text(law['allocation_exponents'])}")
         for p in law["predictions"]:
             lines.append(f"  at {p['name']} ({p['flops']:.3g} FLOPs): " + (
                 f"loss {interval_text(p['loss'])} with {interval_text(p['params'])} parameters on "
                 f"{interval_text(p['tokens'])} tokens{_epochs(p, unique)}"
-                if law["allocation_identified"] else "allocation not identified") + _extrapolated(p))
+                if law["allocation_identified"] else "allocation not identified") + _extrapolated(p)
+                + _unidentified(law))
     lines += [_comparison(entry, level) for entry in fitted.get("comparisons", [])]
     return "\n".join(lines)
 
@@ -152,16 +154,27 @@ def _law_lines(law: dict) -> list[str]:
 
 def parameter_text(name: str, value: dict) -> str:
     """An identified parameter as `estimate [low, high]`; else `not identified (reason)`
-    and its one-sided bound, at the two significant digits a bound at a boundary supports."""
+    and, where it sits on a bound, its one-sided bound at the two significant digits a
+    bound at a boundary supports."""
     if value["identified"]:
         return interval_text(value)
     text = f"not identified ({value['reason']})"
-    if value["low"] is not None and value["high"] is not None:
-        if value["low"] == 0:
-            text += f"; {name} ≤ {_number(value['high'], 2)}"
-        else:
-            text += f"; {name} ≥ {_number(value['low'], 2)}"
+    if value.get("bound") == "lower" and value["high"] is not None:
+        text += f"; {name} ≤ {_number(value['high'], 2)}"
+    elif value.get("bound") == "upper" and value["low"] is not None:
+        text += f"; {name} ≥ {_number(value['low'], 2)}"
     return text
+
+
+def _exponents_text(exponents: dict) -> str:
+    """Approaches 1, 2 and 3 to N_opt ∝ C^a, D_opt ∝ C^b, side by side."""
+    names = {"frontier": "frontier (1)", "isoflop": "IsoFLOP (2)", "parametric": "L(N, D) (3)"}
+    parts = []
+    for key, name in names.items():
+        found = exponents[key]
+        parts.append(f"{name} not fitted ({found['skipped']})" if "skipped" in found else
+                     f"{name} a {parameter_text('a', found['a'])}, b {parameter_text('b', found['b'])}")
+    return f"N_opt ∝ C^a, D_opt ∝ C^b: {'; '.join(parts)}; {exponents['agreement']}"
 
 
 def _rollout_text(rollout: dict) -> str:
@@ -177,6 +190,12 @@ def _rollout_text(rollout: dict) -> str:
             f"{rollout['mean_abs_relative_error']:.1%}"
             + (f", median interval width {width:.0%} of the loss" if width is not None else "")
             + f"; {_checked(rollout['validated_factor'])}")
+
+
+def _unidentified(law: dict) -> str:
+    names = [name for name, value in law["parameters"].items() if not value["identified"]]
+    return f"; from a law whose {', '.join(names)} {'is' if len(names) == 1 else 'are'} not identified" \
+        if names else ""
 
 
 def _checked(factor: float) -> str:

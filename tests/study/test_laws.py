@@ -109,7 +109,7 @@ def test_e_on_its_bound_is_not_identified_and_its_one_sided_bound_holds_with_the
         assert interval.estimate == 0 and interval.low == 0
         printed.append(parameter_text("E", {**dict(zip(("estimate", "low", "high"), map(float, interval),
                                                        strict=True)), "identified": False,
-                                            "reason": verdict.reason}))
+                                            "reason": verdict.reason, "bound": verdict.bound}))
         assert fit.degenerate_resamples > 0  # resamples of <= 3 distinct runs are not refitted
     assert printed[0] == printed[1]
     assert printed[0].startswith("not identified (on its lower bound, E = 0); E ≤ ")
