@@ -36,6 +36,7 @@ from crammit.study.laws import (
     Interval,
     LawFit,
     Noise,
+    compute_frontier,
     fit_compute_law,
     fit_params_tokens_law,
     percentile_interval,
@@ -50,16 +51,6 @@ CURVE_POINTS = 60
 BUDGET_BINS = 5  # budget levels of a table without a budget column: quantiles of log FLOPs
 UNINFORMATIVE_WIDTH = 1.0  # an interval wider than this share of the loss says nothing
 NO_LAW = "no law"
-
-
-def compute_frontier(flops: Any, loss: Any) -> np.ndarray:
-    """Which points are on the compute frontier: no other point has no more compute and a
-    lower loss, or less compute and no higher loss (ties are all on it)."""
-    flops, loss = (np.asarray(column, float).ravel() for column in (flops, loss))
-    no_more = flops[None, :] <= flops[:, None]
-    less = flops[None, :] < flops[:, None]
-    beaten = (no_more & (loss[None, :] < loss[:, None])) | (less & (loss[None, :] <= loss[:, None]))
-    return ~beaten.any(axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -477,8 +468,7 @@ def _params_tokens_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dic
     predicted = fit.predict(rows["params"], rows["tokens"]).estimate
     optimal_loss = compute_optimal(fit, rows["flops"], per_token)["loss"].estimate
     exponents = allocation_exponents(rows, _configurations(rows), per_token,
-                                     fit if not_allocated is None else None, compute_frontier,
-                                     options.resamples, options.confidence, options.seed)
+                                     fit if not_allocated is None else None, options)
     if not_allocated:
         exponents["parametric"] = {"skipped": f"the allocation is not identified: it {not_allocated}"}
     section = {

@@ -14,14 +14,13 @@ overlap: where they do not, the approaches disagree, as Chinchilla reported they
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from crammit.study.allocation import FlopsPerToken, allocate
-from crammit.study.laws import Interval, LawFit, percentile_interval
+from crammit.study.laws import FitOptions, Interval, LawFit, compute_frontier, percentile_interval
 
 MIN_SIZES = 3  # a parabola through fewer sizes is no profile
 MIN_BUDGETS = 3  # an exponent from fewer points is no slope
@@ -46,11 +45,11 @@ def _slope(log_c: np.ndarray, log_x: np.ndarray) -> float:
     return float(np.polyfit(log_c, log_x, 1)[0]) if len(np.unique(log_c)) >= 2 else np.nan
 
 
-def _frontier_points(rows: pd.DataFrame, frontier: Callable[[Any, Any], np.ndarray]) -> pd.DataFrame:
+def _frontier_points(rows: pd.DataFrame) -> pd.DataFrame:
     """The configurations on the compute frontier (by their mean loss): FLOPs, N, D, loss."""
     means = rows.groupby("configuration").agg(flops=("flops", "median"), loss=("loss", "mean"),
                                                 params=("params", "first"), tokens=("tokens", "median"))
-    return means[frontier(means["flops"], means["loss"])].sort_values("flops")
+    return means[compute_frontier(means["flops"], means["loss"])].sort_values("flops")
 
 
 def _isoflop_budgets(rows: pd.DataFrame) -> pd.Series | None:
@@ -79,8 +78,7 @@ def _profiles(rows: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def allocation_exponents(rows: pd.DataFrame, configurations: pd.Series, per_token: FlopsPerToken,
-                         fit: LawFit | None, frontier: Callable[[Any, Any], np.ndarray],
-                         resamples: int, confidence: float, seed: int) -> dict[str, Any]:
+                         fit: LawFit | None, options: FitOptions) -> dict[str, Any]:
     """a and b of N_opt ∝ C^a, D_opt ∝ C^b by approaches 1, 2 and 3, each with an interval
     over bootstrap resamples of configurations, and whether the intervals of a overlap."""
     rows = rows.reset_index(drop=True).assign(configuration=configurations.to_numpy())
@@ -89,10 +87,10 @@ def allocation_exponents(rows: pd.DataFrame, configurations: pd.Series, per_toke
         rows = rows.assign(isoflop_budget=budgets.to_numpy())
     labels = np.unique(rows["configuration"].to_numpy(), return_inverse=True)[1]
     count = labels.max() + 1
-    draws = np.random.default_rng(seed).multinomial(count, np.full(count, 1 / count), size=resamples)
-
-    estimate = _exponents(rows, per_token, frontier)
-    samples = [_exponents(rows.iloc[np.repeat(np.arange(len(rows)), draw[labels])], per_token, frontier)
+    draws = np.random.default_rng(options.seed).multinomial(count, np.full(count, 1 / count),
+                                                            size=options.resamples)
+    estimate = _exponents(rows, per_token)
+    samples = [_exponents(rows.iloc[np.repeat(np.arange(len(rows)), draw[labels])], per_token)
                for draw in draws]
     out: dict[str, Any] = {}
     for approach in ("frontier", "isoflop"):
@@ -101,23 +99,22 @@ def allocation_exponents(rows: pd.DataFrame, configurations: pd.Series, per_toke
             continue
         values = np.array([sample.get(approach, (np.nan, np.nan)) for sample in samples])
         out[approach] = {name: _verdict(percentile_interval(estimate[approach][column], values[:, column],
-                                                            confidence))
+                                                            options.confidence))
                          for column, name in enumerate(("a", "b"))}
-    frontier_points = _frontier_points(rows, frontier)
+    frontier_points = _frontier_points(rows)
     out["frontier_points"] = frontier_points[["flops", "params", "tokens"]].to_dict("records")
     if budgets is not None:
         out["isoflop_profiles"] = _profiles(rows)
     if fit is not None:
-        out["parametric"] = _parametric(fit, rows, per_token, confidence)
+        out["parametric"] = _parametric(fit, rows, per_token, options.confidence)
     out["agreement"] = _agreement(out)
     return out
 
 
-def _exponents(rows: pd.DataFrame, per_token: FlopsPerToken,
-               frontier: Callable[[Any, Any], np.ndarray]) -> dict[str, tuple[float, float]]:
+def _exponents(rows: pd.DataFrame, per_token: FlopsPerToken) -> dict[str, tuple[float, float]]:
     """(a, b) by the frontier and by IsoFLOP profiles, where the rows allow them."""
     found = {}
-    points = _frontier_points(rows, frontier)
+    points = _frontier_points(rows)
     if points["params"].nunique() >= 2 and len(points) >= MIN_BUDGETS:
         log_c = np.log(points["flops"].to_numpy())
         found["frontier"] = (_slope(log_c, np.log(points["params"].to_numpy())),

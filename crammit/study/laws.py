@@ -414,6 +414,16 @@ def _fit_law(names: tuple[str, ...], inputs: np.ndarray, loss: np.ndarray, grid:
                   log_loss_spread=float(np.sum((log_loss - log_loss.mean()) ** 2)))
 
 
+def compute_frontier(flops: Any, loss: Any) -> np.ndarray:
+    """Which points are on the compute frontier: no other point has no more compute and a
+    lower loss, or less compute and no higher loss (ties are all on it)."""
+    flops, loss = (np.asarray(column, float).ravel() for column in (flops, loss))
+    no_more = flops[None, :] <= flops[:, None]
+    less = flops[None, :] < flops[:, None]
+    beaten = (no_more & (loss[None, :] < loss[:, None])) | (less & (loss[None, :] <= loss[:, None]))
+    return ~beaten.any(axis=1)
+
+
 def _as_columns(*columns: Any) -> list[np.ndarray]:
     return [np.asarray(column, float).ravel() for column in columns]
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from crammit.errors import CrammitError
-from crammit.study.fit import compute_frontier, fit_study, write_fit
-from crammit.study.laws import FitOptions
+from crammit.study.fit import fit_study, write_fit
+from crammit.study.laws import FitOptions, compute_frontier
 from crammit.study.report import summarize
 from crammit.study.table import study_rows
 from tests.study.test_laws import PARAMS_TOKENS, noisy, params_tokens_loss
@@ -73,7 +73,7 @@ def test_fit_study_follows_the_fit_json_layout(study_fit, tmp_path):
     assert set(fit["params_tokens"]) == {"baseline", "crammed"}
     parameter = {"estimate", "low", "high", "identified"}
     for section in [*fit["compute"].values(), *fit["params_tokens"].values()]:
-        assert all(set(value) - {"reason"} == parameter for value in section["parameters"].values())
+        assert all(set(value) - {"reason", "bound"} == parameter for value in section["parameters"].values())
         assert set(section["fit"]) == {"rmse_log", "r2_log", "points", "gradient_norm", "resamples"}
         assert set(section["fit"]["resamples"]) == {"asked", "used", "degenerate", "failed"}
         assert set(section["rollout"]) == {

@@ -8,7 +8,7 @@ import pytest
 
 from crammit.study import plots
 from crammit.study.allocation import FlopsPerToken
-from crammit.study.fit import compute_frontier, fit_study
+from crammit.study.fit import fit_study
 from crammit.study.isoflop import allocation_exponents, isoflop_minimum
 from crammit.study.laws import FitOptions
 from tests.study.test_laws import PARAMS_TOKENS, params_tokens_loss
@@ -51,7 +51,8 @@ def test_approach_2_recovers_the_allocation_exponent():
         table = isoflop_grid(seed)
         per_token = FlopsPerToken.from_trials(table["params"], table["tokens"], table["flops"])
         configurations = table["params"].astype(str)
-        found = allocation_exponents(table, configurations, per_token, None, compute_frontier, 1, 0.95, seed)
+        options = FitOptions(resamples=1, seed=seed)
+        found = allocation_exponents(table, configurations, per_token, None, options)
         estimates.append(found["isoflop"]["a"]["estimate"])
     within = np.abs(np.array(estimates) / TRUE_A - 1) < 0.05
     assert within.mean() >= 0.9, estimates

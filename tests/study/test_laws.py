@@ -10,8 +10,14 @@ import pandas as pd
 import pytest
 
 from crammit.errors import CrammitError
-from crammit.study.fit import compute_frontier
-from crammit.study.laws import EXPONENT_MAX, FitOptions, Noise, fit_compute_law, fit_params_tokens_law
+from crammit.study.laws import (
+    EXPONENT_MAX,
+    FitOptions,
+    Noise,
+    compute_frontier,
+    fit_compute_law,
+    fit_params_tokens_law,
+)
 from crammit.study.report import parameter_text
 
 PARAMS_TOKENS = {"E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
