@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -251,21 +252,53 @@ def _with_flags(spec, data: Path | None, glue: str | None, glue_dir: Path | None
 
 
 def _run_study(spec, out: Path | None, address: str | None, dry_run: bool, cache_dir: Path | None,
-               allow_ordered_data: bool) -> None:
-    """Print the plan; unless `dry_run`, run the study and print its fitted laws."""
+               allow_ordered_data: bool, design: DesignOptions) -> None:
+    """Print the plan and its expected precision (and a better design, asked for or where the
+    design leaves a parameter unidentified); unless `dry_run`, run the study and print its
+    fitted laws."""
     import time
 
     from crammit.cluster import cluster_resources
-    from crammit.study.sweep import plan_study, run_study
+    from crammit.study.precision import reference_law
+    from crammit.study.spec import write_study_file
+    from crammit.study.sweep import plan_study, run_study, study_precision
 
     out = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}"
+    law = reference_law(design.reference_law)
     cluster = cluster_resources(address or os.environ.get("RAY_ADDRESS"))
-    typer.echo(plan_study(spec, out, cluster).render())
+    plan = plan_study(spec, out, cluster)
+    typer.echo(plan.render())
+    if plan.problem and not dry_run:  # before the precision's simulations: nothing will run
+        raise CrammitError(f"this cluster cannot run the study as asked: {plan.problem}")
+    suggest = design.suggest or design.write is not None
+    lines, suggestion = study_precision(spec, out, cluster, plan, law, suggest=suggest)
+    typer.echo("\n".join(lines))
+    if design.write and suggestion is not None:
+        write_study_file(design.write, suggestion.spec)
+        typer.echo(f"wrote the suggested design to {design.write}")
     if dry_run:
         return
     run_study(spec, out, cluster, cache_dir or default_cache_dir(), address, echo=typer.echo,
               allow_ordered_data=allow_ordered_data)
     typer.echo(f"study directory: {out}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DesignOptions:
+    """How a study's plan judges its design: the reference law, and whether to propose a better one."""
+
+    reference_law: str | None = None
+    suggest: bool = False
+    write: Path | None = None
+
+
+ReferenceLawOption = Annotated[str | None, typer.Option(
+    help="The law the plan's precision is simulated from: E,A,B,alpha,beta or a fit.json (default: "
+         "Chinchilla's published law).")]
+SuggestOption = Annotated[bool, typer.Option(
+    help="Propose extra trials that narrow the law most per unit of compute.")]
+WriteOption = Annotated[Path | None, typer.Option(help="Write the suggested design as a study file (implies "
+                                                       "--suggest).")]
 
 
 @study_app.command("scaling")
@@ -293,6 +326,9 @@ def study_scaling(
     address: AddressOption = None,
     dry_run: DryRunOption = False,
     allow_ordered_data: AllowOrderedDataOption = False,
+    reference_law: ReferenceLawOption = None,
+    suggest: SuggestOption = False,
+    write: WriteOption = None,
     cache_dir: CacheDirOption = None,
     glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP)] = None,
     glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
@@ -316,7 +352,7 @@ def study_scaling(
         spec = StudySpec(name="scaling", settings=(setting,), unit=StudyUnit(unit),
                          data=StudyData(corpus=corpus, order=order))
         _run_study(_with_flags(spec, data, glue, glue_dir, glue_seeds), out, address, dry_run, cache_dir,
-                   allow_ordered_data)
+                   allow_ordered_data, DesignOptions(reference_law, suggest, write))
     except CrammitError as error:
         raise _fail(error) from None
 
@@ -330,6 +366,9 @@ def study_run(
     address: AddressOption = None,
     dry_run: DryRunOption = False,
     allow_ordered_data: AllowOrderedDataOption = False,
+    reference_law: ReferenceLawOption = None,
+    suggest: SuggestOption = False,
+    write: WriteOption = None,
     cache_dir: CacheDirOption = None,
     glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP + " Replaces the file's \\[glue] tasks.")]
     = None,
@@ -341,7 +380,8 @@ def study_run(
 
     try:
         spec = _with_flags(read_study_file(study_file), data, glue, glue_dir, glue_seeds)
-        _run_study(spec, out, address, dry_run, cache_dir, allow_ordered_data)
+        _run_study(spec, out, address, dry_run, cache_dir, allow_ordered_data,
+                   DesignOptions(reference_law, suggest, write))
     except CrammitError as error:
         raise _fail(error) from None
 

@@ -131,7 +131,9 @@ def test_data_inspect_of_a_directory_that_is_not_prepared(tmp_path):
 def test_study_scaling_dry_run_prints_the_plan_without_training(tmp_path):
     result = crammit("study", "scaling", "--budgets", "6,12,24", "--dry-run", "--out", str(tmp_path / "s"))
     assert result.returncode == 0, result.stderr
-    for fragment in ("9 trials", "crammed-small-6h", "crammed-crammed-24h", "126.00 GPU-hours"):
+    for fragment in ("9 trials", "crammed-small-6h", "crammed-crammed-24h", "126.00 GPU-hours",
+                     "expected precision (5 simulated studies", "this design will likely not identify: ",
+                     "suggestion: "):
         assert fragment in result.stdout
     assert "cannot run this study as asked" in result.stdout  # this machine has no GPU
     assert not (tmp_path / "s").exists()
@@ -145,6 +147,7 @@ def test_study_scaling_dry_run_prints_the_plan_without_training(tmp_path):
     (["--budgets", "6", "--sizes", "tiny", "--gpus-per-trial", "4"], "need 4 GPU(s) each"),
     (["--budgets", "6", "--order", "sorted"], "unknown corpus order 'sorted' (--order"),
     (["--budgets", "6", "--seeds", "0"], "seeds must be whole numbers of at least 1 (--seeds)"),
+    (["--budgets", "6", "--reference-law", "1.7,400"], "--reference-law: expected E,A,B,alpha,beta"),
 ])
 def test_study_scaling_bad_input(args, fragment, tmp_path):
     result = CliRunner().invoke(app, ["study", "scaling", *args, "--out", str(tmp_path / "s")])

@@ -95,7 +95,7 @@ def fit_study(table: pd.DataFrame, options: FitOptions | None = None) -> dict[st
         "dropped_rows": list(cleaned.dropped),
         "unfinished_runs": cleaned.unfinished,
         "unique_tokens": _unique_tokens(rows),
-        "seed_scatter": _seed_scatter(rows),
+        "seed_scatter": seed_scatter(rows),
         "compute": compute,
         "params_tokens": params_tokens,
         "comparisons": comparisons,
@@ -148,7 +148,7 @@ def _budget_name(rows: pd.DataFrame) -> str:
     return f"{rows['flops'].min():.3g}–{rows['flops'].max():.3g} FLOPs"
 
 
-def _named_budgets(rows: pd.DataFrame) -> dict[str, float]:
+def named_budgets(rows: pd.DataFrame) -> dict[str, float]:
     """One and eight device-days in FLOPs at the rows' median measured throughput (none
     without device hours)."""
     hours = pd.to_numeric(rows.get("device_hours", pd.Series(np.nan, index=rows.index)), errors="coerce")
@@ -179,7 +179,7 @@ def _configurations(rows: pd.DataFrame) -> pd.Series:
     return rows[key].astype(str).agg("|".join, axis=1)
 
 
-def _seed_scatter(rows: pd.DataFrame) -> dict[str, Any] | None:
+def seed_scatter(rows: pd.DataFrame) -> dict[str, Any] | None:
     """The seed-to-seed standard deviation of final loss per repeated configuration and
     pooled over them (in nats, and of log loss: relative); None without repeats."""
     configurations = _configurations(rows)
@@ -390,7 +390,7 @@ def _compute_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dict[str,
         fit = _frontier_fit(rows, options)
     except CrammitError as error:
         return {"skipped": str(error), "points": points([None] * len(rows))}, None
-    budgets = _named_budgets(rows)
+    budgets = named_budgets(rows)
     band = _curve_flops(rows["flops"], budgets)
     rollout = _rollout(rows, _budget_steps(rows), _frontier_fit, _lowest_of_budget, ("flops",), options)
     largest = float(rows["flops"].max())
@@ -444,7 +444,7 @@ def _params_tokens_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dic
     except CrammitError as error:
         return {"settings": settings, "skipped": str(error)}, None
     per_token = FlopsPerToken.from_trials(rows["params"], rows["tokens"], rows["flops"])
-    budgets = _named_budgets(rows)
+    budgets = named_budgets(rows)
     largest_size = rows["params"] == rows["params"].max()
     steps = [*_budget_steps(rows), (f"the largest size ({rows['params'].max():.3g} parameters)",
                                     ~largest_size, largest_size)]
@@ -506,7 +506,7 @@ def _comparisons(rows: pd.DataFrame, compute: dict, params_tokens: dict, fitted:
     group_of = {setting: name for name, section in params_tokens.items() for setting in section["settings"]}
     out = []
     for first, second in itertools.combinations(sorted(compute), 2):
-        budgets = {setting: _named_budgets(rows[rows["setting"] == setting]) for setting in (first, second)}
+        budgets = {setting: named_budgets(rows[rows["setting"] == setting]) for setting in (first, second)}
         for name in budgets[first].keys() & budgets[second].keys():
             samples = {}
             law = "L(N, D)" if all(fitted.get(("L(N, D)", group_of.get(s, ""))) is not None

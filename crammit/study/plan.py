@@ -21,6 +21,8 @@ from crammit.study.spec import StudySpec, StudyUnit, Trial, TrialStatus
 
 # The crammed trainer's MFU on one H100 (benchmarks/RESULTS.md): a planning figure only.
 ASSUMED_MFU = 0.3
+# GPU trials planned on a cluster whose GPUs are unknown are timed as on this one.
+ASSUMED_GPU = "H100"
 # A prevalence-ordered corpus is refused once a budget reads more than this share of it:
 # beyond it, budgets end (and anneal) on sequences of visibly different prevalence.
 ORDERED_DATA_SHARE = 0.1
@@ -33,6 +35,14 @@ class StudyCorpus:
 
     order: str
     train_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class TrialModel:
+    """What a plan needs of a setting's size: its parameters and training FLOPs per token."""
+
+    params: int
+    flops_per_token: float
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,8 @@ class StudyPlan:
     glue: str = ""  # the GLUE fine-tunes that follow training; empty when none
     corpus: str = ""  # how much of the corpus the budgets read
     ordered_data: str = ""  # why the corpus's order would bend the law; empty when it does not
+    design: pd.DataFrame | None = None  # per trial: setting, size, budget, seed, params, tokens, flops, hours
+    precision: tuple[str, ...] = ()  # what the study is expected to conclude, and a better design
 
     def render(self) -> str:
         width = max(len(trial.name) for trial in self.trials)
@@ -76,6 +88,7 @@ class StudyPlan:
             lines.append(f"({self.estimate_note})")
         if self.glue:
             lines.append(self.glue)
+        lines += self.precision
         if self.corpus:
             lines.append(self.corpus)
         if self.ordered_data:
@@ -108,24 +121,15 @@ def cluster_problem(spec: StudySpec, cluster: ClusterResources) -> str:
 
 
 def make_plan(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources,
-              flops_per_token: dict[tuple[str, str], float], corpus: StudyCorpus | None = None) -> StudyPlan:
+              models: dict[tuple[str, str], TrialModel], corpus: StudyCorpus | None = None) -> StudyPlan:
     """`trials` is the study's trial table (status, and measured figures of finished
-    trials); `flops_per_token` maps each (setting, size) to its training FLOPs per token;
+    trials); `models` maps each (setting, size) to its parameters and FLOPs per token;
     `corpus` what is known of the study's corpus."""
     status = dict(zip(trials["trial"], trials["status"], strict=True))
-    measured = _measured_flops_per_s(trials)
-    peak = peak_flops(cluster.accelerator) if cluster.accelerator else None
-    planned, notes, tokens = [], set(), []
-    for trial in spec.trials():
-        per_token = flops_per_token[(trial.setting.name, trial.size)]
-        hours, note = _trial_hours(trial, per_token, measured, peak)
-        tokens.append(_trial_tokens(trial, per_token, hours, measured, peak))
-        notes.add(note)
-        setting = trial.setting
-        resources = f"{setting.gpus} GPU" if setting.gpus else f"{setting.workers} CPU worker"
-        planned.append(PlannedTrial(trial.name, trial.size, f"{trial.budget:g} {trial.unit.value}",
-                                    resources + ("s" if setting.workers_per_trial > 1 else ""),
-                                    hours, status[trial.name]))
+    design = trial_design(spec, models, measured_flops_per_s(trials), cluster)
+    planned = [PlannedTrial(trial.name, trial.size, f"{trial.budget:g} {trial.unit.value}", _resources(trial),
+                            None if pd.isna(hours) else float(hours), status[trial.name])
+               for trial, hours in zip(spec.trials(), design["hours"], strict=True)]
     to_run = [(trial, plan) for trial, plan in zip(spec.trials(), planned, strict=True)
               if plan.status != TrialStatus.OK.value]
     known = all(plan.hours is not None for _, plan in to_run)
@@ -136,23 +140,61 @@ def make_plan(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources,
         gpu_hours=sum(plan.hours * trial.setting.gpus for trial, plan in to_run if trial.setting.gpus)
         if gpu_known else None,
         wall_hours=_makespan([plan.hours for _, plan in to_run], concurrency) if known else None,
-        estimate_note="; ".join(sorted(note for note in notes if note)),
+        estimate_note="; ".join(sorted(note for note in set(design["note"]) if note)),
         problem=cluster_problem(spec, cluster),
         glue=_glue_line(spec),
-        **_corpus_lines(corpus, tokens),
+        design=design,
+        **_corpus_lines(corpus, [None if pd.isna(tokens) else tokens for tokens in design["tokens"]]),
     )
 
 
-def _trial_tokens(trial: Trial, flops_per_token: float, hours: float | None, measured: dict,
-                  peak: float | None) -> float | None:
-    """The training tokens a trial's budget reads; None where its speed is unknown."""
-    if trial.unit is StudyUnit.TOKENS:
-        return trial.budget
-    if trial.unit is StudyUnit.FLOPS:
-        return trial.budget / flops_per_token
-    rate = measured.get((trial.setting.name, trial.size)) or (
-        peak * ASSUMED_MFU * trial.setting.gpus if trial.setting.gpus and peak else None)
-    return None if rate is None or hours is None else hours * 3600 * rate / flops_per_token
+def _resources(trial: Trial) -> str:
+    setting = trial.setting
+    resources = f"{setting.gpus} GPU" if setting.gpus else f"{setting.workers} CPU worker"
+    return resources + ("s" if setting.workers_per_trial > 1 else "")
+
+
+def trial_design(spec: StudySpec, models: dict[tuple[str, str], TrialModel], measured: dict,
+                 cluster: ClusterResources) -> pd.DataFrame:
+    """Each trial of `spec` as a plan sees it: its setting, size, budget and seed, N, and the
+    hours, tokens and FLOPs its budget comes to (NaN where its speed is unknown), with a note
+    on how it was timed."""
+    rows = []
+    for trial in spec.trials():
+        model = models[(trial.setting.name, trial.size)]
+        rate, note = _flops_per_s(trial, measured, cluster)
+        if trial.unit in (StudyUnit.HOURS, StudyUnit.MINUTES):
+            hours = trial.unit.budget(trial.budget).amount
+            flops = None if rate is None else hours * 3600 * rate
+            note = ""  # an hours budget's time is the budget: only its FLOPs depend on the speed
+        else:
+            flops = trial.budget * (model.flops_per_token if trial.unit is StudyUnit.TOKENS else 1.0)
+            hours = None if rate is None else flops / rate / 3600
+        rows.append({"trial": trial.name, "setting": trial.setting.name, "size": trial.size,
+                     "law_group": f"{trial.setting.arch} + {trial.setting.recipe_label()}",
+                     "budget": trial.budget, "seed": trial.seed, "params": model.params, "hours": hours,
+                     "tokens": None if flops is None else flops / model.flops_per_token, "flops": flops,
+                     "device_hours": None if hours is None else hours * trial.setting.workers_per_trial,
+                     "device": "cuda" if trial.setting.gpus else "cpu", "note": note})
+    return pd.DataFrame(rows).astype({"hours": float, "tokens": float, "flops": float, "device_hours": float})
+
+
+def _flops_per_s(trial: Trial, measured: dict, cluster: ClusterResources) -> tuple[float | None, str]:
+    """A trial's training FLOP/s: measured by the study's finished trials of its setting and
+    size, else its GPUs' bf16 peak at ASSUMED_MFU (an H100's where the cluster's GPUs are
+    unknown), else unknown (CPUs), and how it was found."""
+    rate = measured.get((trial.setting.name, trial.size))
+    if rate:
+        return rate, "token and FLOP budgets timed at the throughput of finished trials"
+    if not trial.setting.gpus:
+        return None, "token and FLOP budgets on CPUs: time unknown until the first trials finish"
+    peak = peak_flops(cluster.accelerator) if cluster.accelerator else None
+    if peak:
+        return (peak * ASSUMED_MFU * trial.setting.gpus,
+                f"token and FLOP budgets timed at {ASSUMED_MFU:.0%} MFU")
+    return (peak_flops(ASSUMED_GPU) * ASSUMED_MFU * trial.setting.gpus,
+            f"GPU throughput as on an {ASSUMED_GPU} at {ASSUMED_MFU:.0%} MFU (this cluster's GPUs are "
+            "unknown)")
 
 
 def _corpus_lines(corpus: StudyCorpus | None, tokens: list[float | None]) -> dict[str, str]:
@@ -185,21 +227,7 @@ def _glue_line(spec: StudySpec) -> str:
             f"seed(s), {fine_tunes} fine-tunes in all (not in the hours above)")
 
 
-def _trial_hours(trial: Trial, flops_per_token: float, measured: dict, peak: float | None
-                 ) -> tuple[float | None, str]:
-    if trial.unit in (StudyUnit.HOURS, StudyUnit.MINUTES):
-        return trial.unit.budget(trial.budget).amount, ""
-    flops = trial.budget * (flops_per_token if trial.unit is StudyUnit.TOKENS else 1.0)
-    rate = measured.get((trial.setting.name, trial.size))
-    if rate:
-        return flops / rate / 3600, "token and FLOP budgets timed at the throughput of finished trials"
-    if trial.setting.gpus and peak:
-        rate = peak * ASSUMED_MFU * trial.setting.gpus
-        return flops / rate / 3600, f"token and FLOP budgets timed at {ASSUMED_MFU:.0%} MFU until trials end"
-    return None, "token and FLOP budgets on CPUs: time unknown until the first trials finish"
-
-
-def _measured_flops_per_s(trials: pd.DataFrame) -> dict[tuple[str, str], float]:
+def measured_flops_per_s(trials: pd.DataFrame) -> dict[tuple[str, str], float]:
     done = trials[(trials["status"] == TrialStatus.OK.value) & (trials["elapsed_s"].fillna(0) > 0)]
     rates = done["flops"] / done["elapsed_s"]
     return rates.groupby([done["setting"], done["size"]]).median().to_dict()

@@ -1,12 +1,11 @@
 """What a planned study will be able to conclude, before it spends anything: its design (the
 trials' N, D and FLOPs) simulated from a reference law with run-to-run noise, each simulated
-study fitted with the same code as the real fit, and the spread of the fitted values across
-simulated studies read as the expected 95 % interval.
-
-The spread of point estimates over many simulated studies is what a calibrated bootstrap of
-one study estimates, at a fraction of the cost (one fit a study instead of hundreds), so a
-plan can afford it; a parameter that the simulated fits put on a bound as often as the
-identification rule forbids (`laws._identify`) is one the design will not identify.
+study fitted with the same code as the real fit — its bootstrap intervals and its
+identification rule — and the mean half-width over the simulated studies read as the
+interval the real study can expect. (The spread of point estimates across simulated
+studies is cheaper, but the bootstrap of a small study is wider than that spread, and the
+plan must say what the study will print.) A parameter most simulated studies do not
+identify is one the design will likely not identify.
 """
 
 from __future__ import annotations
@@ -24,8 +23,8 @@ from threadpoolctl import threadpool_limits
 from crammit.errors import CrammitError
 from crammit.io import read_json
 from crammit.study.allocation import FlopsPerToken, allocate
+from crammit.study.fit import named_budgets
 from crammit.study.laws import (
-    EXPONENT_MAX,
     FitOptions,
     compute_frontier,
     fit_compute_law,
@@ -33,7 +32,8 @@ from crammit.study.laws import (
 )
 
 DEFAULT_NOISE = 0.015  # run-to-run scatter of final loss, relative, where a study has no seeds yet
-SIMULATED_STUDIES = 40
+SIMULATED_STUDIES = 5  # each fitted with its bootstrap, as the real study will be
+SIMULATED_RESAMPLES = 100  # enough that a small design keeps the 40 usable ones an interval needs
 CONFIDENCE = 0.95
 LAW_NAMES = ("E", "A", "B", "alpha", "beta")
 
@@ -117,66 +117,90 @@ class Precision:
 
 
 def _width(value: float | None) -> str:
-    return "n/a (not fitted)" if value is None else f"±{value:.2g}"
+    if value is None:
+        return "n/a (not fitted)"
+    return "unbounded" if not np.isfinite(value) else f"±{value:.2g}"
 
 
 def expected_precision(design: pd.DataFrame, law: ReferenceLaw, noise: float, noise_source: str,
-                       named: dict[str, float], studies: int = SIMULATED_STUDIES, seed: int = 0) -> Precision:
+                       named: dict[str, float], studies: int = SIMULATED_STUDIES,
+                       resamples: int = SIMULATED_RESAMPLES, seed: int = 0) -> Precision:
     """Simulate `studies` studies of `design` (rows: params, tokens, flops; one per trial,
-    seeds included) from `law` with `noise`, fit L(N, D) and L(C) to each, and return the
-    expected half-widths of alpha, beta, E, L(C)'s alpha and the compute-optimal loss at
-    each `named` budget (FLOPs), with what the design will not identify."""
+    seeds included) from `law` with `noise`, fit each as a study is fitted (L(N, D) where the
+    design has two sizes or more, L(C) on the frontier; bootstrap intervals and the
+    identification rule), and return the mean 95 % half-widths of alpha, beta, E, L(C)'s
+    alpha and the predicted loss at each `named` budget (FLOPs; L(N, D)'s compute-optimal
+    loss, else L(C)'s), with what most simulated studies do not identify."""
     params, tokens, flops = (design[column].to_numpy(float) for column in ("params", "tokens", "flops"))
     per_token = FlopsPerToken.from_trials(params, tokens, flops)
+    one_size = len(np.unique(params)) < 2
     rng = np.random.default_rng(seed)
-    point = FitOptions(resamples=1, seed=seed)
-    laws, compute, failures = [], [], 0
+    widths: dict[str, list[float]] = {}
+    flagged: dict[str, list[str]] = {}
     with threadpool_limits(1, user_api="blas"):
-        for _ in range(studies):
+        for study in range(studies):
+            options = FitOptions(resamples=resamples, seed=seed + study)
             loss = law.loss(params, tokens) * np.exp(noise * rng.standard_normal(len(params)))
-            try:
-                laws.append(fit_params_tokens_law(params, tokens, loss, point).estimate)
-            except CrammitError:
-                failures += 1
+            fits = []
+            if not one_size:
+                with contextlib.suppress(CrammitError):  # a failed fit counts as not identifying anything
+                    fits.append(("", fit_params_tokens_law(params, tokens, loss, options)))
             frontier = compute_frontier(flops, loss)
             with contextlib.suppress(CrammitError):  # a frontier of too few points: no L(C) this time
-                compute.append(fit_compute_law(flops[frontier], loss[frontier], point).estimate[2])
-    if not laws:
-        raise CrammitError("the design cannot be fitted by L(N, D) (it needs 6+ trials of 2+ sizes and 2+ "
-                           "token counts)")
-    laws = np.array(laws)
-    half_widths: dict[str, float | None] = {name: _half_width(laws[:, LAW_NAMES.index(name)])
-                                            for name in ("alpha", "beta", "E")}
-    half_widths["L(C) alpha"] = _half_width(np.array(compute)) if len(compute) >= 2 else None
-    for name, budget in named.items():
-        half_widths[f"loss at {name}"] = _half_width(allocate(laws, [budget], per_token)[2][:, 0])
-    return Precision(half_widths, _unidentified(laws, failures, studies), law, noise, noise_source, studies)
+                fits.append(("L(C) ", fit_compute_law(flops[frontier], loss[frontier], options)))
+            for prefix, fit in fits:
+                for name in ("alpha", "beta", "E") if not prefix else ("alpha",):
+                    interval = fit.interval(name)
+                    widths.setdefault(prefix + name, []).append(_width_of(interval.low, interval.high))
+                    if not fit.identified(name).identified:
+                        flagged.setdefault(prefix + name, []).append(fit.identified(name).reason)
+                if not prefix:
+                    for budget_name, budget in named.items():
+                        samples = allocate(fit.samples, [budget], per_token)[2][:, 0]
+                        widths.setdefault(f"loss at {budget_name}", []).append(_spread(samples))
+                elif one_size:
+                    for budget_name, budget in named.items():
+                        predicted = fit.evaluate([budget])[1][:, 0]
+                        widths.setdefault(f"loss at {budget_name}", []).append(_spread(predicted))
+    order = ["alpha", "beta", "E", "L(C) alpha", *(f"loss at {name}" for name in named)]
+    half_widths = {name: _mean_width(widths.get(name, [])) for name in order}
+    unidentified = {name: f"not identified in {len(reasons)} of {studies} simulated studies, e.g. "
+                          f"{reasons[0]}" for name, reasons in flagged.items() if len(reasons) > studies / 2}
+    if one_size:
+        unidentified["L(N, D)"] = "one model size cannot separate N from D: L(C) only"
+    return Precision(half_widths, unidentified, law, noise, noise_source, studies)
 
 
-def _half_width(values: np.ndarray) -> float | None:
-    values = values[np.isfinite(values)]
-    if len(values) < 2:
-        return None
-    low, high = np.quantile(values, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+def _width_of(low: float, high: float) -> float:
+    return float(high - low) / 2 if np.isfinite(low) and np.isfinite(high) else np.inf
+
+
+def _spread(samples: np.ndarray) -> float:
+    samples = samples[np.isfinite(samples)]
+    if len(samples) < 2:
+        return np.inf
+    low, high = np.quantile(samples, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
     return float(high - low) / 2
 
 
-def _unidentified(laws: np.ndarray, failures: int, studies: int) -> dict[str, str]:
-    """Parameters the simulated fits put on a bound more often than the identification rule
-    allows, or whose spread is not clear of their bounds by half its width."""
-    tail = (1 - CONFIDENCE) / 2
-    out = {}
-    for name, floor, cap in (("E", 0.0, None), ("alpha", 0.0, EXPONENT_MAX), ("beta", 0.0, EXPONENT_MAX)):
-        values = laws[:, LAW_NAMES.index(name)]
-        on_bound = np.isclose(values, floor, atol=1e-4)
-        if cap is not None:
-            on_bound |= np.isclose(values, cap, atol=1e-4)
-        low, high = np.quantile(values, [tail, 1 - tail])
-        margin = (high - low) / 2
-        if on_bound.mean() > tail:
-            out[name] = f"on a bound in {on_bound.mean():.0%} of simulated studies"
-        elif low - floor < margin or (cap is not None and cap - high < margin):
-            out[name] = f"its expected interval [{low:.2g}, {high:.2g}] is not clear of its bounds"
-    if failures:
-        out["L(N, D)"] = f"not fitted in {failures} of {studies} simulated studies"
-    return out
+def _mean_width(widths: list[float]) -> float | None:
+    """The mean half-width over the simulated studies; None (not fitted) where none gave one,
+    inf (unbounded) where any interval was unbounded."""
+    return float(np.mean(widths)) if widths else None
+
+
+def design_precision(design: pd.DataFrame, law: ReferenceLaw, noise: float, noise_source: str,
+                     seed: int = 0) -> Precision:
+    """`expected_precision` of each law group of a planned design (`plan.trial_design`: its
+    `law_group` column), at one and eight device-days of its planned throughput, in one
+    Precision whose names carry the group where there are several."""
+    groups = list(design.groupby("law_group", sort=False))
+    parts = [(name, expected_precision(group, law, noise, noise_source, named_budgets(group), seed=seed))
+             for name, group in groups]
+    if len(parts) == 1:
+        return parts[0][1]
+    half_widths = {f"{name}: {key}": value for name, part in parts for key, value in part.half_widths.items()}
+    unidentified = {f"{name}: {key}": why for name, part in parts for key, why in part.unidentified.items()}
+    return Precision(half_widths, unidentified, law, noise, noise_source, SIMULATED_STUDIES)
+
+

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import tomli_w
 
 from crammit.config import Device
 from crammit.data.layout import MANIFEST, read_manifest
@@ -19,7 +18,7 @@ from crammit.errors import CrammitError
 from crammit.eval.glue import trial_columns
 from crammit.io import atomic_path
 from crammit.model.flops import non_embedding_parameter_count, parameter_count
-from crammit.study.spec import StudySpec, Trial, TrialStatus, read_study_file
+from crammit.study.spec import StudySpec, Trial, TrialStatus, read_study_file, write_study_file
 from crammit.train import rundir
 
 STUDY_FILE = "study.toml"
@@ -47,8 +46,7 @@ def trial_status(run_dir: Path) -> TrialStatus:
 
 
 def save_spec(study_dir: Path, spec: StudySpec) -> None:
-    with atomic_path(study_dir / STUDY_FILE) as tmp:
-        tmp.write_text(tomli_w.dumps(spec.to_dict()))
+    write_study_file(study_dir / STUDY_FILE, spec)
 
 
 def load_spec(study_dir: Path) -> StudySpec:

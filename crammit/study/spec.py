@@ -14,9 +14,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from crammit.config import Arch, Budget, RecipeConfig, SequenceOrder, model_config, recipe_config
 from crammit.errors import CrammitError
 from crammit.eval.glue_data import GlueTask, parse_tasks
+from crammit.io import atomic_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -261,6 +264,12 @@ def read_study_file(path: Path) -> StudySpec:
     except tomllib.TOMLDecodeError as error:
         raise CrammitError(f"study file {path} is not valid TOML: {error}") from None
     return StudySpec.from_dict(raw, source=str(path))
+
+
+def write_study_file(path: Path, spec: StudySpec) -> None:
+    """`spec` as a study file that `read_study_file` reads back, written atomically."""
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(tomli_w.dumps(spec.to_dict()))
 
 
 def parse_budgets(text: str) -> tuple[float, ...]:

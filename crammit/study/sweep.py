@@ -31,12 +31,25 @@ from crammit.config import (
 from crammit.data.layout import MANIFEST, read_manifest
 from crammit.errors import CrammitError
 from crammit.io import atomic_path
-from crammit.model.flops import training_flops_per_token
+from crammit.model.flops import parameter_count, training_flops_per_token
 from crammit.study import results
+from crammit.study.design import Suggestion, suggest_design
+from crammit.study.fit import seed_scatter
 from crammit.study.laws import FitOptions
-from crammit.study.plan import StudyCorpus, StudyPlan, cluster_problem, concurrent_trials, make_plan
+from crammit.study.plan import (
+    StudyCorpus,
+    StudyPlan,
+    TrialModel,
+    cluster_problem,
+    concurrent_trials,
+    make_plan,
+    measured_flops_per_s,
+    trial_design,
+)
+from crammit.study.precision import DEFAULT_NOISE, Precision, ReferenceLaw, design_precision
 from crammit.study.report import write_report
 from crammit.study.spec import StudySpec, Trial
+from crammit.study.table import fit_rows, study_rows
 from crammit.train import rundir
 from crammit.train.recipe import accumulation_target
 
@@ -51,11 +64,52 @@ TUNE_DIR = "tune"
 
 def plan_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources) -> StudyPlan:
     """The plan of `spec` on `cluster`, counting trials `study_dir` already finished."""
-    flops_per_token = {(setting.name, size): training_flops_per_token(trial_model(spec, size, setting.arch),
-                                                                       setting.recipe_config().mask_rate)
-                       for setting in spec.settings for size in setting.sizes}
-    return make_plan(spec, results.trials_table(spec, study_dir), cluster, flops_per_token,
+    return make_plan(spec, results.trials_table(spec, study_dir), cluster, trial_models(spec),
                      _study_corpus(spec, study_dir))
+
+
+def study_precision(spec: StudySpec, study_dir: Path, cluster: ClusterResources, plan: StudyPlan,
+                    law: ReferenceLaw, suggest: bool = False) -> tuple[list[str], Suggestion | None]:
+    """What the planned study is expected to conclude (`precision.design_precision`), and,
+    asked for or where the design leaves a parameter unidentified, a better design. The
+    run-to-run noise is the study's seed scatter where its finished trials have repeats."""
+    if plan.design["tokens"].isna().any():
+        return [f"expected precision: not estimated until the trials' throughput is known "
+                f"({plan.estimate_note})"], None
+    trials = results.trials_table(spec, study_dir)
+    scatter = seed_scatter(fit_rows(study_rows(trials)).rows)
+    noise, source = DEFAULT_NOISE, "the default"
+    if scatter:
+        noise = scatter["overall"]["relative_sd"]
+        source = f"the seed scatter of its finished trials ({scatter['overall']['dof']} degrees of freedom)"
+    measured = measured_flops_per_s(trials)
+
+    def design_of(candidate: StudySpec) -> pd.DataFrame:
+        return trial_design(candidate, trial_models(candidate), measured, cluster)
+
+    def simulate(design: pd.DataFrame) -> Precision:
+        return design_precision(design, law, noise, source)
+
+    before = simulate(plan.design)
+    lines = before.lines()
+    if not (suggest or before.unidentified):
+        return lines, None
+    try:
+        suggestion = suggest_design(spec, design_of, law, noise, simulate, before)
+    except CrammitError as error:
+        return [*lines, f"suggestion: none ({error})"], None
+    return [*lines, *suggestion.lines()], suggestion
+
+
+def trial_models(spec: StudySpec) -> dict[tuple[str, str], TrialModel]:
+    """Each setting's sizes on the study's corpus: parameters and training FLOPs per token."""
+    models = {}
+    for setting in spec.settings:
+        for size in setting.sizes:
+            model = trial_model(spec, size, setting.arch)
+            models[(setting.name, size)] = TrialModel(
+                parameter_count(model), training_flops_per_token(model, setting.recipe_config().mask_rate))
+    return models
 
 
 def _study_corpus(spec: StudySpec, study_dir: Path) -> StudyCorpus:

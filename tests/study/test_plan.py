@@ -5,7 +5,7 @@ import dataclasses
 import pandas as pd
 
 from crammit.cluster import ClusterResources
-from crammit.study.plan import concurrent_trials, make_plan
+from crammit.study.plan import TrialModel, concurrent_trials, make_plan
 from crammit.study.spec import Setting, StudyGlue, StudySpec, StudyUnit
 
 SCALING = StudySpec("scaling", (Setting("crammed", ("small", "base", "crammed"), (6, 12, 24), gpus=1),))
@@ -21,8 +21,10 @@ def pending(spec: StudySpec, **done) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def flops_per_token(spec: StudySpec) -> dict[tuple[str, str], float]:
-    return {(setting.name, size): 1e9 for setting in spec.settings for size in setting.sizes}
+def flops_per_token(spec: StudySpec) -> dict[tuple[str, str], TrialModel]:
+    """Every size at 1e8 parameters and 1e9 FLOPs per token."""
+    return {(setting.name, size): TrialModel(int(1e8), 1e9)
+            for setting in spec.settings for size in setting.sizes}
 
 
 def test_hours_study_on_eight_gpus():
