@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from crammit.config import MODEL_SIZES
 from crammit.errors import CrammitError
 from crammit.study.laws import FitOptions, fit_params_tokens_law
-from crammit.study.precision import Precision, ReferenceLaw
+from crammit.study.precision import Precision, ReferenceLaw, width_text
 from crammit.study.spec import Setting, StudySpec
 
 EXTRA_COMPUTE = 0.25  # the most a suggestion adds, as a share of the study's compute
@@ -50,7 +50,7 @@ class Suggestion:
         for name in ("alpha", "beta", "E"):
             before, after = self.before.half_widths.get(name), self.after.half_widths.get(name)
             if before is not None and after is not None:
-                changes.append(f"{name} ±{before:.2g} → ±{after:.2g}")
+                changes.append(f"{name} {width_text(before)} → {width_text(after)}")
         newly = [name for name in self.before.unidentified if name not in self.after.unidentified]
         still = list(self.after.unidentified)
         return [f"suggestion: {'; '.join(self.moves)}: {self.added_trials} more trials, "

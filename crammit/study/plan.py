@@ -23,6 +23,9 @@ from crammit.study.spec import StudySpec, StudyUnit, Trial, TrialStatus
 ASSUMED_MFU = 0.3
 # GPU trials planned on a cluster whose GPUs are unknown are timed as on this one.
 ASSUMED_GPU = "H100"
+# What a CPU trial spends besides training: a Tune trial, a Train controller and a worker
+# starting, and the held-out evaluations before and after.
+TRIAL_OVERHEAD_S = 45.0
 # A prevalence-ordered corpus is refused once a budget reads more than this share of it:
 # beyond it, budgets end (and anneal) on sequences of visibly different prevalence.
 ORDERED_DATA_SHARE = 0.1
@@ -35,6 +38,20 @@ class StudyCorpus:
 
     order: str
     train_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """This machine's training FLOP/s of CPU settings' sizes (`calibrate.calibrate`)."""
+
+    rates: dict[tuple[str, str], float]
+    seconds: float
+    threads: int
+
+    def describe(self) -> str:
+        return (f"CPU throughput from a {self.seconds:.0f}-s calibration of each size on this machine "
+                f"({self.threads} torch thread(s) a worker), plus {TRIAL_OVERHEAD_S:.0f} s of start-up and "
+                "evaluation a trial")
 
 
 @dataclass(frozen=True)
@@ -121,12 +138,14 @@ def cluster_problem(spec: StudySpec, cluster: ClusterResources) -> str:
 
 
 def make_plan(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources,
-              models: dict[tuple[str, str], TrialModel], corpus: StudyCorpus | None = None) -> StudyPlan:
+              models: dict[tuple[str, str], TrialModel], corpus: StudyCorpus | None = None,
+              calibrated: Calibration | None = None) -> StudyPlan:
     """`trials` is the study's trial table (status, and measured figures of finished
     trials); `models` maps each (setting, size) to its parameters and FLOPs per token;
-    `corpus` what is known of the study's corpus."""
+    `corpus` what is known of the study's corpus; `calibrated` this machine's measured speed
+    of CPU settings' sizes."""
     status = dict(zip(trials["trial"], trials["status"], strict=True))
-    design = trial_design(spec, models, measured_flops_per_s(trials), cluster)
+    design = trial_design(spec, models, measured_flops_per_s(trials), cluster, calibrated)
     planned = [PlannedTrial(trial.name, trial.size, f"{trial.budget:g} {trial.unit.value}", _resources(trial),
                             None if pd.isna(hours) else float(hours), status[trial.name])
                for trial, hours in zip(spec.trials(), design["hours"], strict=True)]
@@ -155,21 +174,21 @@ def _resources(trial: Trial) -> str:
 
 
 def trial_design(spec: StudySpec, models: dict[tuple[str, str], TrialModel], measured: dict,
-                 cluster: ClusterResources) -> pd.DataFrame:
+                 cluster: ClusterResources, calibrated: Calibration | None = None) -> pd.DataFrame:
     """Each trial of `spec` as a plan sees it: its setting, size, budget and seed, N, and the
     hours, tokens and FLOPs its budget comes to (NaN where its speed is unknown), with a note
-    on how it was timed."""
+    on how it was timed. A CPU trial of a token or FLOP budget also pays TRIAL_OVERHEAD_S."""
     rows = []
     for trial in spec.trials():
         model = models[(trial.setting.name, trial.size)]
-        rate, note = _flops_per_s(trial, measured, cluster)
+        rate, note = _flops_per_s(trial, measured, cluster, calibrated)
         if trial.unit in (StudyUnit.HOURS, StudyUnit.MINUTES):
             hours = trial.unit.budget(trial.budget).amount
             flops = None if rate is None else hours * 3600 * rate
-            note = ""  # an hours budget's time is the budget: only its FLOPs depend on the speed
         else:
             flops = trial.budget * (model.flops_per_token if trial.unit is StudyUnit.TOKENS else 1.0)
-            hours = None if rate is None else flops / rate / 3600
+            overhead = 0.0 if trial.setting.gpus else TRIAL_OVERHEAD_S
+            hours = None if rate is None else (flops / rate + overhead) / 3600
         rows.append({"trial": trial.name, "setting": trial.setting.name, "size": trial.size,
                      "law_group": f"{trial.setting.arch} + {trial.setting.recipe_label()}",
                      "budget": trial.budget, "seed": trial.seed, "params": model.params, "hours": hours,
@@ -179,19 +198,21 @@ def trial_design(spec: StudySpec, models: dict[tuple[str, str], TrialModel], mea
     return pd.DataFrame(rows).astype({"hours": float, "tokens": float, "flops": float, "device_hours": float})
 
 
-def _flops_per_s(trial: Trial, measured: dict, cluster: ClusterResources) -> tuple[float | None, str]:
-    """A trial's training FLOP/s: measured by the study's finished trials of its setting and
-    size, else its GPUs' bf16 peak at ASSUMED_MFU (an H100's where the cluster's GPUs are
-    unknown), else unknown (CPUs), and how it was found."""
-    rate = measured.get((trial.setting.name, trial.size))
-    if rate:
-        return rate, "token and FLOP budgets timed at the throughput of finished trials"
+def _flops_per_s(trial: Trial, measured: dict, cluster: ClusterResources,
+                 calibrated: Calibration | None) -> tuple[float | None, str]:
+    """A trial's training FLOP/s and where it comes from: the study's finished trials of its
+    setting and size; for CPU trials this machine's calibration; for GPU trials their bf16
+    peak at ASSUMED_MFU (an H100's where the cluster's GPUs are unknown)."""
+    key = (trial.setting.name, trial.size)
+    if measured.get(key):
+        return measured[key], "throughput of the study's finished trials"
     if not trial.setting.gpus:
-        return None, "token and FLOP budgets on CPUs: time unknown until the first trials finish"
+        if calibrated is not None and key in calibrated.rates:
+            return calibrated.rates[key], calibrated.describe()
+        return None, "CPU throughput unknown until the first trials finish"
     peak = peak_flops(cluster.accelerator) if cluster.accelerator else None
     if peak:
-        return (peak * ASSUMED_MFU * trial.setting.gpus,
-                f"token and FLOP budgets timed at {ASSUMED_MFU:.0%} MFU")
+        return peak * ASSUMED_MFU * trial.setting.gpus, f"GPU throughput at {ASSUMED_MFU:.0%} MFU"
     return (peak_flops(ASSUMED_GPU) * ASSUMED_MFU * trial.setting.gpus,
             f"GPU throughput as on an {ASSUMED_GPU} at {ASSUMED_MFU:.0%} MFU (this cluster's GPUs are "
             "unknown)")

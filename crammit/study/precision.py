@@ -106,7 +106,7 @@ class Precision:
     studies: int
 
     def lines(self) -> list[str]:
-        widths = ", ".join(f"{name} {_width(value)}" for name, value in self.half_widths.items())
+        widths = ", ".join(f"{name} {width_text(value)}" for name, value in self.half_widths.items())
         lines = [f"expected precision ({self.studies} simulated studies of this design from "
                  f"{self.law.describe()}, {self.noise:.1%} run noise from {self.noise_source}): "
                  f"95 % half-widths {widths}"]
@@ -116,7 +116,7 @@ class Precision:
         return lines
 
 
-def _width(value: float | None) -> str:
+def width_text(value: float | None) -> str:
     if value is None:
         return "n/a (not fitted)"
     return "unbounded" if not np.isfinite(value) else f"±{value:.2g}"

@@ -33,10 +33,12 @@ from crammit.errors import CrammitError
 from crammit.io import atomic_path
 from crammit.model.flops import parameter_count, training_flops_per_token
 from crammit.study import results
+from crammit.study.calibrate import CALIBRATION_SECONDS, calibrate
 from crammit.study.design import Suggestion, suggest_design
 from crammit.study.fit import seed_scatter
 from crammit.study.laws import FitOptions
 from crammit.study.plan import (
+    Calibration,
     StudyCorpus,
     StudyPlan,
     TrialModel,
@@ -62,10 +64,27 @@ TRIAL_DRIVER_CPUS = 0.01
 TUNE_DIR = "tune"
 
 
-def plan_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources) -> StudyPlan:
-    """The plan of `spec` on `cluster`, counting trials `study_dir` already finished."""
-    return make_plan(spec, results.trials_table(spec, study_dir), cluster, trial_models(spec),
-                     _study_corpus(spec, study_dir))
+def plan_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, calibrate_cpus: bool = True
+               ) -> StudyPlan:
+    """The plan of `spec` on `cluster`, counting trials `study_dir` already finished; CPU
+    sizes no finished trial has timed are timed by a short calibration on this machine."""
+    trials = results.trials_table(spec, study_dir)
+    return make_plan(spec, trials, cluster, trial_models(spec), _study_corpus(spec, study_dir),
+                     _calibration(spec, trials, cluster) if calibrate_cpus else None)
+
+
+def _calibration(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources) -> Calibration | None:
+    """This machine's speed of the CPU settings' sizes that no finished trial has timed, with
+    the torch threads each trial's worker will get."""
+    measured = measured_flops_per_s(trials)
+    models = {(setting.name, size): (trial_model(spec, size, setting.arch), setting.recipe_config())
+              for setting in spec.settings if not setting.gpus for size in setting.sizes
+              if (setting.name, size) not in measured}
+    if not models:
+        return None
+    concurrency = concurrent_trials(spec, cluster)
+    threads = max(int(cluster.cpus) // (concurrency * max(s.workers for s in spec.settings if not s.gpus)), 1)
+    return Calibration(calibrate(models, threads), CALIBRATION_SECONDS, threads)
 
 
 def study_precision(spec: StudySpec, study_dir: Path, cluster: ClusterResources, plan: StudyPlan,
@@ -135,7 +154,7 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
     results.save_spec(study_dir, spec)
     start_ray(address)
     data = _study_data(spec, study_dir, cache_dir)
-    ordered = plan_study(spec, study_dir, cluster).ordered_data
+    ordered = plan_study(spec, study_dir, cluster, calibrate_cpus=False).ordered_data
     if ordered and not allow_ordered_data:
         raise CrammitError(f"{ordered}, or pass --allow-ordered-data to run it as it is")
     configs = {trial.name: trial_config(spec, trial, study_dir, data) for trial in spec.trials()}

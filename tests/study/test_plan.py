@@ -3,9 +3,10 @@
 import dataclasses
 
 import pandas as pd
+import pytest
 
 from crammit.cluster import ClusterResources
-from crammit.study.plan import TrialModel, concurrent_trials, make_plan
+from crammit.study.plan import TRIAL_OVERHEAD_S, Calibration, TrialModel, concurrent_trials, make_plan
 from crammit.study.spec import Setting, StudyGlue, StudySpec, StudyUnit
 
 SCALING = StudySpec("scaling", (Setting("crammed", ("small", "base", "crammed"), (6, 12, 24), gpus=1),))
@@ -58,7 +59,7 @@ def test_finished_trials_are_not_planned_again_and_time_token_budgets():
     # The finished 1e6-token trial did its 1e15 FLOPs in an hour: the 2e6-token one takes two.
     finished = pending(spec, **{"cpu-tiny-1e6tok": (1e15, 3600.0)})
     measured = make_plan(spec, finished, cluster, flops_per_token(spec))
-    assert measured.wall_hours == 2.0
+    assert measured.wall_hours == pytest.approx(2.0 + TRIAL_OVERHEAD_S / 3600)  # and its start-up
     assert [t.status for t in measured.trials] == ["ok", "pending"]
 
 
@@ -73,3 +74,15 @@ def test_concurrency_follows_the_trials_needs():
     assert concurrent_trials(two_gpu, ClusterResources(32, 8)) == 4
     cpu = StudySpec("t", (Setting("c", ("tiny",), (1,), gpus=0, workers=2),))
     assert concurrent_trials(cpu, ClusterResources(9, 0)) == 4  # a core for each worker's threads
+
+
+def test_a_calibration_times_cpu_token_budgets_before_any_trial_finishes():
+    spec = StudySpec("t", (Setting("cpu", ("tiny",), (1e6, 2e6), gpus=0),), unit=StudyUnit.TOKENS)
+    calibration = Calibration({("cpu", "tiny"): 1e9 * 1000}, 20.0, 1)  # 1000 tokens/s
+    plan = make_plan(spec, pending(spec), ClusterResources(2, 0), flops_per_token(spec),
+                     calibrated=calibration)
+    overhead = TRIAL_OVERHEAD_S / 3600
+    hours = [trial.hours for trial in plan.trials]
+    assert hours == pytest.approx([1000 / 3600 + overhead, 2000 / 3600 + overhead])
+    assert plan.wall_hours == pytest.approx(2000 / 3600 + overhead)  # two at a time on two cores
+    assert "20-s calibration of each size on this machine (1 torch thread(s) a worker)" in plan.render()

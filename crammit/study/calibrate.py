@@ -1,0 +1,69 @@
+"""How fast this machine trains each of a CPU study's sizes, so that its first plan states a
+wall time: a few steps of the bare model (forward, backward, AdamW) at the setting's
+micro-batch, with the threads a trial's worker will get, timed after a warm-up step.
+
+The trainer adds masking, data loading and reporting around the same steps, and each trial
+pays a start-up (a Tune trial, a Train controller, a worker) and its held-out evaluations,
+which the plan adds as TRIAL_OVERHEAD_S.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from crammit.config import ModelConfig, RecipeConfig
+from crammit.model.flops import training_flops_per_token
+
+CALIBRATION_SECONDS = 20.0  # for all sizes together
+MAX_STEPS = 20  # per size: enough for a steady rate
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def calibrate(models: dict[tuple[str, str], tuple[ModelConfig, RecipeConfig]], threads: int,
+              seconds: float = CALIBRATION_SECONDS) -> dict[tuple[str, str], float]:
+    """Training FLOP/s of each (setting, size)'s model on this machine with `threads` torch
+    threads, within `seconds` for all of them."""
+    share = seconds / max(len(models), 1)
+    with _torch_threads(threads):
+        return {key: _tokens_per_s(model, recipe, share) * training_flops_per_token(model, recipe.mask_rate)
+                for key, (model, recipe) in models.items()}
+
+
+def _tokens_per_s(model_config: ModelConfig, recipe: RecipeConfig, seconds: float) -> float:
+    import torch
+
+    from crammit.model.bert import IGNORE_INDEX
+    from crammit.model.build import build_model
+    from crammit.train.recipe import optimizer
+
+    generator = torch.Generator().manual_seed(0)
+    model = build_model(model_config)
+    adamw = optimizer(model, recipe, fused=False)
+    shape = (recipe.micro_batch_size, model_config.seq_len)
+    input_ids = torch.randint(5, model_config.vocab_size, shape, generator=generator)
+    labels = torch.where(torch.rand(shape, generator=generator) < recipe.mask_rate, input_ids, IGNORE_INDEX)
+
+    def step() -> None:
+        adamw.zero_grad(set_to_none=True)
+        model(input_ids, labels).backward()
+        adamw.step()
+
+    step()  # warm-up: allocation and first-call costs
+    start, steps = time.perf_counter(), 0
+    while steps < MAX_STEPS and (steps == 0 or time.perf_counter() - start < seconds):
+        step()
+        steps += 1
+    return steps * shape[0] * shape[1] / (time.perf_counter() - start)
