@@ -29,7 +29,8 @@ from crammit.study.spec import Setting, StudySpec
 
 EXTRA_COMPUTE = 0.25  # the most a suggestion adds, as a share of the study's compute
 MAX_MOVES = 8
-SEARCH_STUDIES = 8  # simulated studies a candidate is judged on (point fits, common draws)
+SEARCH_STUDIES = 6  # simulated studies a candidate is judged on (point fits, common draws)
+SEARCH_FIT = FitOptions(resamples=1, starts=2)  # a point fit is all the search needs
 LADDER_DEPTH = 3  # budgets are halved down to an eighth of a setting's smallest
 SMALLER_SUFFIX = "_smaller"  # the setting that holds the smaller sizes a suggestion adds
 
@@ -74,7 +75,7 @@ def _imprecision(design: pd.DataFrame, law: ReferenceLaw, noise: float) -> float
                               for name in group["trial"]])
             loss = law.loss(params, tokens) * np.exp(noise * draws)
             try:
-                fitted = fit_params_tokens_law(params, tokens, loss, FitOptions(resamples=1))
+                fitted = fit_params_tokens_law(params, tokens, loss, SEARCH_FIT)
             except CrammitError:
                 return np.inf
             estimate = fitted.estimate[[0, 3, 4]]

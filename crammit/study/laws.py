@@ -34,20 +34,21 @@ E_FLOOR = 1e-6  # E's lower bound as a share of the lowest loss: E = 0 for every
 TERM_FLOOR = 1e-6  # a term's lower bound at the centre, as a share of the lowest loss: the term is gone
 TERM_CEILING = 8.0  # a term's upper bound at the centre, as a multiple of the highest loss
 ON_BOUND = 1e-4  # a parameter this close to a bound (log units; exponent units) sits on it
-FULL_STARTS = 8  # best grid points the full-data fit starts from
 RETRY_STARTS = 4  # best grid points (under its weights) a resample is refitted from if its fit fails
 
 
 @dataclass(frozen=True)
 class FitOptions:
     """How laws are fitted: bootstrap resamples, interval confidence, Huber threshold, seed,
-    and which parameter count is N (`total`, or `non-embedding` as Kaplan et al. count it)."""
+    which parameter count is N (`total`, or `non-embedding` as Kaplan et al. count it), and
+    from how many of the grid's best points the full-data fit starts."""
 
     resamples: int = 1000
     confidence: float = 0.95
     huber_delta: float = 1e-3
     seed: int = 0
     params: str = "total"
+    starts: int = 8  # best grid points the full-data fit starts from
 
     def __post_init__(self) -> None:
         if self.resamples < 1:
@@ -56,6 +57,8 @@ class FitOptions:
             raise CrammitError(f"confidence must be in (0, 1), got {self.confidence}")
         if not self.huber_delta > 0:
             raise CrammitError(f"huber_delta must be positive, got {self.huber_delta}")
+        if self.starts < 1:
+            raise CrammitError(f"starts must be at least 1, got {self.starts}")
         if self.params not in PARAMS_COLUMNS:
             raise CrammitError(f"unknown parameter count {self.params!r} (--params); use one of "
                                f"{', '.join(PARAMS_COLUMNS)}")
@@ -371,7 +374,8 @@ def _fit_law(names: tuple[str, ...], inputs: np.ndarray, loss: np.ndarray, grid:
     grid = np.unique(np.clip(_recentre(grid, centre, -1), lower, upper), axis=0)
     grid_huber = _huber(_log_predict(_terms(grid, x)) - log_loss, delta)[0]  # (starts, rows)
     ones = np.ones(n)
-    best = _minimise(grid[np.argsort(grid_huber.sum(axis=1))[:FULL_STARTS]], x, log_loss, ones, delta, bounds)
+    starts = grid[np.argsort(grid_huber.sum(axis=1))[:options.starts]]
+    best = _minimise(starts, x, log_loss, ones, delta, bounds)
     if not best.converged:
         raise CrammitError(f"not converged: {best.reason}")
     theta = best.theta

@@ -62,7 +62,7 @@ def test_fit_study_follows_the_fit_json_layout(study_fit, tmp_path):
     write_fit(tmp_path / "fit.json", fit)
     assert json.loads((tmp_path / "fit.json").read_text()) == fit
     assert fit["options"] == {"resamples": 60, "confidence": 0.95, "huber_delta": 1e-3, "seed": 0,
-                              "params": "total"}
+                              "params": "total", "starts": 8}
     assert fit["conventions"]["params"] == "total: the table's params column"
     assert fit["conventions"]["flops"].startswith("the table's flops column")
     assert fit["conventions"]["allocation"].startswith("C = c(N)·D")

@@ -1,0 +1,17 @@
+"""A CPU plan's calibration: this machine's training speed of a size, in FLOP/s."""
+
+from crammit.config import model_config, recipe_config
+from crammit.model.flops import training_flops_per_token
+from crammit.study.calibrate import calibrate
+
+
+def test_calibration_times_each_size_with_the_threads_a_trial_gets():
+    recipe = recipe_config("crammed", batch_size=32, micro_batch_size=8)
+    models = {("s", "tiny"): (model_config("tiny"), recipe), ("s", "mini"): (model_config("mini"), recipe)}
+    rates = calibrate(models, threads=1, seconds=2.0)
+    assert set(rates) == set(models)
+    tokens_per_s = {key: rate / training_flops_per_token(models[key][0], recipe.mask_rate)
+                    for key, rate in rates.items()}
+    # A smaller model trains more tokens a second; both at CPU rates (hundreds to ~100k a second).
+    assert tokens_per_s[("s", "tiny")] > tokens_per_s[("s", "mini")] > 100
+    assert tokens_per_s[("s", "tiny")] < 1e6
