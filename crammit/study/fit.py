@@ -1,9 +1,9 @@
 """The scaling laws of a study table, as fit.json holds them.
 
-- L(C) = E + A·C^-alpha per setting, on the setting's compute frontier;
-- L(N, D) = E + A/N^alpha + B/D^beta per law group (settings that share an arch and a recipe
-  share a law: GPUs per trial change neither), with the compute-optimal allocation under the
-  trials' own FLOPs per token (`allocation.py`);
+- per law — a setting's, or that of settings that share an arch and a recipe (GPUs per trial,
+  or which sizes and budgets a setting covers, change neither) — L(C) = E + A·C^-alpha on
+  its compute frontier, and L(N, D) = E + A/N^alpha + B/D^beta with the compute-optimal
+  allocation under the trials' own FLOPs per token (`allocation.py`);
 - every parameter with its bootstrap interval and whether the runs identify it (`laws.py`);
 - a rollout check of each law: refitted on the budgets below each budget in turn (and for
   L(N, D) without its largest size), it predicts the runs it did not see, with intervals for
@@ -11,7 +11,7 @@
 - predictions at named budgets (one and eight device-days at the measured throughput), each
   with how far it extrapolates beyond the largest trial, how far the rollout checked, and
   the epochs of the study's corpus it implies;
-- each pair of settings compared at the named budgets, the difference with its interval.
+- each pair of laws compared at the named budgets, the difference with its interval.
 """
 
 from __future__ import annotations
@@ -72,14 +72,11 @@ def fit_study(table: pd.DataFrame, options: FitOptions | None = None) -> dict[st
     fitted: dict[tuple[str, str], _Fitted] = {}
     # The optimiser's vectors are a handful of numbers: BLAS threads only contend for the cores.
     with threadpool_limits(1, user_api="blas"):
-        compute = {}
-        for setting, group in rows.groupby("setting", sort=True):
-            compute[str(setting)], fitted[("L(C)", str(setting))] = _compute_section(
-                group.reset_index(drop=True), options)
-        params_tokens = {}
-        for name, group in _law_groups(rows):
+        compute, params_tokens, groups = {}, {}, dict(_law_groups(rows))
+        for name, group in groups.items():
+            compute[name], fitted[("L(C)", name)] = _compute_section(group, options)
             params_tokens[name], fitted[("L(N, D)", name)] = _params_tokens_section(group, options)
-        comparisons = _comparisons(rows, compute, params_tokens, fitted, options)
+        comparisons = _comparisons(groups, params_tokens, fitted, options)
     sections = [*compute.values(), *params_tokens.values()]
     if all("skipped" in section for section in sections):
         _no_law(cleaned.rows, compute, params_tokens)
@@ -375,7 +372,7 @@ def _lowest_of_budget(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _compute_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dict[str, Any], _Fitted | None]:
-    """L(C) on one setting's compute frontier, with its band, named budgets and rollout."""
+    """L(C) on one law's compute frontier, with its band, named budgets and rollout."""
     frontier = _frontier(rows)
 
     def points(predicted: Any) -> list[dict[str, Any]]:
@@ -497,48 +494,43 @@ def _params_tokens_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dic
 
 # --- comparisons -----------------------------------------------------------------------------------
 
-def _comparisons(rows: pd.DataFrame, compute: dict, params_tokens: dict, fitted: dict,
+def _comparisons(groups: dict[str, pd.DataFrame], params_tokens: dict, fitted: dict,
                  options: FitOptions) -> list[dict[str, Any]]:
-    """Each pair of settings at each named budget both have: the predicted losses and their
-    difference with a bootstrap interval (the two laws' resamples are independent, so their
-    samples pair in any order). Under L(N, D)'s compute-optimal loss where both settings'
-    allocations are identified, else under L(C)."""
-    group_of = {setting: name for name, section in params_tokens.items() for setting in section["settings"]}
+    """Each pair of laws (settings, or settings that share an arch and recipe) at each named
+    budget both have: the predicted losses and their difference with a bootstrap interval
+    (the two laws' resamples are independent, so their samples pair in any order). Under
+    L(N, D)'s compute-optimal loss where both allocations are identified, else under L(C)."""
     out = []
-    for first, second in itertools.combinations(sorted(compute), 2):
-        budgets = {setting: named_budgets(rows[rows["setting"] == setting]) for setting in (first, second)}
-        for name in budgets[first].keys() & budgets[second].keys():
-            samples = {}
-            law = "L(N, D)" if all(fitted.get(("L(N, D)", group_of.get(s, ""))) is not None
-                                   and fitted[("L(N, D)", group_of[s])].allocation_identified
-                                   for s in (first, second)) else "L(C)"
-            for setting in (first, second):
-                samples[setting] = _named_samples(fitted, law, setting, group_of, budgets[setting][name])
-            if any(value is None for value in samples.values()):
+    for first, second in itertools.combinations(sorted(groups), 2):
+        budgets = {name: named_budgets(groups[name]) for name in (first, second)}
+        both = all(fitted[("L(N, D)", name)] is not None and fitted[("L(N, D)", name)].allocation_identified
+                   for name in (first, second))
+        law = "L(N, D)" if both else "L(C)"
+        for budget in sorted(budgets[first].keys() & budgets[second].keys()):
+            samples = [_named_samples(fitted[(law, name)], budgets[name][budget]) for name in (first, second)]
+            if any(value is None for value in samples):
                 continue
-            (estimate_a, samples_a), (estimate_b, samples_b) = samples[first], samples[second]
+            (estimate_a, samples_a), (estimate_b, samples_b) = samples
             paired = min(len(samples_a), len(samples_b))
             difference = percentile_interval(estimate_a - estimate_b, samples_a[:paired] - samples_b[:paired],
                                              options.confidence)
-            extrapolation = max(budgets[s][name] / rows.loc[rows["setting"] == s, "flops"].max()
-                                for s in (first, second))
-            out.append({"budget": name, "law": law, "settings": [first, second],
+            extrapolation = max(budgets[name][budget] / groups[name]["flops"].max()
+                                for name in (first, second))
+            out.append({"budget": budget, "law": law, "settings": [first, second],
                         "loss": [_json(percentile_interval(estimate_a, samples_a, options.confidence)),
                                  _json(percentile_interval(estimate_b, samples_b, options.confidence))],
                         "difference": _json(difference), "extrapolation": float(extrapolation)})
     return sorted(out, key=lambda entry: (entry["budget"], entry["settings"]))
 
 
-def _named_samples(fitted: dict, law: str, setting: str, group_of: dict[str, str],
-                   flops: float) -> tuple[float, np.ndarray] | None:
-    """A setting's predicted loss at `flops` under `law`: the estimate and its bootstrap samples."""
-    if law == "L(N, D)":
-        entry = fitted[("L(N, D)", group_of[setting])]
+def _named_samples(entry: _Fitted | None, flops: float) -> tuple[float, np.ndarray] | None:
+    """A law's predicted loss at `flops` (L(N, D): its compute-optimal loss): the estimate and
+    its bootstrap samples; None where the law was not fitted."""
+    if entry is None:
+        return None
+    if entry.per_token is not None:
         estimate, samples = (allocate(params, [flops], entry.per_token)[2][..., 0]
                              for params in (entry.fit.estimate, entry.fit.samples))
         return float(estimate), samples
-    entry = fitted.get(("L(C)", setting))
-    if entry is None:
-        return None
     estimate, samples = entry.fit.evaluate([flops])
     return float(estimate[0]), samples[:, 0]
