@@ -58,6 +58,8 @@ class _Fitted:
     """What the comparisons need of a fitted section beyond its JSON."""
 
     fit: LawFit
+    largest: float  # the law's largest trial's FLOPs
+    validated: float  # the extrapolation factor its rollout checked
     per_token: FlopsPerToken | None = None  # L(N, D) only
     allocation_identified: bool = False
 
@@ -275,8 +277,18 @@ def _quality(fit: LawFit, options: FitOptions) -> dict[str, Any]:
                           "degenerate": fit.degenerate_resamples, "failed": fit.failed_resamples}}
 
 
-def _extrapolation(flops: float, largest: float, validated: float) -> dict[str, float]:
-    return {"extrapolation": float(flops / largest), "validated_factor": validated}
+def _extrapolation(flops: float, largest: float, validated: float, fit: LawFit) -> dict[str, Any]:
+    """How far a prediction lies beyond the largest trial and the factor the rollout checked,
+    and whether it is supported: a law whose parameters are not all identified is trusted
+    only as far as its rollout checked it."""
+    factor = float(flops / largest)
+    unidentified = [name for name in fit.names if not fit.identified(name).identified]
+    supported = not unidentified or factor <= validated
+    return {"extrapolation": factor, "validated_factor": validated, "supported": supported,
+            **({} if supported else {"reason": f"the law's {', '.join(unidentified)} "
+                                               f"{'is' if len(unidentified) == 1 else 'are'} not identified "
+                                               f"and {factor:,.3g}× lies beyond the {validated:.3g}× its "
+                                               "rollout checked"})}
 
 
 # --- rollout ----------------------------------------------------------------------------------------
@@ -402,11 +414,11 @@ def _compute_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dict[str,
         "band": [{"flops": float(c), **interval} for c, interval in zip(band, _json_each(fit.predict(band)),
                                                                         strict=True)],
         "predictions": [{"name": name, "flops": c, **interval,
-                         **_extrapolation(c, largest, rollout["validated_factor"])}
+                         **_extrapolation(c, largest, rollout["validated_factor"], fit)}
                         for (name, c), interval in zip(budgets.items(), _json_each(named), strict=True)],
         "rollout": rollout,
     }
-    return section, _Fitted(fit)
+    return section, _Fitted(fit, largest, rollout["validated_factor"])
 
 
 def _noise_json(rows: pd.DataFrame, fit: LawFit) -> dict[str, Any] | None:
@@ -460,7 +472,7 @@ def _params_tokens_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dic
         tokens = allocation["tokens"]["estimate"]
         epochs = {"epochs": tokens / unique_tokens} if unique_tokens and tokens else {}
         return {"name": name, **allocation, **epochs,
-                **_extrapolation(allocation["flops"], largest, rollout["validated_factor"])}
+                **_extrapolation(allocation["flops"], largest, rollout["validated_factor"], fit)}
 
     predicted = fit.predict(rows["params"], rows["tokens"]).estimate
     optimal_loss = compute_optimal(fit, rows["flops"], per_token)["loss"].estimate
@@ -489,7 +501,7 @@ def _params_tokens_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dic
                         in zip(budgets, allocations(list(budgets.values())), strict=True)],
         "rollout": rollout,
     }
-    return section, _Fitted(fit, per_token, not_allocated is None)
+    return section, _Fitted(fit, largest, rollout["validated_factor"], per_token, not_allocated is None)
 
 
 # --- comparisons -----------------------------------------------------------------------------------
@@ -507,9 +519,20 @@ def _comparisons(groups: dict[str, pd.DataFrame], params_tokens: dict, fitted: d
                    for name in (first, second))
         law = "L(N, D)" if both else "L(C)"
         for budget in sorted(budgets[first].keys() & budgets[second].keys()):
-            samples = [_named_samples(fitted[(law, name)], budgets[name][budget]) for name in (first, second)]
-            if any(value is None for value in samples):
+            entries = [fitted[(law, name)] for name in (first, second)]
+            if any(entry is None for entry in entries):
                 continue
+            names = (first, second)
+            support = [_extrapolation(budgets[name][budget], entry.largest, entry.validated, entry.fit)
+                       for name, entry in zip(names, entries, strict=True)]
+            if not all(part["supported"] for part in support):
+                reasons = [f"{name}: {part['reason']}" for name, part in zip(names, support, strict=True)
+                           if not part["supported"]]
+                out.append({"budget": budget, "law": law, "settings": list(names),
+                            "skipped": "; ".join(reasons)})
+                continue
+            samples = [_named_samples(entry, budgets[name][budget])
+                       for name, entry in zip(names, entries, strict=True)]
             (estimate_a, samples_a), (estimate_b, samples_b) = samples
             paired = min(len(samples_a), len(samples_b))
             difference = percentile_interval(estimate_a - estimate_b, samples_a[:paired] - samples_b[:paired],
@@ -523,11 +546,9 @@ def _comparisons(groups: dict[str, pd.DataFrame], params_tokens: dict, fitted: d
     return sorted(out, key=lambda entry: (entry["budget"], entry["settings"]))
 
 
-def _named_samples(entry: _Fitted | None, flops: float) -> tuple[float, np.ndarray] | None:
+def _named_samples(entry: _Fitted, flops: float) -> tuple[float, np.ndarray]:
     """A law's predicted loss at `flops` (L(N, D): its compute-optimal loss): the estimate and
-    its bootstrap samples; None where the law was not fitted."""
-    if entry is None:
-        return None
+    its bootstrap samples."""
     if entry.per_token is not None:
         estimate, samples = (allocate(params, [flops], entry.per_token)[2][..., 0]
                              for params in (entry.fit.estimate, entry.fit.samples))

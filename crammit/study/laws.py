@@ -27,12 +27,16 @@ from scipy.optimize import minimize
 
 from crammit.errors import CrammitError
 
+# One more distinct run than parameters, at least. With just one more, a Huber fit passes
+# through all runs but one and the resamples that keep them all may all give the same law:
+# `_clear_of_bounds` then flags the parameters rather than print an interval of no width.
 MIN_COMPUTE_POINTS = 4
 MIN_PARAMS_TOKENS_POINTS = 6
 EXPONENT_MAX = 2.0  # steeper than 1/x^2 is no scaling law of language models
 E_FLOOR = 1e-6  # E's lower bound as a share of the lowest loss: E = 0 for every purpose
 TERM_FLOOR = 1e-6  # a term's lower bound at the centre, as a share of the lowest loss: the term is gone
 TERM_CEILING = 8.0  # a term's upper bound at the centre, as a multiple of the highest loss
+SAME = 1e-9  # resamples within this relative spread gave one value: no interval
 ON_BOUND = 1e-4  # a parameter this close to a bound (log units; exponent units) sits on it
 RETRY_STARTS = 4  # best grid points (under its weights) a resample is refitted from if its fit fails
 
@@ -326,14 +330,17 @@ def _identify(names: tuple[str, ...], theta: np.ndarray, thetas: np.ndarray, low
 
 def _clear_of_bounds(name: str, samples: np.ndarray, lower: float, upper: float,
                      tail: float) -> Identification:
-    """E and the exponents have bounds with a meaning (no floor, no decay, the cap): their
-    interval must stay clear of them by half its width, or the runs have not told the
-    parameter from its bound. A coefficient's own bounds are only guards; its verdict
-    follows its exponent's."""
-    if name != "E" and name not in EXPONENTS:
-        return Identification(True)
+    """An interval of no width says nothing. E and the exponents have bounds with a meaning
+    (no floor, no decay, the cap): their interval must stay clear of them by half its width,
+    or the runs have not told the parameter from its bound. A coefficient's own bounds are
+    only guards; its verdict follows its exponent's."""
     own = np.exp(samples) if name == "E" else samples
     low, high = np.quantile(own, [tail, 1 - tail])
+    if high - low <= SAME * max(abs(float(np.median(own))), SAME):
+        return Identification(False, "every usable resample gives the same value: too few runs for the "
+                                     "bootstrap to vary")
+    if name != "E" and name not in EXPONENTS:
+        return Identification(True)
     margin = (high - low) / 2
     floor, cap = (0.0, np.exp(upper)) if name == "E" else (lower, upper)
     if low - floor < margin:
@@ -455,10 +462,12 @@ def fit_params_tokens_law(params: Any, tokens: Any, loss: Any, options: FitOptio
     approach 3); `configurations` as for `fit_compute_law`."""
     params, tokens, loss = _as_columns(params, tokens, loss)
     distinct = len(np.unique(params)), len(np.unique(tokens))
-    if len(loss) < MIN_PARAMS_TOKENS_POINTS or min(distinct) < 2:
+    pairs = len(np.unique(np.column_stack([params, tokens]), axis=0))
+    if pairs < MIN_PARAMS_TOKENS_POINTS or min(distinct) < 2:
         raise CrammitError(
-            f"{len(loss)} points with {distinct[0]} distinct params and {distinct[1]} distinct tokens; "
-            f"L(N, D) needs at least {MIN_PARAMS_TOKENS_POINTS} with 2 distinct params and 2 distinct tokens")
+            f"{pairs} distinct (N, D) points with {distinct[0]} distinct params and {distinct[1]} distinct "
+            f"tokens; L(N, D) needs at least {MIN_PARAMS_TOKENS_POINTS} with 2 distinct params and 2 "
+            "distinct tokens")
     exponents, logs = np.arange(0, 2.01, 0.5), np.arange(0, 26, 5.0)
     grid = np.array([(e, a, b, alpha, beta) for e, a, b, alpha, beta in itertools.product(
         np.arange(-1, 1.01, 0.5), logs, logs, exponents, exponents)])

@@ -107,12 +107,12 @@ def loss_vs_compute(trials: pd.DataFrame, fit: dict[str, Any]) -> Figure:
     confidence = _confidence(fit)
     titles = []
     for (setting, law), color in zip(laws.items(), itertools.cycle(LAW_COLORS)):
-        band = pd.DataFrame(law["band"])
+        band = _numbers(pd.DataFrame(law["band"]))
         ax.fill_between(band["flops"], band["low"], band["high"], color=color, alpha=0.15, lw=0,
                         label=None if titles else f"{confidence} band")  # one entry serves every band
         _checked_line(ax, band["flops"], band["estimate"], _checked_flops(law), color,
                       f"L(C), {setting}: α = {_parameter(law, 'alpha')}")
-        for index, prediction in enumerate(law.get("predictions", [])):
+        for index, prediction in enumerate(p for p in law.get("predictions", []) if p.get("supported", True)):
             _prediction(ax, prediction["flops"], prediction, _prediction_name(prediction), color, index)
         titles.append(f"{_compute_law_text(law)} ({setting})")
     _log_log(ax, loss=True)
@@ -149,7 +149,7 @@ def compute_frontier(trials: pd.DataFrame, fit: dict[str, Any]) -> Figure:
                     label="the law at the trial's N, D")
     titles = []
     for (name, law), color in zip(laws.items(), itertools.cycle(LAW_COLORS)):
-        optimal = pd.json_normalize(law["compute_optimal"])
+        optimal = _numbers(pd.json_normalize(law["compute_optimal"]))
         checked = _checked_flops(law)
         flag = "" if law["allocation_identified"] else " (n.i.)"
         _band(loss_ax, optimal, "loss", color, f"{name}: compute-optimal loss{flag}", checked)
@@ -160,7 +160,7 @@ def compute_frontier(trials: pd.DataFrame, fit: dict[str, Any]) -> Figure:
             allocation_ax.scatter(mine["flops"], mine[column], color=color, marker=marker, s=36,
                                   edgecolors="white", zorder=3, label=f"{name}: trials' {label}")
         if law["allocation_identified"]:  # a prediction of an allocation the runs cannot tell is not drawn
-            for prediction in law.get("predictions", []):
+            for prediction in (p for p in law.get("predictions", []) if p.get("supported", True)):
                 _prediction(loss_ax, prediction["flops"], prediction["loss"], _prediction_name(prediction),
                             color)
         else:
@@ -544,14 +544,21 @@ def _band(ax: Axes, frame: pd.DataFrame, column: str, color: Any, label: str, ch
     _checked_line(ax, frame["flops"], frame[f"{column}.estimate"], checked, color, label, dashes)
 
 
+def _numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    """fit.json's intervals as floats: a side the runs do not bound (null) is NaN, not drawn."""
+    return frame.apply(pd.to_numeric, errors="coerce")
+
+
 def _prediction(ax: Axes, flops: float, interval: dict[str, float], name: str, color: Any,
                 index: int = 0) -> None:
-    """A named extrapolation as a diamond with its interval as the error bar."""
+    """A named extrapolation as a diamond with its interval as a bar from low to high (a
+    percentile interval need not contain the estimate; a side the runs do not bound, null in
+    fit.json, is not drawn)."""
     estimate = interval["estimate"]
-    # fit.json writes an unbounded side (past float range) as null: no bar on that side.
     low, high = (estimate if bound is None else bound for bound in (interval["low"], interval["high"]))
-    ax.errorbar([flops], [estimate], yerr=[[estimate - low], [high - estimate]],
-                fmt="D", color=color, markersize=6, capsize=4, zorder=4)
+    ax.plot([flops, flops], [low, high], color=color, lw=1.5, zorder=4)
+    ax.scatter([flops, flops], [low, high], marker="_", s=60, color=color, zorder=4)
+    ax.scatter([flops], [estimate], marker="D", s=36, color=color, zorder=5)
     # Above the error bar: neighbouring budgets (one and eight days) sit too close for side labels.
     ax.annotate(name, (flops, interval["estimate"]), xytext=(8, 10 + 11 * index), textcoords="offset points",
                 ha="left", va="bottom", fontsize="x-small")

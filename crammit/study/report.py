@@ -107,8 +107,9 @@ def summarize(fitted: dict) -> str:
         lines.append(f"L(C) = E + A*C^-alpha, {setting}, on {frontier} compute-frontier trials "
                      f"({level} intervals):")
         lines += _law_lines(law)
-        lines += [f"  at {p['name']} ({p['flops']:.3g} FLOPs): loss {interval_text(p)}{_extrapolated(p)}"
-                  f"{_unidentified(law)}" for p in law["predictions"]]
+        lines += [f"  at {p['name']} ({p['flops']:.3g} FLOPs): "
+                  + (f"loss {interval_text(p)}{_extrapolated(p)}{_unidentified(law)}" if p["supported"] else
+                     f"loss not predicted ({p['reason']})") for p in law["predictions"]]
     unique = fitted.get("unique_tokens")
     for name, law in fitted["params_tokens"].items():
         if "skipped" in law:
@@ -121,6 +122,9 @@ def summarize(fitted: dict) -> str:
             lines.append(f"  compute-optimal allocation: not identified ({law['allocation_problem']})")
         lines.append(f"  {_exponents_text(law['allocation_exponents'])}")
         for p in law["predictions"]:
+            if not p["supported"]:
+                lines.append(f"  at {p['name']} ({p['flops']:.3g} FLOPs): not predicted ({p['reason']})")
+                continue
             lines.append(f"  at {p['name']} ({p['flops']:.3g} FLOPs): " + (
                 f"loss {interval_text(p['loss'])} with {interval_text(p['params'])} parameters on "
                 f"{interval_text(p['tokens'])} tokens{_epochs(p, unique)}"
@@ -223,8 +227,10 @@ def _epochs(prediction: dict, unique_tokens: float | None) -> str:
 
 
 def _comparison(entry: dict, level: str) -> str:
-    """"a lower by x [lo, hi] nats": the difference of the two settings' predicted losses."""
+    """"a lower by x [lo, hi] nats": the difference of the two laws' predicted losses."""
     first, second = entry["settings"]
+    if "skipped" in entry:
+        return f"at {entry['budget']}: {first} and {second} not compared ({entry['skipped']})"
     difference = entry["difference"]
     estimate, low, high = difference["estimate"], difference["low"], difference["high"]
     if estimate < 0:  # the first is lower: flip the difference to say by how much

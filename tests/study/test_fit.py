@@ -248,7 +248,8 @@ def test_too_few_points_for_any_law_is_a_user_error():
     table = pd.DataFrame({"params": [1e6, 2e6, 4e6], "tokens": [1e9, 1e9, 1e8], "loss": [4.0, 3.5, 3.9]})
     with pytest.raises(CrammitError, match="no scaling law can be fitted to 3 usable runs") as error:
         fit_study(table)
-    assert "L(N, D) of all: 3 points" in str(error.value) and "L(C) needs at least 4" in str(error.value)
+    assert "L(N, D) of all: 3 distinct (N, D) points" in str(error.value)
+    assert "L(C) needs at least 4" in str(error.value)
 
 
 def test_frontier_is_the_lower_envelope():
@@ -282,3 +283,24 @@ def test_rollout_prediction_intervals_cover_held_out_runs_at_their_rate():
           f"median width {np.median(widths):.3f}")
     assert 0.85 <= covered / (covered + missed) <= 0.99
     assert uninformative == 0 and np.median(widths) < 0.25
+
+
+def test_a_law_the_runs_do_not_pin_is_not_extrapolated():
+    """The README's CPU example (tiny and mini at 1e6, 2e6 and 4e6 tokens): four frontier runs
+    give every resample the same L(C), and no rollout can check it, so the CPU-worker-days
+    ~19x beyond its largest trial are not predicted, nor compared."""
+    sizes = {"tiny": (5180929, [1.3389e13, 2.6751e13, 5.3501e13], [6.22361, 6.01964, 5.80876]),
+             "mini": (11015169, [2.9928e13, 5.9796e13, 1.19591e14], [6.04840, 5.87973, 5.68514])}
+    rows = [{"trial": f"crammed-{size}-{tokens:g}tok", "setting": "crammed", "size": size, "params": params,
+             "tokens": tokens, "flops": flops, "loss": loss, "budget": tokens, "budget_unit": "tokens",
+             "device_hours": flops / 6e13, "device": "cpu", "unique_tokens": 2030336}
+            for size, (params, all_flops, losses) in sizes.items()
+            for tokens, flops, loss in zip((1e6, 2e6, 4e6), all_flops, losses, strict=True)]
+    fit = fit_study(pd.DataFrame(rows), FitOptions(resamples=300))
+    law = fit["compute"]["crammed"]
+    assert not any(value["identified"] for value in law["parameters"].values())
+    assert all(not prediction["supported"] and "not identified" in prediction["reason"]
+               for prediction in law["predictions"])
+    text = summarize(fit)
+    assert "loss not predicted (the law's E, A, alpha are not identified and" in text
+    assert "[5.3" not in text  # no interval of no width is printed as a number

@@ -140,6 +140,18 @@ def test_too_few_usable_resamples_identify_nothing():
     assert "only 20 resamples were usable; a 95% interval needs at least 40" in fit.identified("alpha").reason
 
 
+def test_an_interval_of_no_width_is_not_identified():
+    # The README's CPU example's L(C): four frontier runs for three parameters, and every
+    # usable resample (all four runs, reweighted) gave the same Huber fit.
+    flops = np.array([1.3389e13, 2.6751e13, 5.3501e13, 1.1959e14])
+    loss = np.array([6.22361, 6.01964, 5.80876, 5.68514])
+    fit = fit_compute_law(flops, loss, FitOptions(resamples=1000))
+    for name in fit.names:
+        interval, verdict = fit.interval(name), fit.identified(name)
+        assert not verdict.identified, (name, interval)
+    assert "every usable resample gives the same value" in fit.identified("alpha").reason
+
+
 def test_too_few_points_are_a_user_error():
     with pytest.raises(CrammitError, match="L\\(C\\) needs at least 4"):
         fit_compute_law([1e15, 2e15, 2e15, 4e15], [5.0, 4.0, 4.1, 3.5])
