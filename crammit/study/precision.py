@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,45 +133,63 @@ def expected_precision(design: pd.DataFrame, law: ReferenceLaw, noise: float, no
     design has two sizes or more, L(C) on the frontier; bootstrap intervals and the
     identification rule), and return the mean 95 % half-widths of alpha, beta, E, L(C)'s
     alpha and the predicted loss at each `named` budget (FLOPs; L(N, D)'s compute-optimal
-    loss, else L(C)'s), with what most simulated studies do not identify."""
-    params, tokens, flops = (design[column].to_numpy(float) for column in ("params", "tokens", "flops"))
-    per_token = FlopsPerToken.from_trials(params, tokens, flops)
-    one_size = len(np.unique(params)) < 2
-    rng = np.random.default_rng(seed)
+    loss, else L(C)'s), with what most simulated studies do not identify. The studies are
+    independent: they run on this machine's cores at once."""
+    columns = tuple(design[column].to_numpy(float) for column in ("params", "tokens", "flops"))
+    draws = np.random.default_rng(seed).standard_normal((studies, len(design)))
+    jobs = [(columns, law.loss(columns[0], columns[1]) * np.exp(noise * draw), named,
+             FitOptions(resamples=resamples, seed=seed + study)) for study, draw in enumerate(draws)]
+    workers = min(studies, os.cpu_count() or 1)
+    if workers > 1:
+        # Spawned, not forked: the planning process may hold Ray's or torch's threads.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_simulated_study, jobs))
+    else:
+        results = [_simulated_study(job) for job in jobs]
     widths: dict[str, list[float]] = {}
     flagged: dict[str, list[str]] = {}
-    with threadpool_limits(1, user_api="blas"):
-        for study in range(studies):
-            options = FitOptions(resamples=resamples, seed=seed + study)
-            loss = law.loss(params, tokens) * np.exp(noise * rng.standard_normal(len(params)))
-            fits = []
-            if not one_size:
-                with contextlib.suppress(CrammitError):  # a failed fit counts as not identifying anything
-                    fits.append(("", fit_params_tokens_law(params, tokens, loss, options)))
-            frontier = compute_frontier(flops, loss)
-            with contextlib.suppress(CrammitError):  # a frontier of too few points: no L(C) this time
-                fits.append(("L(C) ", fit_compute_law(flops[frontier], loss[frontier], options)))
-            for prefix, fit in fits:
-                for name in ("alpha", "beta", "E") if not prefix else ("alpha",):
-                    interval = fit.interval(name)
-                    widths.setdefault(prefix + name, []).append(_width_of(interval.low, interval.high))
-                    if not fit.identified(name).identified:
-                        flagged.setdefault(prefix + name, []).append(fit.identified(name).reason)
-                if not prefix:
-                    for budget_name, budget in named.items():
-                        samples = allocate(fit.samples, [budget], per_token)[2][:, 0]
-                        widths.setdefault(f"loss at {budget_name}", []).append(_spread(samples))
-                elif one_size:
-                    for budget_name, budget in named.items():
-                        predicted = fit.evaluate([budget])[1][:, 0]
-                        widths.setdefault(f"loss at {budget_name}", []).append(_spread(predicted))
+    for study_widths, study_flags in results:
+        for name, width in study_widths.items():
+            widths.setdefault(name, []).append(width)
+        for name, reason in study_flags.items():
+            flagged.setdefault(name, []).append(reason)
     order = ["alpha", "beta", "E", "L(C) alpha", *(f"loss at {name}" for name in named)]
     half_widths = {name: _mean_width(widths.get(name, [])) for name in order}
     unidentified = {name: f"not identified in {len(reasons)} of {studies} simulated studies, e.g. "
                           f"{reasons[0]}" for name, reasons in flagged.items() if len(reasons) > studies / 2}
-    if one_size:
+    if len(np.unique(columns[0])) < 2:
         unidentified["L(N, D)"] = "one model size cannot separate N from D: L(C) only"
     return Precision(half_widths, unidentified, law, noise, noise_source, studies)
+
+
+def _simulated_study(job: tuple) -> tuple[dict[str, float], dict[str, str]]:
+    """One simulated study's fits: each reported half-width, and each unidentified
+    parameter's reason."""
+    (params, tokens, flops), loss, named, options = job
+    per_token = FlopsPerToken.from_trials(params, tokens, flops)
+    one_size = len(np.unique(params)) < 2
+    widths, flagged, fits = {}, {}, []
+    with threadpool_limits(1, user_api="blas"):
+        if not one_size:
+            with contextlib.suppress(CrammitError):  # a failed fit counts as not identifying anything
+                fits.append(("", fit_params_tokens_law(params, tokens, loss, options)))
+        frontier = compute_frontier(flops, loss)
+        with contextlib.suppress(CrammitError):  # a frontier of too few points: no L(C) this time
+            fits.append(("L(C) ", fit_compute_law(flops[frontier], loss[frontier], options)))
+        for prefix, fit in fits:
+            for name in ("alpha", "beta", "E") if not prefix else ("alpha",):
+                interval = fit.interval(name)
+                widths[prefix + name] = _width_of(interval.low, interval.high)
+                if not fit.identified(name).identified:
+                    flagged[prefix + name] = fit.identified(name).reason
+            if not prefix:
+                for budget_name, budget in named.items():
+                    optimal = allocate(fit.samples, [budget], per_token)[2][:, 0]
+                    widths[f"loss at {budget_name}"] = _spread(optimal)
+            elif one_size:
+                for budget_name, budget in named.items():
+                    widths[f"loss at {budget_name}"] = _spread(fit.evaluate([budget])[1][:, 0])
+    return widths, flagged
 
 
 def _width_of(low: float, high: float) -> float:
