@@ -223,9 +223,12 @@ def _noise(rows: pd.DataFrame, fit: LawFit) -> Noise | None:
     return fit.residual_noise()
 
 
-def _curve_flops(flops: pd.Series, budgets: dict[str, float]) -> np.ndarray:
-    """Where curves are drawn: from half the least compute to twice the most, or the largest budget."""
-    return np.geomspace(flops.min() / 2, max([2 * flops.max(), *budgets.values()]), CURVE_POINTS)
+def _curve_flops(flops: pd.Series, budgets: dict[str, float], fit: LawFit, validated: float) -> np.ndarray:
+    """Where curves are drawn: from half the least compute to twice the most, or to the largest
+    named budget the law supports (`_extrapolation`)."""
+    supported = [c for c in budgets.values()
+                 if _extrapolation(c, float(flops.max()), validated, fit)["supported"]]
+    return np.geomspace(flops.min() / 2, max([2 * flops.max(), *supported]), CURVE_POINTS)
 
 
 def _loss_problem(rows: pd.DataFrame) -> str | None:
@@ -287,8 +290,12 @@ def _extrapolation(flops: float, largest: float, validated: float, fit: LawFit) 
     return {"extrapolation": factor, "validated_factor": validated, "supported": supported,
             **({} if supported else {"reason": f"the law's {', '.join(unidentified)} "
                                                f"{'is' if len(unidentified) == 1 else 'are'} not identified "
-                                               f"and {factor:,.3g}× lies beyond the {validated:.3g}× its "
-                                               "rollout checked"})}
+                                               f"and {_times(factor)} lies beyond the {_times(validated)} "
+                                               "its rollout checked"})}
+
+
+def _times(factor: float) -> str:
+    return f"{factor:,.0f}×" if factor >= 10 else f"{factor:.3g}×"
 
 
 # --- rollout ----------------------------------------------------------------------------------------
@@ -400,8 +407,8 @@ def _compute_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dict[str,
     except CrammitError as error:
         return {"skipped": str(error), "points": points([None] * len(rows))}, None
     budgets = named_budgets(rows)
-    band = _curve_flops(rows["flops"], budgets)
     rollout = _rollout(rows, _budget_steps(rows), _frontier_fit, _lowest_of_budget, ("flops",), options)
+    band = _curve_flops(rows["flops"], budgets, fit, rollout["validated_factor"])
     largest = float(rows["flops"].max())
     named = fit.predict(list(budgets.values()))
     section = {
@@ -476,6 +483,7 @@ def _params_tokens_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dic
 
     predicted = fit.predict(rows["params"], rows["tokens"]).estimate
     optimal_loss = compute_optimal(fit, rows["flops"], per_token)["loss"].estimate
+    curve = _curve_flops(rows["flops"], budgets, fit, rollout["validated_factor"])
     exponents = allocation_exponents(rows, _configurations(rows), per_token,
                                      fit if not_allocated is None else None, options)
     if not_allocated:
@@ -495,7 +503,7 @@ def _params_tokens_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dic
                    for row, value, optimal
                    in zip(rows.to_dict("records"), predicted, optimal_loss, strict=True)],
         "largest_trial_flops": largest,
-        "compute_optimal": allocations(_curve_flops(rows["flops"], budgets)),
+        "compute_optimal": allocations(curve),
         "allocation_exponents": exponents,
         "predictions": [prediction(name, allocation) for name, allocation
                         in zip(budgets, allocations(list(budgets.values())), strict=True)],
