@@ -1,6 +1,7 @@
 """How fast this machine trains each of a CPU study's sizes, so that its first plan states a
 wall time: a few steps of the bare model (forward, backward, AdamW) at the setting's
-micro-batch, with the threads a trial's worker will get, timed after a warm-up step.
+micro-batch, with the threads a trial's worker will get, timed after a warm-up step in as
+many processes at once as the study runs trials at once.
 
 The trainer adds masking, data loading and reporting around the same steps, and each trial
 pays a start-up (a Tune trial, a Train controller, a worker) and its held-out evaluations,
@@ -9,14 +10,16 @@ which the plan adds as TRIAL_OVERHEAD_S.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 from crammit.config import ModelConfig, RecipeConfig
 from crammit.model.flops import training_flops_per_token
 
-CALIBRATION_SECONDS = 20.0  # for all sizes together
+CALIBRATION_SECONDS = 15.0  # of timed steps for all sizes together (each process also imports torch)
 MAX_STEPS = 20  # per size: enough for a steady rate
 
 
@@ -33,9 +36,20 @@ def _torch_threads(threads: int) -> Iterator[None]:
 
 
 def calibrate(models: dict[tuple[str, str], tuple[ModelConfig, RecipeConfig]], threads: int,
-              seconds: float = CALIBRATION_SECONDS) -> dict[tuple[str, str], float]:
+              seconds: float = CALIBRATION_SECONDS, concurrent: int = 1) -> dict[tuple[str, str], float]:
     """Training FLOP/s of each (setting, size)'s model on this machine with `threads` torch
-    threads, within `seconds` for all of them."""
+    threads, timed in `concurrent` processes at once (trials that share the cores slow each
+    other down), within `seconds` for all of them; the mean over the processes."""
+    if concurrent <= 1:
+        return _calibrate(models, threads, seconds)
+    # Spawned: the planning process may hold Ray's threads; each worker pays torch's import.
+    with ProcessPoolExecutor(concurrent, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = list(pool.map(_calibrate, [models] * concurrent, [threads] * concurrent, [seconds] * concurrent))
+    return {key: sum(run[key] for run in runs) / len(runs) for key in models}
+
+
+def _calibrate(models: dict[tuple[str, str], tuple[ModelConfig, RecipeConfig]], threads: int,
+               seconds: float) -> dict[tuple[str, str], float]:
     share = seconds / max(len(models), 1)
     with _torch_threads(threads):
         return {key: _tokens_per_s(model, recipe, share) * training_flops_per_token(model, recipe.mask_rate)

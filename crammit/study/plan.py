@@ -49,9 +49,9 @@ class Calibration:
     threads: int
 
     def describe(self) -> str:
-        return (f"CPU throughput from a {self.seconds:.0f}-s calibration of each size on this machine "
-                f"({self.threads} torch thread(s) a worker), plus {TRIAL_OVERHEAD_S:.0f} s of start-up and "
-                "evaluation a trial")
+        return (f"CPU throughput from a {self.seconds:.0f}-s calibration of the sizes on this machine "
+                f"({self.threads} torch thread(s) a worker, as many at once as trials run), plus "
+                f"{TRIAL_OVERHEAD_S:.0f} s of start-up and evaluation a trial")
 
 
 @dataclass(frozen=True)

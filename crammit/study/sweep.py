@@ -84,7 +84,7 @@ def _calibration(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResource
         return None
     concurrency = concurrent_trials(spec, cluster)
     threads = max(int(cluster.cpus) // (concurrency * max(s.workers for s in spec.settings if not s.gpus)), 1)
-    return Calibration(calibrate(models, threads), CALIBRATION_SECONDS, threads)
+    return Calibration(calibrate(models, threads, concurrent=concurrency), CALIBRATION_SECONDS, threads)
 
 
 def study_precision(spec: StudySpec, study_dir: Path, cluster: ClusterResources, plan: StudyPlan,

@@ -85,4 +85,4 @@ def test_a_calibration_times_cpu_token_budgets_before_any_trial_finishes():
     hours = [trial.hours for trial in plan.trials]
     assert hours == pytest.approx([1000 / 3600 + overhead, 2000 / 3600 + overhead])
     assert plan.wall_hours == pytest.approx(2000 / 3600 + overhead)  # two at a time on two cores
-    assert "20-s calibration of each size on this machine (1 torch thread(s) a worker)" in plan.render()
+    assert "20-s calibration of the sizes on this machine (1 torch thread(s) a worker" in plan.render()
