@@ -44,7 +44,8 @@ def calibrate(models: dict[tuple[str, str], tuple[ModelConfig, RecipeConfig]], t
         return _calibrate(models, threads, seconds)
     # Spawned: the planning process may hold Ray's threads; each worker pays torch's import.
     with ProcessPoolExecutor(concurrent, mp_context=multiprocessing.get_context("spawn")) as pool:
-        runs = list(pool.map(_calibrate, [models] * concurrent, [threads] * concurrent, [seconds] * concurrent))
+        copies = [models] * concurrent, [threads] * concurrent, [seconds] * concurrent
+        runs = list(pool.map(_calibrate, *copies))
     return {key: sum(run[key] for run in runs) / len(runs) for key in models}
 
 
