@@ -154,14 +154,18 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
     results.save_spec(study_dir, spec)
     start_ray(address)
     data = _study_data(spec, study_dir, cache_dir)
-    ordered = plan_study(spec, study_dir, cluster, calibrate_cpus=False).ordered_data
-    if ordered and not allow_ordered_data:
-        raise CrammitError(f"{ordered}, or pass --allow-ordered-data to run it as it is")
+    plan = plan_study(spec, study_dir, cluster, calibrate_cpus=False)
+    if plan.ordered_data and not allow_ordered_data:
+        raise CrammitError(f"{plan.ordered_data}, or pass --allow-ordered-data to run it as it is")
     configs = {trial.name: trial_config(spec, trial, study_dir, data) for trial in spec.trials()}
     for name, config in configs.items():
         _check_compatible(config, name)
-    pending = [name for name in configs
-               if results.trial_status(Path(configs[name].run_dir)) is not results.TrialStatus.OK]
+    # Longest first, as the plan's wall time assumes: the longest trial last would run alone.
+    cost = {row.trial: (0.0 if pd.isna(row.hours) else row.hours, 0.0 if pd.isna(row.flops) else row.flops)
+            for row in plan.design.itertuples()}
+    pending = sorted((name for name in configs
+                      if results.trial_status(Path(configs[name].run_dir)) is not results.TrialStatus.OK),
+                     key=lambda name: cost[name], reverse=True)
     if pending:
         _tune(spec, study_dir, data, configs, pending, concurrent_trials(spec, cluster), cache_dir)
     if spec.glue.tasks:
