@@ -1,7 +1,7 @@
 """How fast this machine trains each of a CPU study's sizes, so that its first plan states a
 wall time: a few steps of the bare model (forward, backward, AdamW) at the setting's
-micro-batch, with the threads a trial's worker will get, timed after a warm-up step in as
-many processes at once as the study runs trials at once.
+micro-batch (at most MAX_MICRO_BATCH sequences), with the threads a trial's worker will get,
+timed after a warm-up step in as many processes at once as the study runs trials at once.
 
 The trainer adds masking, data loading and reporting around the same steps, and each trial
 pays a start-up (a Tune trial, a Train controller, a worker) and its held-out evaluations,
@@ -21,6 +21,9 @@ from crammit.model.flops import training_flops_per_token
 
 CALIBRATION_SECONDS = 15.0  # of timed steps for all sizes together (each process also imports torch)
 MAX_STEPS = 20  # per size: enough for a steady rate
+# Sequences a timed step holds at most: on CPU a token costs about the same from 8 sequences
+# up, and a setting's micro-batch may not fit in memory at all (its trial reports that).
+MAX_MICRO_BATCH = 32
 
 
 @contextmanager
@@ -67,7 +70,7 @@ def _tokens_per_s(model_config: ModelConfig, recipe: RecipeConfig, seconds: floa
     generator = torch.Generator().manual_seed(0)
     model = build_model(model_config)
     adamw = optimizer(model, recipe, fused=False)
-    shape = (recipe.micro_batch_size, model_config.seq_len)
+    shape = (min(recipe.micro_batch_size, MAX_MICRO_BATCH), model_config.seq_len)
     input_ids = torch.randint(5, model_config.vocab_size, shape, generator=generator)
     labels = torch.where(torch.rand(shape, generator=generator) < recipe.mask_rate, input_ids, IGNORE_INDEX)
 
