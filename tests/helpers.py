@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import random
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from crammit.config import Budget, Device, PrepareConfig, RecipeConfig, TrainConfig, model_config
@@ -120,3 +124,21 @@ def write_glue_dir(root: Path, seed: int = 0) -> Path:
         lines = ["sentence\tlabel"] + [f"{sentence()} \t{rng.randint(0, 1)}" for _ in range(rows)]
         (root / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def _one_blas_thread() -> None:
+    """One process a core: BLAS threads of their own would oversubscribe the cores."""
+    import numpy  # noqa: F401  (these load the BLAS libraries the limit applies to)
+    import scipy.optimize  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # for the process's life
+
+
+def on_every_core(function: Callable, items: Iterable) -> list:
+    """`function` of each item, spread over this machine's cores: for the independent seeded
+    studies of a coverage test. Spawned, as the pytest process may hold Ray's threads;
+    `function` is a module-level function of a test module."""
+    with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_blas_thread) as pool:
+        return list(pool.map(function, items))

@@ -16,6 +16,7 @@ from crammit.study.fit import fit_study, write_fit
 from crammit.study.laws import FitOptions, compute_frontier
 from crammit.study.report import summarize
 from crammit.study.table import study_rows
+from tests.helpers import on_every_core
 from tests.study.test_laws import PARAMS_TOKENS, noisy, params_tokens_loss
 
 SMOKE = Path(__file__).parents[2] / "notebooks" / "smoke_study" / "trials.parquet"
@@ -269,16 +270,17 @@ def rollout_table(seed):
     return table.assign(loss=noisy(params_tokens_loss(table["params"], table["tokens"]), seed, 0.02))
 
 
+def _rollout_of_study(seed: int) -> dict:
+    fit = fit_study(rollout_table(seed), FitOptions(resamples=60, seed=seed))
+    return fit["params_tokens"]["s"]["rollout"]
+
+
 @pytest.mark.slow
 def test_rollout_prediction_intervals_cover_held_out_runs_at_their_rate():
-    covered = missed = uninformative = 0
-    widths = []
-    for seed in range(50):
-        fit = fit_study(rollout_table(seed), FitOptions(resamples=60, seed=seed))
-        rollout = fit["params_tokens"]["s"]["rollout"]
-        covered, missed = covered + rollout["covered"], missed + rollout["missed"]
-        uninformative += rollout["uninformative"]
-        widths.append(rollout["median_relative_width"])
+    rollouts = on_every_core(_rollout_of_study, range(50))
+    covered, missed, uninformative = (sum(rollout[verdict] for rollout in rollouts)
+                                      for verdict in ("covered", "missed", "uninformative"))
+    widths = [rollout["median_relative_width"] for rollout in rollouts]
     print(f"covered {covered}, missed {missed}, uninformative {uninformative}, "
           f"median width {np.median(widths):.3f}")
     assert 0.85 <= covered / (covered + missed) <= 0.99

@@ -19,6 +19,7 @@ from crammit.study.laws import (
     fit_params_tokens_law,
 )
 from crammit.study.report import parameter_text
+from tests.helpers import on_every_core
 
 PARAMS_TOKENS = {"E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
 COMPUTE = {"E": 1.8, "A": 6.0 * 1e14**0.3, "alpha": 0.3}  # reducible loss 6 at 1e14 FLOPs
@@ -159,6 +160,20 @@ def test_too_few_points_are_a_user_error():
         fit_params_tokens_law([1e6] * 6, np.geomspace(1e8, 1e9, 6), np.linspace(5, 4, 6))
 
 
+def _coverage_study(seed: int) -> tuple[list[bool], list[bool], bool]:
+    """One seeded study: whether each L(N, D) and L(C) interval holds the truth, and whether
+    a 3 x 3 design over one decade flags E."""
+    options = FitOptions(resamples=100, seed=seed)
+    fit = fit_params_tokens_law(*params_tokens_grid(1000 + seed, sizes=6, counts=12), options)
+    params_tokens = [fit.interval(name).low <= value <= fit.interval(name).high
+                     for name, value in PARAMS_TOKENS.items()]
+    fit = fit_compute_law(*compute_points(1000 + seed, count=40), options)
+    compute = [fit.interval(name).low <= value <= fit.interval(name).high for name, value in COMPUTE.items()]
+    narrow = fit_params_tokens_law(*params_tokens_grid(2000 + seed, 3, 3, (1e7, 1e8), (1e9, 1e10), 0.02),
+                                   options)
+    return params_tokens, compute, not narrow.identified("E").identified
+
+
 @pytest.mark.slow
 def test_intervals_cover_the_true_parameters_and_flag_what_a_narrow_design_cannot_identify():
     """95 % intervals hold the truth in at least 90 % of 50 seeded studies, for every parameter;
@@ -167,19 +182,7 @@ def test_intervals_cover_the_true_parameters_and_flag_what_a_narrow_design_canno
     L(C)'s A and alpha cover 45 of these 50 studies whatever the number of resamples, but 0.955
     of 200 studies: a change that drops them below the line needs more seeds before a verdict.
     """
-    seeds = 50
-    params_tokens, compute, flagged = [], [], []
-    for seed in range(seeds):
-        options = FitOptions(resamples=100, seed=seed)
-        fit = fit_params_tokens_law(*params_tokens_grid(1000 + seed, sizes=6, counts=12), options)
-        params_tokens.append([fit.interval(name).low <= value <= fit.interval(name).high
-                              for name, value in PARAMS_TOKENS.items()])
-        fit = fit_compute_law(*compute_points(1000 + seed, count=40), options)
-        compute.append([fit.interval(name).low <= value <= fit.interval(name).high
-                        for name, value in COMPUTE.items()])
-        narrow = fit_params_tokens_law(*params_tokens_grid(2000 + seed, 3, 3, (1e7, 1e8), (1e9, 1e10), 0.02),
-                                       options)
-        flagged.append(not narrow.identified("E").identified)
+    params_tokens, compute, flagged = zip(*on_every_core(_coverage_study, range(50)), strict=True)
     coverage = dict(zip([*PARAMS_TOKENS, *(f"L(C) {name}" for name in COMPUTE)],
                         [*np.mean(params_tokens, axis=0), *np.mean(compute, axis=0)], strict=True))
     print(coverage, np.mean(flagged))
@@ -194,22 +197,25 @@ def test_a_run_interval_needs_a_noise_model():
     assert wide.high - wide.low > narrow.high - narrow.low
 
 
+def _seeded_configurations_study(seed: int) -> list[bool]:
+    """Three seeds of each of 6 x 6 configurations, each configuration off the law by its own
+    2 % and each seed by a further 1 %: whether each interval holds the truth."""
+    rng = np.random.default_rng(3000 + seed)
+    n, d = (grid.ravel() for grid in np.meshgrid(np.geomspace(1e6, 1e10, 6), np.geomspace(1e7, 1e12, 6)))
+    loss = params_tokens_loss(n, d) * np.exp(0.02 * rng.standard_normal(n.shape))
+    seeds = np.repeat(loss[None], 3, axis=0) * np.exp(0.01 * rng.standard_normal((3, len(n))))
+    configurations = np.tile(np.arange(len(n)), 3)
+    fit = fit_params_tokens_law(np.tile(n, 3), np.tile(d, 3), seeds.ravel(),
+                                FitOptions(resamples=100, seed=seed), configurations)
+    return [fit.interval(name).low <= value <= fit.interval(name).high
+            for name, value in PARAMS_TOKENS.items()]
+
+
 @pytest.mark.slow
 def test_the_configuration_bootstrap_covers_with_seeds():
-    """Three seeds of each of 6 x 6 configurations, each configuration off the law by its own
-    2 % and each seed by a further 1 %: resampling whole configurations, 95 % intervals
-    hold the truth in at least 90 % of 50 studies."""
-    covered = []
-    for seed in range(50):
-        rng = np.random.default_rng(3000 + seed)
-        n, d = (grid.ravel() for grid in np.meshgrid(np.geomspace(1e6, 1e10, 6), np.geomspace(1e7, 1e12, 6)))
-        loss = params_tokens_loss(n, d) * np.exp(0.02 * rng.standard_normal(n.shape))
-        seeds = np.repeat(loss[None], 3, axis=0) * np.exp(0.01 * rng.standard_normal((3, len(n))))
-        configurations = np.tile(np.arange(len(n)), 3)
-        fit = fit_params_tokens_law(np.tile(n, 3), np.tile(d, 3), seeds.ravel(),
-                                    FitOptions(resamples=100, seed=seed), configurations)
-        covered.append([fit.interval(name).low <= value <= fit.interval(name).high
-                        for name, value in PARAMS_TOKENS.items()])
+    """Resampling whole configurations, 95 % intervals hold the truth in at least 90 % of 50
+    studies with seeds."""
+    covered = on_every_core(_seeded_configurations_study, range(50))
     coverage = dict(zip(PARAMS_TOKENS, np.mean(covered, axis=0), strict=True))
     print(coverage)
     assert min(coverage.values()) >= 0.9, coverage

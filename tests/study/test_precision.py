@@ -25,6 +25,7 @@ from crammit.study.precision import (
 )
 from crammit.study.spec import Setting, StudySpec, read_study_file, write_study_file
 from crammit.study.sweep import trial_models
+from tests.helpers import on_every_core
 
 LAW = ReferenceLaw(1.8, 400.0, 2000.0, 0.34, 0.37, "the test law")
 NARROW = ((1e7, 4e7), (1e17, 4e17), 3)  # 3 sizes x 3 budgets over a factor of 4 each
@@ -68,6 +69,17 @@ def test_a_narrow_design_is_told_what_it_will_not_identify():
     assert wide.half_widths["alpha"] < precision.half_widths["alpha"] / 5
 
 
+PARAMETERS = ("alpha", "beta", "E")
+
+
+def _half_widths(study: tuple[pd.DataFrame, np.ndarray, int]) -> list[float]:
+    """One simulated study of a design fitted as a real one is: each parameter's half-width."""
+    layout, loss, seed = study
+    options = FitOptions(resamples=100, seed=seed)
+    fit = fit_params_tokens_law(layout["params"], layout["tokens"], loss, options)
+    return [(fit.interval(parameter).high - fit.interval(parameter).low) / 2 for parameter in PARAMETERS]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name, shape", [("narrow", NARROW), ("wide", WIDE)])
 def test_expected_half_widths_match_the_bootstrap_of_simulated_studies(name, shape):
@@ -75,15 +87,10 @@ def test_expected_half_widths_match_the_bootstrap_of_simulated_studies(name, sha
     the design print when fitted with 100 resamples, 2 % noise."""
     layout = design(*shape)
     expected = expected_precision(layout, LAW, 0.02, "the test", {}, seed=7).half_widths
-    rng = np.random.default_rng(11)
-    obtained = {parameter: [] for parameter in ("alpha", "beta", "E")}
-    for study in range(20):
-        loss = LAW.loss(layout["params"], layout["tokens"]) * np.exp(0.02 * rng.standard_normal(len(layout)))
-        options = FitOptions(resamples=100, seed=study)
-        fit = fit_params_tokens_law(layout["params"], layout["tokens"], loss, options)
-        for parameter, widths in obtained.items():
-            interval = fit.interval(parameter)
-            widths.append((interval.high - interval.low) / 2)
+    draws = np.random.default_rng(11).standard_normal((20, len(layout)))
+    studies = [(layout, LAW.loss(layout["params"], layout["tokens"]) * np.exp(0.02 * draw), study)
+               for study, draw in enumerate(draws)]
+    obtained = dict(zip(PARAMETERS, np.transpose(on_every_core(_half_widths, studies)), strict=True))
     ratios = {parameter: expected[parameter] / np.nanmean(widths) for parameter, widths in obtained.items()}
     print(name, ratios)
     assert all(1 / 1.5 <= ratio <= 1.5 for ratio in ratios.values()), ratios
