@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -41,16 +40,23 @@ def stop(node: subprocess.Popen) -> None:
         os.killpg(node.pid, signal.SIGKILL)
 
 
+# One process joins the cluster (ray.init waits for the head) and polls it: a process started
+# per poll would pay Ray's import and connection each time, on the cores the nodes start on.
+WAIT_FOR_NODES = """
+import sys, time
+import ray
+ray.init(address=sys.argv[1], logging_level="ERROR")
+while sum(node["Alive"] for node in ray.nodes()) < int(sys.argv[2]):
+    time.sleep(0.2)
+"""
+
+
 def wait_for_nodes(address: str, count: int, deadline_s: float = 120) -> None:
-    script = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-              "print(sum(node['Alive'] for node in ray.nodes()))")
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        alive = subprocess.run([sys.executable, "-c", script, address], capture_output=True, text=True)
-        if alive.returncode == 0 and alive.stdout.strip() == str(count):
-            return
-        time.sleep(2)
-    raise AssertionError(f"{count} Ray nodes did not come up at {address}")
+    try:
+        subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, address, str(count)], capture_output=True,
+                       timeout=deadline_s, check=True)
+    except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as error:
+        raise AssertionError(f"{count} Ray nodes did not come up at {address}") from error
 
 
 @pytest.mark.slow

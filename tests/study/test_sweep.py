@@ -126,7 +126,7 @@ def token_study(data: str = "", corpus: str = "embedded") -> StudySpec:
 def test_a_prevalence_ordered_corpus_is_refused_where_budgets_read_much_of_it(tmp_path, toy_data, cache_dir):
     spec = token_study(data=str(toy_data))
     cluster = cluster_resources(ray.get_runtime_context().gcs_address)
-    plan = plan_study(spec, tmp_path / "study", cluster)
+    plan = plan_study(spec, tmp_path / "study", cluster, calibrate_cpus=False)  # its wall time is not asked
     share = 4e5 / read_manifest(toy_data)["train_tokens"]
     assert share > 0.1 and plan.ordered_data.startswith(f"the corpus is in prevalence order and the budgets "
                                                         f"reach {min(share, 1):.0%} of it")
