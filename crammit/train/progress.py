@@ -8,7 +8,7 @@ import time
 from crammit.config import Budget, BudgetUnit
 from crammit.train.rundir import StepMetrics
 
-RESOLUTION = 1000  # the bar counts thousandths of the budget
+PERCENT = 100  # the bar counts percent of the budget (Ray's bar takes whole units)
 
 
 class Progress:
@@ -27,9 +27,9 @@ class Progress:
             self.start_fraction = fraction
         self.bar.set_description(
             f"step {metrics.step} | loss {metrics.loss:.3f} | {metrics.tokens_per_s:,.0f} tok/s"
-            f" | {self._left(fraction)} left"
+            f" | ETA {self._left(fraction)}"
         )
-        self.bar.update(int(fraction * RESOLUTION) - self.bar.n)
+        self.bar.update(int(fraction * PERCENT) - self.bar.n)
 
     def write(self, message: str) -> None:
         """A line of its own above the bar (Ray's bar hides itself for any print in a worker)."""
@@ -58,4 +58,4 @@ def _make_bar():
         from ray.experimental.tqdm_ray import tqdm
     else:
         from tqdm import tqdm
-    return tqdm(total=RESOLUTION, desc="training", unit="‰")
+    return tqdm(total=PERCENT, desc="training", unit="%")
