@@ -20,6 +20,7 @@ from crammit.io import atomic_path
 from crammit.model.flops import non_embedding_parameter_count, parameter_count
 from crammit.study.spec import StudySpec, Trial, TrialStatus, read_study_file, write_study_file
 from crammit.train import rundir
+from crammit.versions import describe
 
 STUDY_FILE = "study.toml"
 TRIALS_FILE = "trials.parquet"
@@ -72,7 +73,7 @@ def _trial_row(spec: StudySpec, trial: Trial, study_dir: Path) -> dict:
            "non_embedding_params": None, "tokens": None, "flops": None, "elapsed_s": None,
            "gpu_hours": None, "device_hours": None, "eval_loss": None, "initial_eval_loss": None,
            "unique_tokens": None, "epochs": None, "status": status.value, "error": None,
-           "run_dir": str(run_dir.relative_to(study_dir))}
+           "versions": _versions(run_dir), "run_dir": str(run_dir.relative_to(study_dir))}
     if rundir.is_run_dir(run_dir):
         config = rundir.load_config(run_dir)
         row.update(params=parameter_count(config.model),
@@ -90,6 +91,24 @@ def _trial_row(spec: StudySpec, trial: Trial, study_dir: Path) -> dict:
     if spec.glue.tasks:
         row.update(trial_columns(run_dir, spec.glue.task_list()))
     return row
+
+
+def _versions(run_dir: Path) -> str | None:
+    """The software each start of the trial's training ran with ("; " between different ones)."""
+    if not (run_dir / rundir.ATTEMPTS_FILE).is_file():
+        return None
+    attempts = rundir.read_attempts(run_dir)
+    ran = [describe(attempt["versions"]) for attempt in attempts if "versions" in attempt]
+    return "; ".join(dict.fromkeys(ran)) or None
+
+
+def mixed_versions(trials: pd.DataFrame) -> str | None:
+    """A warning where the study's trials ran with different software, else None."""
+    ran = trials.dropna(subset=["versions"]).groupby("versions")["trial"].apply(list)
+    if len(ran) < 2:
+        return None
+    groups = "; ".join(f"{', '.join(names)}: {versions}" for versions, names in ran.items())
+    return f"warning: the trials ran with {len(ran)} different software versions ({groups})"
 
 
 def _unique_tokens(data: str) -> int | None:

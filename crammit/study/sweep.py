@@ -172,6 +172,9 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
         _evaluate_glue(spec, study_dir, [Path(config.run_dir) for config in configs.values()], cluster,
                        address, echo)
     trials = results.write_tables(spec, study_dir)
+    mixed = results.mixed_versions(trials)
+    if mixed:
+        echo(mixed)
     write_report(study_dir, FitOptions(resamples=spec.resamples), echo=echo)
     return trials
 

@@ -30,6 +30,7 @@ from crammit.train.ingest import training_data
 from crammit.train.progress import Progress
 from crammit.train.recipe import accumulation_steps, learning_rate
 from crammit.train.state import TrainState
+from crammit.versions import versions
 
 
 def train_loop(loop_config: dict) -> dict:
@@ -190,7 +191,7 @@ def _start_attempt(run_dir: Path, state: TrainState, launch: str, device: torch.
         lost = time.time() - max(state.saved_at, previous["started_at"]) if restart else 0.0
         number = rundir.record_attempt(run_dir, {
             "launch": launch, "started_at": time.time(), "resumed_at_step": state.step,
-            "restart_after_failure": restart, "lost_s": lost,
+            "restart_after_failure": restart, "lost_s": lost, "versions": versions(),
         })
         if restart:
             print(f"restarted after a worker failure, from step {state.step}; the {lost:.0f} s since then "

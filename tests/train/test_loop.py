@@ -23,6 +23,7 @@ from crammit.train.engine import create_engine, process_group
 from crammit.train.loop import train_step
 from crammit.train.profile import PHASES, PROFILE_DIR, SUMMARY_JSON
 from crammit.train.run import launch, prepare_run
+from crammit.versions import versions
 from tests.helpers import tiny_train_config
 
 
@@ -149,7 +150,9 @@ def test_a_truncated_newest_checkpoint_is_reported_and_the_one_before_it_resumed
     second = launch(config, in_process=True)
     reported = f"checkpoint {newest} is unusable ({victim.relative_to(root / newest)} has"
     assert reported in capfd.readouterr().err
-    resumed_at = rundir.read_attempts(tmp_path / "run")[-1]["resumed_at_step"]
+    attempts = rundir.read_attempts(tmp_path / "run")
+    assert attempts[-1]["versions"] == versions()  # what each start of the loop ran with
+    resumed_at = attempts[-1]["resumed_at_step"]
     assert resumed_at == int(previous.removeprefix("step-"))
     assert second["steps"] == first["steps"]
     assert rundir.read_metrics(tmp_path / "run")["step"].tolist() == list(range(1, second["steps"] + 1))
