@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from crammit.config import Budget, Device, GlueRecipe, TrainConfig, recipe_config
-from crammit.errors import CrammitError
+from crammit.errors import CrammitError, Interrupted
 
 app = typer.Typer(
     help="Train a crammed BERT on a compute budget, and study how its loss scales with compute.",
@@ -37,6 +37,11 @@ app.add_typer(data_app, name="data")
 @app.callback()
 def main() -> None:
     """crammit: train a crammed BERT on a compute budget and study how loss scales with it."""
+
+
+def _interrupted(error: Interrupted) -> typer.Exit:
+    typer.echo(f"interrupted: {error}", err=True)
+    return typer.Exit(130)
 
 
 def _fail(error: CrammitError) -> typer.Exit:
@@ -260,6 +265,7 @@ def _run_study(spec, out: Path | None, address: str | None, dry_run: bool, cache
 
     from crammit.cluster import cluster_resources
     from crammit.study.precision import reference_law
+    from crammit.study.results import STUDY_FILE
     from crammit.study.spec import write_study_file
     from crammit.study.sweep import plan_study, run_study, study_precision
 
@@ -278,8 +284,12 @@ def _run_study(spec, out: Path | None, address: str | None, dry_run: bool, cache
         typer.echo(f"wrote the suggested design to {design.write}")
     if dry_run:
         return
-    run_study(spec, out, cluster, cache_dir or default_cache_dir(), address, echo=typer.echo,
-              allow_ordered_data=allow_ordered_data)
+    try:
+        run_study(spec, out, cluster, cache_dir or default_cache_dir(), address, echo=typer.echo,
+                  allow_ordered_data=allow_ordered_data)
+    except KeyboardInterrupt:  # outside Tune's trials (which it stops itself): preparing, fitting
+        raise Interrupted(f"the study stopped; what finished is kept in {out}; continue with "
+                          f"`crammit study run {out / STUDY_FILE} --out {out}`") from None
     typer.echo(f"study directory: {out}")
 
 
@@ -355,6 +365,8 @@ def study_scaling(
                    allow_ordered_data, DesignOptions(reference_law, suggest, write))
     except CrammitError as error:
         raise _fail(error) from None
+    except Interrupted as error:
+        raise _interrupted(error) from None
 
 
 @study_app.command("run")
@@ -384,6 +396,8 @@ def study_run(
                    DesignOptions(reference_law, suggest, write))
     except CrammitError as error:
         raise _fail(error) from None
+    except Interrupted as error:
+        raise _interrupted(error) from None
 
 
 @study_app.command("fit")

@@ -29,7 +29,7 @@ from crammit.config import (
     model_config,
 )
 from crammit.data.layout import MANIFEST, read_manifest
-from crammit.errors import CrammitError
+from crammit.errors import CrammitError, Interrupted
 from crammit.io import atomic_path
 from crammit.model.flops import parameter_count, training_flops_per_token
 from crammit.study import results
@@ -168,6 +168,7 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
                      key=lambda name: cost[name], reverse=True)
     if pending:
         _tune(spec, study_dir, data, configs, pending, concurrent_trials(spec, cluster), cache_dir)
+        _check_finished(spec, study_dir, configs)
     if spec.glue.tasks:
         _evaluate_glue(spec, study_dir, [Path(config.run_dir) for config in configs.values()], cluster,
                        address, echo)
@@ -177,6 +178,21 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
         echo(mixed)
     write_report(study_dir, FitOptions(resamples=spec.resamples), echo=echo)
     return trials
+
+
+def _check_finished(spec: StudySpec, study_dir: Path, configs: dict[str, TrainConfig]) -> None:
+    """Tune returns, rather than raising, when Ctrl-C stops it: a trial that neither
+    finished nor failed means the study was interrupted, and it is not fitted as if complete."""
+    status = {name: results.trial_status(Path(config.run_dir)) for name, config in configs.items()}
+    ended = (results.TrialStatus.OK, results.TrialStatus.FAILED)
+    unfinished = [name for name, state in status.items() if state not in ended]
+    if unfinished:
+        results.write_tables(spec, study_dir)  # the finished trials, current on disk
+        finished = sum(state is results.TrialStatus.OK for state in status.values())
+        raise Interrupted(f"the study stopped with {finished} of {len(status)} trials finished and "
+                          f"{len(unfinished)} not ({', '.join(unfinished)}); its tables in {study_dir} hold "
+                          f"the finished ones; continue with `crammit study run "
+                          f"{study_dir / results.STUDY_FILE} --out {study_dir}`")
 
 
 def _evaluate_glue(spec: StudySpec, study_dir: Path, run_dirs: list[Path], cluster: ClusterResources,

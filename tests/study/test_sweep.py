@@ -1,5 +1,6 @@
 """Studies end to end on Ray Tune (2 CPUs): every trial a crammit run, resumable after a kill."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,8 +13,8 @@ import ray
 
 from crammit.cluster import cluster_resources
 from crammit.data.layout import read_manifest
-from crammit.errors import CrammitError
-from crammit.study import results
+from crammit.errors import CrammitError, Interrupted
+from crammit.study import results, sweep
 from crammit.study.spec import Setting, StudyData, StudySpec, StudyUnit
 from crammit.study.sweep import _study_data, plan_study, run_study
 from crammit.train import rundir
@@ -134,6 +135,20 @@ def test_a_prevalence_ordered_corpus_is_refused_where_budgets_read_much_of_it(tm
     with pytest.raises(CrammitError, match="pass --allow-ordered-data to run it as it is"):
         run_study(spec, tmp_path / "study", cluster, cache_dir)
     assert not (tmp_path / "study" / results.TRIALS_DIR).exists()  # refused before any trial
+
+
+def test_a_study_tune_stopped_early_says_so_instead_of_fitting(tmp_path, toy_data, cache_dir, monkeypatch):
+    """Ctrl-C makes Tune stop its trials and return: the study then says what finished and
+    how to continue (the CLI exits 130) rather than fitting what it has as if complete."""
+    monkeypatch.setattr(sweep, "_tune", lambda *args: None)  # Tune returned with no trial run
+    spec = dataclasses.replace(token_study(data=str(toy_data)), name="stopped")
+    study_dir = tmp_path / "study"
+    cluster = cluster_resources(ray.get_runtime_context().gcs_address)
+    with pytest.raises(Interrupted, match=(
+            r"the study stopped with 0 of 2 trials finished and 2 not \(tiny-tiny-.*tok, tiny-tiny-.*tok\); "
+            r".* continue with `crammit study run .*study/study.toml --out .*study`")):
+        run_study(spec, study_dir, cluster, cache_dir, allow_ordered_data=True)
+    assert (study_dir / results.TRIALS_FILE).is_file() and not (study_dir / results.FIT_FILE).exists()
 
 
 @pytest.mark.slow
