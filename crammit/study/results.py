@@ -18,7 +18,7 @@ from crammit.errors import CrammitError
 from crammit.eval.glue import trial_columns
 from crammit.io import atomic_path
 from crammit.model.flops import non_embedding_parameter_count, parameter_count
-from crammit.study.spec import StudySpec, Trial, TrialStatus, read_study_file, write_study_file
+from crammit.study.spec import StudySpec, Trial, TrialStatus, write_study_file
 from crammit.train import rundir
 from crammit.versions import describe
 
@@ -48,13 +48,6 @@ def trial_status(run_dir: Path) -> TrialStatus:
 
 def save_spec(study_dir: Path, spec: StudySpec) -> None:
     write_study_file(study_dir / STUDY_FILE, spec)
-
-
-def load_spec(study_dir: Path) -> StudySpec:
-    if not (study_dir / STUDY_FILE).is_file():
-        raise CrammitError(f"{study_dir} is not a study directory (no {STUDY_FILE}); "
-                           "pass the --out directory of a `crammit study` run")
-    return read_study_file(study_dir / STUDY_FILE)
 
 
 def trials_table(spec: StudySpec, study_dir: Path) -> pd.DataFrame:
