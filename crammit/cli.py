@@ -68,6 +68,16 @@ def _refuse_settings_with_resume(ctx: typer.Context) -> None:
                            "(only --address may be given)")
 
 
+def _refuse_flags_the_deepspeed_file_sets(ctx: typer.Context, overrides: dict) -> None:
+    """--deepspeed-config wins key by key; a flag that sets the same thing would be ignored."""
+    both = [flag for flag, (name, set_by_file) in {
+        "--micro-batch": ("micro_batch", "train_micro_batch_size_per_gpu" in overrides),
+        "--zero-stage": ("zero_stage", "stage" in overrides.get("zero_optimization", {})),
+    }.items() if set_by_file and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    if both:
+        raise CrammitError(f"--deepspeed-config sets what {' and '.join(both)} set; give each in one place")
+
+
 def _budget(hours: float | None, tokens: float | None, flops: float | None) -> Budget:
     given = [(value, make) for value, make in
              ((hours, Budget.hours), (tokens, Budget.tokens), (flops, Budget.flops)) if value is not None]
@@ -97,7 +107,9 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<time>-<size>).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
     address: AddressOption = None,
-    deepspeed_config: Annotated[Path | None, typer.Option(help="DeepSpeed JSON overriding the built one.")]
+    deepspeed_config: Annotated[Path | None, typer.Option(
+        help="DeepSpeed JSON merged over the built one, key by key (it may set the micro-batch and ZeRO "
+             "stage instead of --micro-batch / --zero-stage, not as well).")]
     = None,
     zero_stage: Annotated[int, typer.Option(help="DeepSpeed ZeRO stage (0, 1 or 2).")] = 0,
     batch_size: Annotated[int | None, typer.Option(
@@ -138,6 +150,7 @@ def train(
             if gpus > 0 and workers is not None and workers != gpus:
                 raise CrammitError("--workers is for CPU runs; with GPUs there is one worker per GPU")
             overrides = read_deepspeed_file(deepspeed_config) if deepspeed_config else {}
+            _refuse_flags_the_deepspeed_file_sets(ctx, overrides)
             micro_batch = overrides.get("train_micro_batch_size_per_gpu") or micro_batch
             changes = {key: value for key, value in (("peak_lr", lr), ("batch_size", batch_size),
                                                       ("micro_batch_size", micro_batch)) if value is not None}

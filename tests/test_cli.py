@@ -81,6 +81,18 @@ def test_unreadable_or_conflicting_deepspeed_config(tmp_path):
         assert result.exit_code == 2 and fragment in result.output, result.output
 
 
+def test_flags_the_deepspeed_config_also_sets_are_refused(tmp_path):
+    sets_both = tmp_path / "ds.json"
+    sets_both.write_text(json.dumps({"train_micro_batch_size_per_gpu": 16,
+                                     "zero_optimization": {"stage": 1}}))
+    for flags, named in ((["--micro-batch", "32"], "--micro-batch"), (["--zero-stage", "2"], "--zero-stage"),
+                         (["--micro-batch", "32", "--zero-stage", "2"], "--micro-batch and --zero-stage")):
+        result = CliRunner().invoke(app, ["train", "--gpus", "0", "--deepspeed-config", str(sets_both),
+                                          *flags, "--out", str(tmp_path / "run")])
+        assert result.exit_code == 2 and f"--deepspeed-config sets what {named} set" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
     result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path)])
     assert result.exit_code == 2 and "not a crammit run directory" in result.output
