@@ -278,7 +278,7 @@ def _run_study(spec, out: Path | None, address: str | None, dry_run: bool, cache
 
     from crammit.cluster import cluster_resources
     from crammit.study.precision import reference_law
-    from crammit.study.results import STUDY_FILE
+    from crammit.study.results import continue_command
     from crammit.study.spec import write_study_file
     from crammit.study.sweep import plan_study, run_study, study_precision
 
@@ -302,7 +302,7 @@ def _run_study(spec, out: Path | None, address: str | None, dry_run: bool, cache
                   allow_ordered_data=allow_ordered_data)
     except KeyboardInterrupt:  # outside Tune's trials (which it stops itself): preparing, fitting
         raise Interrupted(f"the study stopped; what finished is kept in {out}; continue with "
-                          f"`crammit study run {out / STUDY_FILE} --out {out}`") from None
+                          f"`{continue_command(out)}`") from None
     typer.echo(f"study directory: {out}")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import crammit
 
 LIBRARIES = ("torch", "ray", "deepspeed", "transformers", "tokenizers")
+RECORDED = ("python", *LIBRARIES, "crammit")  # in the order a record is printed
 NOT_INSTALLED = "not installed"
 
 
@@ -46,6 +47,5 @@ def _commit() -> str:
 
 def describe(found: dict[str, str]) -> str:
     """One line, in a fixed order (a run directory's JSON stores the names sorted)."""
-    order = ["python", *LIBRARIES, "crammit"]
-    names = sorted(found, key=lambda name: order.index(name) if name in order else len(order))
+    names = sorted(found, key=lambda name: RECORDED.index(name) if name in RECORDED else len(RECORDED))
     return ", ".join(f"{name} {found[name]}" for name in names)

@@ -46,6 +46,11 @@ def trial_status(run_dir: Path) -> TrialStatus:
     return TrialStatus.PENDING
 
 
+def continue_command(study_dir: Path) -> str:
+    """The command that continues a stopped study where it stopped."""
+    return f"crammit study run {study_dir / STUDY_FILE} --out {study_dir}"
+
+
 def save_spec(study_dir: Path, spec: StudySpec) -> None:
     write_study_file(study_dir / STUDY_FILE, spec)
 

@@ -191,8 +191,7 @@ def _check_finished(spec: StudySpec, study_dir: Path, configs: dict[str, TrainCo
         finished = sum(state is results.TrialStatus.OK for state in status.values())
         raise Interrupted(f"the study stopped with {finished} of {len(status)} trials finished and "
                           f"{len(unfinished)} not ({', '.join(unfinished)}); its tables in {study_dir} hold "
-                          f"the finished ones; continue with `crammit study run "
-                          f"{study_dir / results.STUDY_FILE} --out {study_dir}`")
+                          f"the finished ones; continue with `{results.continue_command(study_dir)}`")
 
 
 def _evaluate_glue(spec: StudySpec, study_dir: Path, run_dirs: list[Path], cluster: ClusterResources,
