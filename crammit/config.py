@@ -57,6 +57,10 @@ class ModelConfig:
 # Named sizes, smallest first; `crammed` is the paper's final architecture and `base` is
 # BERT-base's shape with the crammed block design.
 MODEL_SIZES: dict[str, ModelConfig] = {
+    # `micro` (~0.6 M parameters, most of them the embedding) exists for CPU ladders, whose
+    # compute-optimal size at their budgets lies below `tiny`.
+    "micro": ModelConfig(num_layers=4, hidden_size=64, num_heads=2, intermediate_size=256,
+                         vocab_size=8192),
     "tiny": ModelConfig(num_layers=6, hidden_size=128, num_heads=2, intermediate_size=512,
                         vocab_size=8192),
     "mini": ModelConfig(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
