@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from crammit.config import Budget, Device, GlueRecipe, TrainConfig, recipe_config
+from crammit.config import Budget, Device, GlueRecipe, Tracker, Tracking, TrainConfig, recipe_config
 from crammit.errors import CrammitError, Interrupted
 
 app = typer.Typer(
@@ -28,6 +28,9 @@ MicroBatchOption = Annotated[int | None, typer.Option(help="Sequences per worker
 DryRunOption = Annotated[bool, typer.Option(help="Print the plan and stop.")]
 AllowOrderedDataOption = Annotated[bool, typer.Option(
     help="Run on a --data in prevalence order even where the budgets read much of it.")]
+TrackerOption = Annotated[list[Tracker] | None, typer.Option(
+    help="Also log to this experiment tracker (repeatable). MLflow's store is DIR/mlruns (SQLite) unless "
+         "MLFLOW_TRACKING_URI is set; W&B follows WANDB_MODE (e.g. offline).")]
 
 data_app = typer.Typer(help="Prepare corpora on Ray Data and inspect prepared directories.",
                        no_args_is_help=True)
@@ -51,6 +54,17 @@ def _fail(error: CrammitError) -> typer.Exit:
     message = str(cause if isinstance(cause, CrammitError) else error).splitlines()[0]
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
+
+
+def _tracking(trackers: list[Tracker] | None) -> Tracking:
+    """The trackers asked for, with the MLflow store and W&B mode this environment names,
+    carried in the config because Ray workers elsewhere do not share the environment."""
+    from crammit.track import check_installed
+
+    tracking = Tracking(tuple(trackers or ()), os.environ.get("MLFLOW_TRACKING_URI", ""),
+                        os.environ.get("WANDB_MODE", ""))
+    check_installed(tracking)
+    return tracking
 
 
 def default_cache_dir() -> Path:
@@ -133,6 +147,7 @@ def train(
         help="Trace this many steady steps (past half the budget) with torch.profiler into the run's "
              "profile/: trace and summary of GPU busy time, host gaps, phases, syncs, top kernels.")] = 0,
     cache_dir: CacheDirOption = None,
+    tracker: TrackerOption = None,
 ) -> None:
     """Train a crammed (or the original) BERT until the budget is spent; report held-out loss."""
     from crammit.train.engine import read_deepspeed_file
@@ -174,6 +189,7 @@ def train(
                 max_failures=max_failures,
                 deterministic=deterministic,
                 profile_steps=profile_steps,
+                tracking=_tracking(tracker),
             )
             accumulation_target(config.recipe, config.num_workers)  # fail before any work
             connect(config, address)
@@ -270,7 +286,7 @@ def _with_flags(spec, data: Path | None, glue: str | None, glue_dir: Path | None
 
 
 def _run_study(spec, out: Path | None, address: str | None, dry_run: bool, cache_dir: Path | None,
-               allow_ordered_data: bool, design: DesignOptions) -> None:
+               allow_ordered_data: bool, design: DesignOptions, tracking: Tracking) -> None:
     """Print the plan and its expected precision (and a better design, asked for or where the
     design leaves a parameter unidentified); unless `dry_run`, run the study and print its
     fitted laws."""
@@ -299,7 +315,7 @@ def _run_study(spec, out: Path | None, address: str | None, dry_run: bool, cache
         return
     try:
         run_study(spec, out, cluster, cache_dir or default_cache_dir(), address, echo=typer.echo,
-                  allow_ordered_data=allow_ordered_data)
+                  allow_ordered_data=allow_ordered_data, tracking=tracking)
     except KeyboardInterrupt:  # outside Tune's trials (which it stops itself): preparing, fitting
         raise Interrupted(f"the study stopped; what finished is kept in {out}; continue with "
                           f"`{continue_command(out)}`") from None
@@ -356,6 +372,7 @@ def study_scaling(
     glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP)] = None,
     glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
     glue_seeds: Annotated[int | None, typer.Option(help="Fine-tunes per GLUE task and trial (1).")] = None,
+    tracker: TrackerOption = None,
 ) -> None:
     """Sweep budgets x model sizes (one arch and recipe; study files compare several), then
     fit and plot scaling laws."""
@@ -375,7 +392,7 @@ def study_scaling(
         spec = StudySpec(name="scaling", settings=(setting,), unit=StudyUnit(unit),
                          data=StudyData(corpus=corpus, order=order))
         _run_study(_with_flags(spec, data, glue, glue_dir, glue_seeds), out, address, dry_run, cache_dir,
-                   allow_ordered_data, DesignOptions(reference_law, suggest, write))
+                   allow_ordered_data, DesignOptions(reference_law, suggest, write), _tracking(tracker))
     except CrammitError as error:
         raise _fail(error) from None
     except Interrupted as error:
@@ -399,6 +416,7 @@ def study_run(
     = None,
     glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
     glue_seeds: Annotated[int | None, typer.Option(help="Fine-tunes per GLUE task and trial.")] = None,
+    tracker: TrackerOption = None,
 ) -> None:
     """Run the settings of a study file (each a size, recipe overrides, GPUs and budgets)."""
     from crammit.study.spec import read_study_file
@@ -406,7 +424,7 @@ def study_run(
     try:
         spec = _with_flags(read_study_file(study_file), data, glue, glue_dir, glue_seeds)
         _run_study(spec, out, address, dry_run, cache_dir, allow_ordered_data,
-                   DesignOptions(reference_law, suggest, write))
+                   DesignOptions(reference_law, suggest, write), _tracking(tracker))
     except CrammitError as error:
         raise _fail(error) from None
     except Interrupted as error:
@@ -451,6 +469,27 @@ def study_plot(directory: Annotated[Path, typer.Argument(help="A study directory
     typer.echo("\n".join(str(path) for path in figures))
 
 
+@study_app.command("recommend")
+def study_recommend(
+    directory: Annotated[Path, typer.Argument(help="A study directory.")],
+    gpus: Annotated[int, typer.Option(help="GPUs the run will have; 0: CPU workers (for a CPU study).")] = 1,
+    workers: Annotated[int | None, typer.Option(help="CPU workers when --gpus 0.")] = None,
+    hours: Annotated[float, typer.Option(help="Wall-clock hours the run may take.")] = 24.0,
+    gpu: Annotated[str | None, typer.Option(
+        help="The run's GPU where it is not the study's, e.g. A100: planned at the study's MFU.")] = None,
+    setting: Annotated[str | None, typer.Option(help="Whose law (default: the study's only one).")] = None,
+) -> None:
+    """What the study's law recommends for a budget: the size, its tokens, the loss to expect,
+    and the commands that train it (or one line on why the law cannot say)."""
+    from crammit.study.recommend import Request, recommend
+
+    try:
+        recommendation = recommend(directory, Request(gpus, workers, hours, gpu, setting))
+    except CrammitError as error:
+        raise _fail(error) from None
+    typer.echo(recommendation.render())
+
+
 eval_app = typer.Typer(help="Evaluate finished runs downstream: GLUE fine-tuning on Ray Tune.",
                        no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
@@ -489,6 +528,7 @@ def eval_glue(
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = GlueRecipe.weight_decay,
     seq_len: Annotated[int, typer.Option(help="Tokens per example (pairs truncated).")] = GlueRecipe.seq_len,
     address: AddressOption = None,
+    tracker: TrackerOption = None,
 ) -> None:
     """Fine-tune the run's final model on GLUE tasks (the paper's GLUE-sane recipe) and
     report dev scores: median over seeds, spread, and the average over the tasks run."""
@@ -506,7 +546,7 @@ def eval_glue(
         evaluation = evaluate_glue(
             [run_dir], parse_tasks(tasks), range(seeds), recipe, glue_dir, Placement(gpus, workers),
             Init.SCRATCH if from_scratch else Init.PRETRAINED, address or os.environ.get("RAY_ADDRESS"),
-            echo=typer.echo,
+            echo=typer.echo, tracking=_tracking(tracker),
         )
     except CrammitError as error:
         raise _fail(error) from None
@@ -517,3 +557,24 @@ def eval_glue(
         typer.echo(f"error: {len(evaluation.failed)} fine-tunes failed ({', '.join(evaluation.failed)}); "
                    "run the command again to retry them", err=True)
         raise typer.Exit(1)
+
+
+export_app = typer.Typer(help="Export finished runs for other tools.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("hf")
+def export_hf(
+    run_dir: Annotated[Path, typer.Argument(help="A finished `crammit train` run directory.")],
+    out: Annotated[Path | None, typer.Option(help="Directory to write (default RUN_DIR/hf).")] = None,
+) -> None:
+    """Write the run's final model and tokenizer in Hugging Face's layout, which the Auto
+    classes load (`trust_remote_code=True` for the crammed arch) where crammit is not installed."""
+    from crammit.train import rundir
+
+    target = out or run_dir / rundir.HF_DIR
+    try:
+        rundir.export_hf(run_dir, target)
+    except CrammitError as error:
+        raise _fail(error) from None
+    typer.echo(f"Hugging Face model directory: {target}")

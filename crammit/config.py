@@ -216,6 +216,30 @@ class Device(str, Enum):
     CUDA = "cuda"
 
 
+class Tracker(str, Enum):
+    """An experiment tracker records can go to, beside crammit's own files (`--tracker`)."""
+
+    MLFLOW = "mlflow"
+    TENSORBOARD = "tensorboard"
+    WANDB = "wandb"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a run, study or GLUE evaluation is tracked: the trackers (none by default), the
+    MLflow store ("": DIR/mlruns of the run's or study's directory) and the W&B mode ("":
+    W&B's own default). The command line fills these from MLFLOW_TRACKING_URI and WANDB_MODE,
+    so Ray workers on other machines log where the command was told to."""
+
+    trackers: tuple[Tracker, ...] = ()
+    mlflow_uri: str = ""
+    wandb_mode: str = ""
+
+    def __post_init__(self) -> None:
+        # Read back from JSON as strings; a tracker named twice logs once.
+        object.__setattr__(self, "trackers", tuple(dict.fromkeys(Tracker(t) for t in self.trackers)))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; saved as the run directory's config.json."""
@@ -245,6 +269,7 @@ class TrainConfig:
     deterministic: bool = False
     progress_bar: bool = True
     profile_steps: int = 0  # steady steps traced by torch.profiler into the run's profile/; 0: none
+    tracking: Tracking = field(default_factory=Tracking)  # rank 0 logs to these trackers too
 
     def __post_init__(self) -> None:
         if self.zero_stage not in ZERO_STAGES:
@@ -274,6 +299,7 @@ class TrainConfig:
             "recipe": RecipeConfig(**recipe),
             "budget": Budget(budget["amount"], BudgetUnit(budget["unit"])),
             "device": Device(data["device"]),
+            "tracking": Tracking(**data.get("tracking", {})),  # absent from runs made before it
         })
 
 

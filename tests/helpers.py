@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from crammit.config import Budget, Device, PrepareConfig, RecipeConfig, TrainConfig, model_config
+from crammit.config import Arch, Budget, Device, PrepareConfig, RecipeConfig, TrainConfig, model_config
 
 SUBJECTS = ["the model", "a researcher", "the optimizer", "each worker", "the tokenizer", "our budget"]
 VERBS = ["reads", "writes", "predicts", "counts", "masks", "packs", "trains", "measures"]
@@ -85,21 +85,22 @@ def near_duplicate_documents(distinct: int, copies: int) -> tuple[list[str], lis
     return originals, near_copies
 
 
-def write_finished_run(run_dir: Path, texts: list[str], seed: int = 0) -> Path:
+def write_finished_run(run_dir: Path, texts: list[str], seed: int = 0, arch: Arch = Arch.CRAMMED) -> Path:
     """A run directory holding what a finished `crammit train` leaves for evaluation: the
     config, a tokenizer trained on `texts`, and a (randomly initialised) tiny final model."""
     import torch
 
     from crammit.data.layout import TOKENIZER
     from crammit.data.tokenizer import train_tokenizer
-    from crammit.model.bert import CrammedBert
+    from crammit.model.build import build_model
     from crammit.train import rundir
 
     config = tiny_train_config(run_dir, Path("unused"))
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, arch=arch))
     run_dir.mkdir(parents=True, exist_ok=True)
     train_tokenizer(texts, TINY_VOCAB).save(str(run_dir / TOKENIZER))
     torch.manual_seed(seed)
-    rundir.save_final_model(run_dir, CrammedBert(config.model), config)
+    rundir.save_final_model(run_dir, build_model(config.model), config)
     rundir.save_config(run_dir, config)
     return run_dir
 

@@ -236,3 +236,15 @@ def test_eval_glue_bad_input(tmp_path):
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert result.exit_code == 2 and len(errors) == 1 and fragment in errors[0], result.output
     assert not (run / "glue").exists()  # nothing started, nothing written
+
+
+def test_export_hf(tmp_path):
+    from tests.helpers import GLUE_WORDS, write_finished_run
+
+    assert_one_line_error(crammit("export", "hf", str(tmp_path)), "holds no final model")
+    run = write_finished_run(tmp_path / "run", [" ".join(GLUE_WORDS)] * 20)
+    result = CliRunner().invoke(app, ["export", "hf", str(run), "--out", str(tmp_path / "exported")])
+    assert result.exit_code == 0 and (tmp_path / "exported" / "model.safetensors").is_file(), result.output
+    result = CliRunner().invoke(app, ["export", "hf", str(run), "--out", str(run)])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "--out" in errors[0], result.output

@@ -87,3 +87,20 @@ def test_two_workers_train_across_a_head_and_a_second_node(tmp_path, toy_data):
         for node in reversed(nodes):
             stop(node)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_crammit_s_ray_jobs_change_ray_train_s_defaults_unless_the_user_set_them(monkeypatch):
+    """Every process of the job gets RAY_TRAIN_ENV (a study's trials start their runs'
+    Train controllers); a variable the user exported keeps the user's value."""
+    import ray
+
+    from crammit.cluster import RAY_TRAIN_ENV, start_ray
+
+    calls = []
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
+    start_ray()
+    user_set = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"}
+    assert calls[0]["runtime_env"]["env_vars"] == {**RAY_TRAIN_ENV, **user_set}
+    assert RAY_TRAIN_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] != "2"  # not Ray's default

@@ -8,6 +8,7 @@ import tempfile
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -63,6 +64,19 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int) -> Tokenizer:
         special_tokens=[(CLS, tokenizer.token_to_id(CLS)), (SEP, tokenizer.token_to_id(SEP))],
     )
     return tokenizer
+
+
+def save_hf_tokenizer(tokenizer_file: Path, out: Path, max_length: int) -> None:
+    """The tokenizer in Hugging Face's layout, which `AutoTokenizer` loads, its special tokens
+    named. It returns no `token_type_ids`: neither arch trains with them (a pair is
+    `[CLS] a [SEP] b [SEP]`), and the crammed BERT has no segment embedding to take them."""
+    from transformers import PreTrainedTokenizerFast  # slow to import; only exports need it
+
+    PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_file), model_max_length=max_length,
+        model_input_names=["input_ids", "attention_mask"],
+        unk_token=UNK, pad_token=PAD, cls_token=CLS, sep_token=SEP, mask_token=MASK,
+    ).save_pretrained(out)
 
 
 class _ContinuingCharacters:

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from crammit.config import GlueRecipe, ModelConfig
 from crammit.data.tokenizer import SpecialIds
 from crammit.eval.glue_data import GlueSplit, GlueTask
 from crammit.eval.metrics import score
-from crammit.model.classifier import SequenceClassifier
+from crammit.model.build import build_model
+from crammit.model.classifier import SequenceClassifier, classification_loss
 
 EVAL_BATCH_SIZE = 128  # dev sets are scored in larger batches: no gradients to hold
 
@@ -93,7 +93,7 @@ def finetune(model_config: ModelConfig, weights: dict[str, torch.Tensor] | None,
     `data["train"]` and return the dev scores, as fractions, named by `score_names`.
     `report` receives each epoch's mean training loss."""
     torch.manual_seed(seed)
-    model = SequenceClassifier(model_config, task.num_labels)
+    model = SequenceClassifier(build_model(model_config), model_config, task.num_labels)
     if weights is not None:
         model.bert.load_state_dict(weights)
     model.to(device)
@@ -114,7 +114,7 @@ def finetune(model_config: ModelConfig, weights: dict[str, torch.Tensor] | None,
             input_ids, padding_mask, labels = train.batch(batch, pad_id)
             with _autocast(device):
                 logits = model(input_ids.to(device), padding_mask.to(device))
-            loss = _loss(task, logits.float(), labels.to(device))
+            loss = classification_loss(logits.float(), labels.to(device), task.is_regression)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -148,12 +148,6 @@ def predict(model: SequenceClassifier, task: GlueTask, split: EncodedSplit, pad_
 
 def padding_id(tokenizer: Tokenizer) -> int:
     return SpecialIds.of(tokenizer).pad
-
-
-def _loss(task: GlueTask, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if task.is_regression:
-        return F.mse_loss(logits[:, 0], labels.float())
-    return F.cross_entropy(logits, labels)
 
 
 def _autocast(device: torch.device):

@@ -26,10 +26,11 @@ import ray
 from ray import tune
 
 from crammit.cluster import cluster_resources, start_ray
-from crammit.config import GlueRecipe
+from crammit.config import GlueRecipe, Tracking
 from crammit.errors import CrammitError
 from crammit.eval.glue_data import TASKS, TRAIN, GlueSplit, GlueTask, load_task
 from crammit.io import atomic_path, read_json, write_json
+from crammit.track import log_glue
 from crammit.train import rundir
 
 SEEDS_DIR = "seeds"
@@ -100,11 +101,12 @@ def glue_dir(run_dir: Path, init: Init = Init.PRETRAINED) -> Path:
 def evaluate_glue(run_dirs: Sequence[Path], tasks: Sequence[GlueTask], seeds: Sequence[int],
                   recipe: GlueRecipe, glue_data: Path | None, placement: Placement,
                   init: Init = Init.PRETRAINED, address: str | None = None, tune_dir: Path | None = None,
-                  echo: Callable[[str], None] = print) -> GlueEvaluation:
+                  echo: Callable[[str], None] = print, tracking: Tracking = Tracking()) -> GlueEvaluation:
     """Fine-tune every run's final model on every task with every seed (those not done
     yet) and score it on the dev sets. `glue_data` is a directory in the official GLUE
     layout; without it, tasks come from the Hugging Face hub. Tune's own records go to
-    `tune_dir` (default: the first run's GLUE directory)."""
+    `tune_dir` (default: the first run's GLUE directory). `tracking` logs the summary of
+    each run that fine-tuned now to experiment trackers (`track.log_glue`)."""
     run_dirs = [Path(run_dir).resolve() for run_dir in run_dirs]
     for run_dir in run_dirs:
         model = rundir.final_model_config(run_dir)
@@ -129,7 +131,11 @@ def evaluate_glue(run_dirs: Sequence[Path], tasks: Sequence[GlueTask], seeds: Se
         tune_dir = tune_dir or glue_dir(run_dirs[0], init) / TUNE_DIR
         _tune(pending, data, recipe, source, placement, tune_dir)
     failed = [job.name for job in pending if not job.result_path().exists()]
-    return GlueEvaluation({run_dir: write_summary(run_dir, init) for run_dir in run_dirs}, failed)
+    summaries = {run_dir: write_summary(run_dir, init) for run_dir in run_dirs}
+    # Only runs with new scores: an evaluation run again would log the same ones twice.
+    for run_dir in dict.fromkeys(Path(job.run_dir) for job in pending):
+        log_glue(tracking, run_dir, glue_dir(run_dir, init), summaries[run_dir])
+    return GlueEvaluation(summaries, failed)
 
 
 def task_data(task: GlueTask, glue_data: Path | None, recipe: GlueRecipe) -> dict[str, GlueSplit]:

@@ -22,14 +22,22 @@ class ScaledSinusoidalPositions(nn.Module):
 
     def __init__(self, dim: int, max_len: int) -> None:
         super().__init__()
-        position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
-        frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-        table = torch.zeros(max_len, dim)
-        table[:, 0::2] = torch.sin(position * frequency)
-        table[:, 1::2] = torch.cos(position * frequency)
-        self.register_buffer("table", table, persistent=False)
+        self.register_buffer("table", torch.empty(max_len, dim), persistent=False)
         # Shape (1,), not a 0-d scalar: DeepSpeed broadcasts parameters as byte views.
-        self.scale = nn.Parameter(torch.full((1,), 1.0 / math.sqrt(dim)))
+        self.scale = nn.Parameter(torch.empty(1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Fill the table and the scale. Loading an export, Hugging Face calls this again: the
+        table is built on the meta device and never saved, and the scale it read is kept
+        (its guard makes `nn.init` skip loaded tensors)."""
+        max_len, dim = self.table.shape
+        position = torch.arange(max_len, dtype=torch.float32, device=self.table.device).unsqueeze(1)
+        frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=self.table.device)
+                              * (-math.log(10000.0) / dim))
+        self.table[:, 0::2] = torch.sin(position * frequency)
+        self.table[:, 1::2] = torch.cos(position * frequency)
+        nn.init.constant_(self.scale, 1.0 / math.sqrt(dim))
 
     def forward(self, seq_len: int) -> torch.Tensor:
         return self.scale * self.table[:seq_len]
@@ -131,8 +139,11 @@ class CrammedBert(nn.Module):
         """
         hidden = self.encode(input_ids)
         predicted = labels != IGNORE_INDEX
-        logits = hidden[predicted] @ self.embeddings.tokens.weight.T
-        return F.cross_entropy(logits.float(), labels[predicted], reduction="sum")
+        return F.cross_entropy(self.decode(hidden[predicted]).float(), labels[predicted], reduction="sum")
+
+    def decode(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Token logits of hidden states, through the tied embedding."""
+        return hidden @ self.embeddings.tokens.weight.T
 
     def compile_blocks(self) -> None:
         """Compile the block stack, the part worth compiling."""

@@ -54,14 +54,19 @@ NO_LAW = "no law"
 
 
 @dataclasses.dataclass(frozen=True)
-class _Fitted:
-    """What the comparisons need of a fitted section beyond its JSON."""
+class FittedLaw:
+    """What predictions beyond a section's JSON need: the law itself, its largest trial and
+    the extrapolation its rollout checked (the comparisons; `recommend.py`)."""
 
     fit: LawFit
     largest: float  # the law's largest trial's FLOPs
     validated: float  # the extrapolation factor its rollout checked
     per_token: FlopsPerToken | None = None  # L(N, D) only
     allocation_identified: bool = False
+
+    def extrapolation(self, flops: float) -> dict[str, Any]:
+        """How far `flops` lies beyond the largest trial, and whether the law supports it there."""
+        return _extrapolation(flops, self.largest, self.validated, self.fit)
 
 
 def fit_study(table: pd.DataFrame, options: FitOptions | None = None) -> dict[str, Any]:
@@ -71,7 +76,7 @@ def fit_study(table: pd.DataFrame, options: FitOptions | None = None) -> dict[st
     options = options or FitOptions()
     cleaned = fit_rows(table, options.params_column)
     rows = cleaned.rows
-    fitted: dict[tuple[str, str], _Fitted] = {}
+    fitted: dict[tuple[str, str], FittedLaw] = {}
     # The optimiser's vectors are a handful of numbers: BLAS threads only contend for the cores.
     with threadpool_limits(1, user_api="blas"):
         compute, params_tokens, groups = {}, {}, dict(_law_groups(rows))
@@ -117,6 +122,45 @@ def write_fit(path: Path, fit: dict[str, Any]) -> None:
     write_json(path, fit)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class LawGroup:
+    """The rows one law is fitted on (a setting's, or those of settings that share an arch
+    and a recipe), named as fit.json names the law."""
+
+    name: str
+    rows: pd.DataFrame
+
+    @property
+    def throughput(self) -> float | None:
+        return device_throughput(self.rows)
+
+    @property
+    def unique_tokens(self) -> float | None:
+        return _unique_tokens(self.rows)
+
+    def params_tokens(self, options: FitOptions) -> tuple[dict[str, Any], FittedLaw | None]:
+        """L(N, D) as `fit_study` fits it: fit.json's section, and the law for predictions at
+        other budgets (None where the section says why it was skipped)."""
+        with threadpool_limits(1, user_api="blas"):
+            return _params_tokens_section(self.rows, options)
+
+
+def law_group(table: pd.DataFrame, setting: str | None, options: FitOptions) -> LawGroup:
+    """The law group `setting` belongs to (None: the table's only one)."""
+    rows = fit_rows(table, options.params_column).rows
+    groups = dict(_law_groups(rows))
+    if not groups:
+        raise CrammitError("the study has no finished trial to fit a law to")
+    if setting is None and len(groups) > 1:
+        raise CrammitError(f"the study fits {len(groups)} laws ({'; '.join(groups)}); pick one with "
+                           "--setting")
+    name = next((name for name, group in groups.items() if setting in (None, *group["setting"])), None)
+    if name is None:
+        raise CrammitError(f"setting {setting!r} has no finished trial (settings with finished trials: "
+                           f"{', '.join(sorted(rows['setting'].unique()))})")
+    return LawGroup(name, groups[name])
+
+
 # --- the rows: law groups, budget levels, named budgets, noise -------------------------------------
 
 def _law_groups(rows: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
@@ -147,21 +191,32 @@ def _budget_name(rows: pd.DataFrame) -> str:
     return f"{rows['flops'].min():.3g}–{rows['flops'].max():.3g} FLOPs"
 
 
+def _device_hours(rows: pd.DataFrame) -> pd.Series:
+    """Each row's device-hours (GPU-hours, or CPU-worker-hours); NaN where not recorded."""
+    return pd.to_numeric(rows.get("device_hours", pd.Series(np.nan, index=rows.index)), errors="coerce")
+
+
+def device_throughput(rows: pd.DataFrame) -> float | None:
+    """The rows' median measured training FLOP/s of one device; None without device hours."""
+    hours = _device_hours(rows)
+    measured = hours > 0
+    return float(np.median(rows["flops"][measured] / (3600 * hours[measured]))) if measured.any() else None
+
+
 def named_budgets(rows: pd.DataFrame) -> dict[str, float]:
     """One and eight device-days in FLOPs at the rows' median measured throughput (none
     without device hours)."""
-    hours = pd.to_numeric(rows.get("device_hours", pd.Series(np.nan, index=rows.index)), errors="coerce")
-    measured = rows[hours > 0]
-    if measured.empty:
+    throughput = device_throughput(rows)
+    if throughput is None:
         return {}
-    throughput = float(np.median(measured["flops"] / hours[hours > 0]))
+    measured = rows[_device_hours(rows) > 0]
     if "device" not in measured:
         names = ("1 device-day", "8 device-days")
     elif (measured["device"] == "cuda").all():
         names = ("1 GPU-day", "8 GPU-days")
     else:
         names = ("1 CPU-worker-day", "8 CPU-worker-days")
-    return {name: throughput * hours for name, hours in zip(names, NAMED_HOURS, strict=True)}
+    return {name: throughput * 3600 * hours for name, hours in zip(names, NAMED_HOURS, strict=True)}
 
 
 def _unique_tokens(rows: pd.DataFrame) -> float | None:
@@ -390,7 +445,7 @@ def _lowest_of_budget(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[configurations == rows["loss"].groupby(configurations).mean().idxmin()]
 
 
-def _compute_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dict[str, Any], _Fitted | None]:
+def _compute_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dict[str, Any], FittedLaw | None]:
     """L(C) on one law's compute frontier, with its band, named budgets and rollout."""
     frontier = _frontier(rows)
 
@@ -425,7 +480,7 @@ def _compute_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dict[str,
                         for (name, c), interval in zip(budgets.items(), _json_each(named), strict=True)],
         "rollout": rollout,
     }
-    return section, _Fitted(fit, largest, rollout["validated_factor"])
+    return section, FittedLaw(fit, largest, rollout["validated_factor"])
 
 
 def _noise_json(rows: pd.DataFrame, fit: LawFit) -> dict[str, Any] | None:
@@ -444,7 +499,8 @@ def _allocation_problem(fit: LawFit) -> str | None:
     return f"needs {' and '.join(missing)} identified" if missing else None
 
 
-def _params_tokens_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dict[str, Any], _Fitted | None]:
+def _params_tokens_section(rows: pd.DataFrame, options: FitOptions
+                           ) -> tuple[dict[str, Any], FittedLaw | None]:
     """L(N, D) over one law group's runs, with its compute-optimal allocation, named budgets
     and rollout (over budgets, and without the largest size)."""
     settings = sorted(rows["setting"].unique())
@@ -509,7 +565,7 @@ def _params_tokens_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dic
                         in zip(budgets, allocations(list(budgets.values())), strict=True)],
         "rollout": rollout,
     }
-    return section, _Fitted(fit, largest, rollout["validated_factor"], per_token, not_allocated is None)
+    return section, FittedLaw(fit, largest, rollout["validated_factor"], per_token, not_allocated is None)
 
 
 # --- comparisons -----------------------------------------------------------------------------------
@@ -531,7 +587,7 @@ def _comparisons(groups: dict[str, pd.DataFrame], params_tokens: dict, fitted: d
             if any(entry is None for entry in entries):
                 continue
             names = (first, second)
-            support = [_extrapolation(budgets[name][budget], entry.largest, entry.validated, entry.fit)
+            support = [entry.extrapolation(budgets[name][budget])
                        for name, entry in zip(names, entries, strict=True)]
             if not all(part["supported"] for part in support):
                 reasons = [f"{name}: {part['reason']}" for name, part in zip(names, support, strict=True)
@@ -554,7 +610,7 @@ def _comparisons(groups: dict[str, pd.DataFrame], params_tokens: dict, fitted: d
     return sorted(out, key=lambda entry: (entry["budget"], entry["settings"]))
 
 
-def _named_samples(entry: _Fitted, flops: float) -> tuple[float, np.ndarray]:
+def _named_samples(entry: FittedLaw, flops: float) -> tuple[float, np.ndarray]:
     """A law's predicted loss at `flops` (L(N, D): its compute-optimal loss): the estimate and
     its bootstrap samples."""
     if entry.per_token is not None:

@@ -203,7 +203,9 @@ def _unidentified(law: dict) -> str:
 
 
 def _checked(factor: float) -> str:
-    return f"checked to {_factor(factor)}" if factor > 1 else "not checked beyond the largest fitted trial"
+    if factor > 1:
+        return f"checked to {factor_text(factor)}"
+    return "not checked beyond the largest fitted trial"
 
 
 def _extrapolated(prediction: dict) -> str:
@@ -211,10 +213,10 @@ def _extrapolated(prediction: dict) -> str:
     if factor <= 1:
         return ""
     checked = _checked(prediction["validated_factor"])
-    return f"; extrapolated {_factor(factor)} beyond the largest trial; {checked}"
+    return f"; extrapolated {factor_text(factor)} beyond the largest trial; {checked}"
 
 
-def _factor(factor: float) -> str:
+def factor_text(factor: float) -> str:
     return f"{factor:,.0f}×" if factor >= 10 else f"{factor:.3g}×"
 
 
@@ -241,7 +243,8 @@ def _comparison(entry: dict, level: str) -> str:
     verdict = f"{lower} lower by {interval_text({'estimate': estimate, 'low': low, 'high': high})} nats"
     if low is None or low <= 0:
         verdict += " (the interval includes 0: no clear winner)"
-    extrapolated = f"; extrapolated {_factor(entry['extrapolation'])}" if entry["extrapolation"] > 1 else ""
+    factor = entry["extrapolation"]
+    extrapolated = f"; extrapolated {factor_text(factor)}" if factor > 1 else ""
     return (f"at {entry['budget']} under {entry['law']} ({level} intervals): {first} "
             f"{interval_text(entry['loss'][0])} vs {second} {interval_text(entry['loss'][1])}: "
             f"{verdict}{extrapolated}")

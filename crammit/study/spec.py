@@ -16,7 +16,7 @@ from typing import Any
 
 import tomli_w
 
-from crammit.config import Arch, Budget, RecipeConfig, SequenceOrder, model_config, recipe_config
+from crammit.config import Arch, Budget, ModelConfig, RecipeConfig, SequenceOrder, model_config, recipe_config
 from crammit.errors import CrammitError
 from crammit.eval.glue_data import GlueTask, parse_tasks
 from crammit.io import atomic_path
@@ -254,6 +254,16 @@ class Trial:
         amount = f"{self.budget:g}".replace("e+0", "e").replace("e+", "e")
         seed = f"-s{self.seed}" if self.seed else ""
         return f"{self.setting.name}-{self.size}-{amount}{self.unit.suffix}{seed}"
+
+
+def trial_model(spec: StudySpec, size: str, arch: str) -> ModelConfig:
+    """The size in the arch's design on the study's corpus (its vocabulary and sequence length)."""
+    if spec.data.data:
+        from crammit.train.run import model_for  # Ray's driver module: only for a given --data
+
+        return model_for(size, Path(spec.data.data), arch)
+    return dataclasses.replace(model_config(size, arch), vocab_size=spec.data.vocab_size,
+                               seq_len=spec.data.seq_len)
 
 
 def read_study_file(path: Path) -> StudySpec:

@@ -22,11 +22,10 @@ from crammit.cluster import ClusterResources, start_ray
 from crammit.config import (
     Device,
     GlueRecipe,
-    ModelConfig,
     PrepareConfig,
     SequenceOrder,
+    Tracking,
     TrainConfig,
-    model_config,
 )
 from crammit.data.layout import MANIFEST, read_manifest
 from crammit.errors import CrammitError, Interrupted
@@ -50,8 +49,9 @@ from crammit.study.plan import (
 )
 from crammit.study.precision import DEFAULT_NOISE, Precision, ReferenceLaw, design_precision
 from crammit.study.report import write_report
-from crammit.study.spec import StudySpec, Trial
+from crammit.study.spec import StudySpec, Trial, trial_model
 from crammit.study.table import fit_rows, study_rows
+from crammit.track import StudyTracker
 from crammit.train import rundir
 from crammit.train.recipe import accumulation_target
 
@@ -143,10 +143,11 @@ def _study_corpus(spec: StudySpec, study_dir: Path) -> StudyCorpus:
 
 def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache_dir: Path,
               address: str | None = None, echo: Callable[[str], None] = print,
-              allow_ordered_data: bool = False) -> pd.DataFrame:
+              allow_ordered_data: bool = False, tracking: Tracking = Tracking()) -> pd.DataFrame:
     """Prepare the study's corpus once, run every unfinished trial on Ray Tune, then write
     the tables, the fits and the plots. Returns the trials table. A corpus in prevalence
-    order that the budgets read more than a little of is refused unless `allow_ordered_data`."""
+    order that the budgets read more than a little of is refused unless `allow_ordered_data`.
+    `tracking` logs the trials, their GLUE scores and the fit to experiment trackers."""
     problem = cluster_problem(spec, cluster)
     if problem:
         raise CrammitError(f"this cluster cannot run the study as asked: {problem}")
@@ -157,7 +158,11 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
     plan = plan_study(spec, study_dir, cluster, calibrate_cpus=False)
     if plan.ordered_data and not allow_ordered_data:
         raise CrammitError(f"{plan.ordered_data}, or pass --allow-ordered-data to run it as it is")
-    configs = {trial.name: trial_config(spec, trial, study_dir, data) for trial in spec.trials()}
+    tracker = StudyTracker(tracking, study_dir, {
+        "study": spec.name, "unit": spec.unit.value, "settings": ",".join(s.name for s in spec.settings)})
+    params = {trial.name: trial_params(trial) for trial in spec.trials()}
+    configs = {trial.name: trial_config(spec, trial, study_dir, data, tracker.trial_tracking())
+               for trial in spec.trials()}
     for name, config in configs.items():
         _check_compatible(config, name)
     # Longest first, as the plan's wall time assumes: the longest trial last would run alone.
@@ -167,16 +172,20 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
                       if results.trial_status(Path(configs[name].run_dir)) is not results.TrialStatus.OK),
                      key=lambda name: cost[name], reverse=True)
     if pending:
-        _tune(spec, study_dir, data, configs, pending, concurrent_trials(spec, cluster), cache_dir)
+        _tune(spec, study_dir, data, configs, pending, concurrent_trials(spec, cluster), cache_dir,
+              {name: params[name] for name in pending}, tracker.callbacks())
         _check_finished(spec, study_dir, configs)
+    tracker.record_trials({name: (Path(config.run_dir), params[name]) for name, config in configs.items()
+                           if results.trial_status(Path(config.run_dir)) is results.TrialStatus.OK})
     if spec.glue.tasks:
         _evaluate_glue(spec, study_dir, [Path(config.run_dir) for config in configs.values()], cluster,
-                       address, echo)
+                       address, echo, tracking)
     trials = results.write_tables(spec, study_dir)
     mixed = results.mixed_versions(trials)
     if mixed:
         echo(mixed)
     write_report(study_dir, FitOptions(resamples=spec.resamples), echo=echo)
+    tracker.finish([study_dir / results.FIT_FILE, study_dir / results.PLOTS_DIR])
     return trials
 
 
@@ -195,7 +204,7 @@ def _check_finished(spec: StudySpec, study_dir: Path, configs: dict[str, TrainCo
 
 
 def _evaluate_glue(spec: StudySpec, study_dir: Path, run_dirs: list[Path], cluster: ClusterResources,
-                   address: str | None, echo: Callable[[str], None]) -> None:
+                   address: str | None, echo: Callable[[str], None], tracking: Tracking) -> None:
     """Fine-tune every finished trial on the study's GLUE tasks (those not done yet): one
     fine-tune per GPU on a GPU study, one per CPU otherwise."""
     from crammit.eval.glue import Placement, evaluate_glue
@@ -208,24 +217,23 @@ def _evaluate_glue(spec: StudySpec, study_dir: Path, run_dirs: list[Path], clust
     evaluation = evaluate_glue(
         finished, glue.task_list(), range(glue.seeds), GlueRecipe(max_train_examples=glue.max_train_examples),
         glue.data_path(), Placement(gpus=gpus, workers=1 if gpus else cluster.cpus), address=address,
-        tune_dir=(study_dir / TUNE_DIR).resolve(), echo=echo,
+        tune_dir=(study_dir / TUNE_DIR).resolve(), echo=echo, tracking=tracking,
     )
     if evaluation.failed:
         echo(f"{len(evaluation.failed)} GLUE fine-tunes failed ({', '.join(evaluation.failed)}); "
              "run the study again to retry them")
 
 
-def trial_model(spec: StudySpec, size: str, arch: str) -> ModelConfig:
-    """The size in the arch's design on the study's corpus (its vocabulary and sequence length)."""
-    if spec.data.data:
-        from crammit.train.run import model_for
-
-        return model_for(size, Path(spec.data.data), arch)
-    return dataclasses.replace(model_config(size, arch), vocab_size=spec.data.vocab_size,
-                               seq_len=spec.data.seq_len)
+def trial_params(trial: Trial) -> dict:
+    """What a trial is, as its Tune config carries it: Tune's logger callbacks log these as
+    its parameters (MLflow) or config (W&B)."""
+    setting = trial.setting
+    return {"setting": setting.name, "size": trial.size, "arch": setting.arch, "recipe": setting.recipe,
+            "budget": trial.budget, "unit": trial.unit.value, "seed": trial.seed}
 
 
-def trial_config(spec: StudySpec, trial: Trial, study_dir: Path, data: Path) -> TrainConfig:
+def trial_config(spec: StudySpec, trial: Trial, study_dir: Path, data: Path,
+                 tracking: Tracking = Tracking()) -> TrainConfig:
     """The run a trial is: an ordinary `crammit train` config in the trial's directory."""
     setting = trial.setting
     config = TrainConfig(
@@ -241,6 +249,7 @@ def trial_config(spec: StudySpec, trial: Trial, study_dir: Path, data: Path) -> 
         max_eval_sequences=spec.max_eval_sequences,
         checkpoint_every_s=spec.checkpoint_minutes * 60,
         progress_bar=False,  # Tune's table shows every trial's progress
+        tracking=tracking,
     )
     accumulation_target(config.recipe, config.num_workers)  # fail before any work
     return config
@@ -273,7 +282,8 @@ def _check_compatible(config: TrainConfig, name: str) -> None:
 
 
 def _tune(spec: StudySpec, study_dir: Path, data: Path, configs: dict[str, TrainConfig],
-          pending: list[str], concurrency: int, cache_dir: Path) -> None:
+          pending: list[str], concurrency: int, cache_dir: Path, params: dict[str, dict],
+          callbacks: list[tune.Callback]) -> None:
     from crammit.train.ingest import ingest
 
     # Read once, shared by every trial: each trial's own read would start Ray Data anew.
@@ -284,12 +294,16 @@ def _tune(spec: StudySpec, study_dir: Path, data: Path, configs: dict[str, Train
     )
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(pending)},
+        # With each trial's parameters beside its name: Tune's table and its logger callbacks show them.
+        param_space={"trial": tune.grid_search(pending),
+                     **{key: tune.sample_from(lambda resolved, key=key: params[resolved.config.trial][key])
+                        for key in params[pending[0]]}},
+        # A finished trial's actor runs the next trial: a new one costs 2-5 s of start-up a trial.
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, trial_name_creator=_trial_name,
-                                    trial_dirname_creator=_trial_name),
+                                    trial_dirname_creator=_trial_name, reuse_actors=True),
         run_config=tune.RunConfig(name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=str((study_dir / TUNE_DIR).resolve()),
-                                  callbacks=[_StudyTables(spec, study_dir)]),
+                                  callbacks=[_StudyTables(spec, study_dir), *callbacks]),
     )
     tuner.fit()  # a failed trial is recorded in its directory and does not stop the others
 
@@ -314,7 +328,10 @@ def run_trial(params: dict, configs: dict, concurrency: int, cache_dir: str, dat
         with atomic_path(run_dir / results.ERROR_FILE) as tmp:
             tmp.write_text(message + "\n")
         raise
-    return {"eval_loss": final["eval_loss"], "tokens": final["tokens"], "step": final["steps"]}
+    # The trial's last result: its final metrics in Tune and in its logger callbacks' trackers.
+    return {"eval_loss": final["eval_loss"], "initial_eval_loss": final["initial_eval_loss"],
+            "tokens": final["tokens"], "flops": final["flops"], "step": final["steps"],
+            "elapsed_s": final["elapsed_s"]}
 
 
 def _trial_name(trial) -> str:

@@ -71,9 +71,9 @@ def load_checkpoint(engine, run_dir: Path) -> TrainState | None:
     root = checkpoint_dir(run_dir)
     chosen = torch.tensor([-1], dtype=torch.int64, device=next(engine.module.parameters()).device)
     if dist.get_rank() == 0:
-        tag = _newest_complete(root, latest_tag(run_dir))
+        tag = _newest_complete(root)
         chosen[0] = -1 if tag is None else int(tag.removeprefix(TAG_PREFIX))
-    dist.all_reduce(chosen, op=dist.ReduceOp.MAX)
+    dist.broadcast(chosen, src=0)
     if chosen.item() < 0:
         return None
     tag = f"{TAG_PREFIX}{chosen.item():08d}"
@@ -84,12 +84,11 @@ def load_checkpoint(engine, run_dir: Path) -> TrainState | None:
     return TrainState(**client_state["train_state"])
 
 
-def problem_with(directory: Path, legacy_ok: bool = False) -> str | None:
+def problem_with(directory: Path) -> str | None:
     """Why the checkpoint in `directory` cannot be loaded, or None when it can. Without a
-    file list it is a save that never finished, unless `legacy_ok` (a checkpoint from before
-    file lists, which `latest` names)."""
+    file list it is a save that never finished."""
     if not (directory / FILE_LIST).is_file():
-        return None if legacy_ok else "its save never finished"
+        return "its save never finished"
     for name, size in read_json(directory / FILE_LIST).items():
         path = directory / name
         if not path.is_file():
@@ -103,9 +102,9 @@ def _tags_newest_first(root: Path) -> list[str]:
     return sorted((p.name for p in root.glob(f"{TAG_PREFIX}*") if p.is_dir()), reverse=True)
 
 
-def _newest_complete(root: Path, latest: str | None) -> str | None:
+def _newest_complete(root: Path) -> str | None:
     for tag in _tags_newest_first(root) if root.is_dir() else []:
-        problem = problem_with(root / tag, legacy_ok=tag == latest)
+        problem = problem_with(root / tag)
         if problem is None:
             return tag
         print(f"checkpoint {tag} is unusable ({problem}); trying the one before it",

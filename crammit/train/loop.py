@@ -8,6 +8,7 @@ clock). Stops when the budget is spent, then measures held-out loss and saves th
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from crammit.config import BudgetUnit, Device, TrainConfig
 from crammit.data.loader import HeldOutBatches, MaskedBatch
 from crammit.model.build import build_model
 from crammit.model.flops import model_flops_utilization, peak_flops, training_flops_per_token
+from crammit.track import RunTracker, run_tracker
 from crammit.train import profile, rundir
 from crammit.train.budget import few_steps_warning, micro_batches_left
 from crammit.train.checkpoint import load_checkpoint, save_checkpoint
@@ -39,11 +41,11 @@ def train_loop(loop_config: dict) -> dict:
     `loop_config` holds the run's `config` (a TrainConfig dict) and the `launch` it belongs
     to: when Ray Train restarts the loop after a worker failure, the launch is the same."""
     config = TrainConfig.from_dict(loop_config["config"])
-    with process_group(config.device):
-        return _train(config, loop_config["launch"])
+    with process_group(config.device), run_tracker(config, dist.get_rank()) as tracker:
+        return _train(config, loop_config["launch"], tracker)
 
 
-def _train(config: TrainConfig, launch: str) -> dict:
+def _train(config: TrainConfig, launch: str, tracker: RunTracker) -> dict:
     run_dir = Path(config.run_dir)
     torch.manual_seed(config.recipe.seed)
     if config.device == Device.CPU and config.cpu_threads:
@@ -70,6 +72,7 @@ def _train(config: TrainConfig, launch: str) -> dict:
         if rank == 0:
             evals.append(rundir.EvalMetrics(step=state.step, tokens=state.tokens, flops=state.flops,
                                             elapsed_s=state.elapsed_s, eval_loss=loss))
+            tracker.log({"eval_loss": loss}, state.step)  # the step's row holds its tokens, FLOPs and time
         return loss
 
     if state.initial_eval_loss is None:
@@ -128,6 +131,7 @@ def _train(config: TrainConfig, launch: str) -> dict:
         )
         if rank == 0:
             metrics.append(row)
+            tracker.log(dataclasses.asdict(row), row.step)
         spent = config.budget.progress(elapsed, state.tokens, state.flops)
         progress.update(spent, row)
         profiler.step_finished()
@@ -172,6 +176,7 @@ def _train(config: TrainConfig, launch: str) -> dict:
         evals.flush()
         rundir.save_final_model(run_dir, engine.module, config)
         rundir.save_final(run_dir, results)
+        tracker.finish(results, state.step)
     ray.train.report({"step": state.step, "tokens": state.tokens, "budget_spent": 1.0,
                       "eval_loss": results["eval_loss"]})
     return results
@@ -199,8 +204,8 @@ def _start_attempt(run_dir: Path, state: TrainState, launch: str, device: torch.
         elif state.step:
             print(f"resuming at step {state.step} with {state.elapsed_s:.0f} s of training done",
                   file=sys.stderr, flush=True)
-        decided += torch.tensor([lost, number], dtype=torch.float64, device=device)
-    dist.all_reduce(decided)
+        decided = torch.tensor([lost, number], dtype=torch.float64, device=device)
+    dist.broadcast(decided, src=0)
     state.elapsed_s += decided[0].item()
     return int(decided[1].item())
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from crammit.config import Arch, ModelConfig, TrainConfig
+from crammit.config import ModelConfig, TrainConfig
 from crammit.data.layout import TOKENIZER
 from crammit.errors import CrammitError
 from crammit.io import atomic_path, read_json, write_json
@@ -104,20 +104,40 @@ def read_evals(run_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(run_dir / EVALS_FILE)
 
 
-HF_DIR = "hf"  # the original BERT arm's final model in Hugging Face's own layout
+HF_DIR = "hf"  # the final model and tokenizer in Hugging Face's own layout
 
 
 def save_final_model(run_dir: Path, model: nn.Module, config: TrainConfig) -> None:
-    """HF-style layout: weights, shape and tokenizer side by side, ready to fine-tune; the
-    original BERT arm also as `hf/`, for `BertForMaskedLM.from_pretrained`."""
+    """HF-style layout: weights, shape and tokenizer side by side, ready to fine-tune; and
+    all of it as `hf/`, which `transformers` loads by itself (`export_hf`)."""
     # Cloned: ZeRO keeps parameters as views into flat buffers, which safetensors refuses.
     weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     with atomic_path(run_dir / MODEL_FILE) as tmp:
         save_file(weights, str(tmp))
     write_json(run_dir / MODEL_CONFIG_FILE, config.to_dict()["model"])
-    if config.model.arch is Arch.BERT:
-        with atomic_path(run_dir / HF_DIR) as tmp:
-            model.save_pretrained(tmp)
+    export_hf(run_dir, run_dir / HF_DIR)
+
+
+def export_hf(run_dir: Path, out: Path) -> None:
+    """The run's final model and tokenizer in Hugging Face's layout, written whole or not at
+    all: `BertForMaskedLM` for the bert arch; for the crammed arch, crammit's model with its
+    code, which the Auto classes load with `trust_remote_code=True`."""
+    config = final_model_config(run_dir)
+    if out.exists() and not is_hf_dir(out):  # replacing it would delete what the user keeps there
+        raise CrammitError(f"{out} exists and is not a Hugging Face model directory; pass a new "
+                           "directory as --out")
+    from crammit.data.tokenizer import save_hf_tokenizer  # these import transformers, slow to import
+    from crammit.model.hf_export import save_model
+
+    with atomic_path(out) as tmp:
+        save_model(config, load_final_weights(run_dir), tmp)
+        save_hf_tokenizer(run_dir / TOKENIZER, tmp, config.seq_len)
+
+
+def is_hf_dir(path: Path) -> bool:
+    """A directory `save_pretrained` wrote: its config.json names the model's classes."""
+    config = path / CONFIG_FILE
+    return config.is_file() and "architectures" in read_json(config)
 
 
 def final_model_config(run_dir: Path) -> ModelConfig:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -19,7 +20,7 @@ from crammit.study.spec import Setting, StudyData, StudySpec, StudyUnit
 from crammit.study.sweep import _study_data, plan_study, run_study
 from crammit.train import rundir
 from crammit.train.checkpoint import latest_tag
-from tests.helpers import write_glue_dir
+from tests.helpers import tiny_train_config, write_glue_dir
 
 STEP_TOKENS = 16 * 128
 
@@ -152,6 +153,23 @@ def test_a_study_tune_stopped_early_says_so_instead_of_fitting(tmp_path, toy_dat
 
 
 @pytest.mark.slow
+def test_a_study_s_trials_reuse_their_tune_actors(tmp_path, monkeypatch):
+    """A finished trial's actor runs the next: a new one costs seconds a trial
+    (benchmarks/trial_startup.py)."""
+    from crammit.train import ingest
+
+    tuners = []
+    monkeypatch.setattr(ingest, "ingest", lambda data: {})
+    monkeypatch.setattr(sweep.tune, "with_parameters", lambda trainable, **parameters: trainable)
+    monkeypatch.setattr(sweep.tune, "with_resources", lambda trainable, resources: trainable)
+    monkeypatch.setattr(sweep.tune, "Tuner",
+                        lambda *args, **kwargs: tuners.append(kwargs) or SimpleNamespace(fit=lambda: None))
+    config = tiny_train_config(tmp_path / "trial", tmp_path / "corpus.txt")
+    sweep._tune(token_study(), tmp_path, tmp_path, {"trial": config}, ["trial"], 1, tmp_path,
+                params={"trial": {}}, callbacks=[])
+    assert tuners[0]["tune_config"].reuse_actors
+
+
 def test_a_study_shuffles_the_corpus_it_prepares(tmp_path, corpus_file, cache_dir, ray_session):
     spec = token_study(corpus=str(corpus_file))
     assert spec.data.order == "shuffle"
