@@ -166,9 +166,22 @@ def law_group(table: pd.DataFrame, setting: str | None, options: FitOptions) -> 
 def _law_groups(rows: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
     """Rows of settings that share an arch and a recipe (where the table says), named by
     their settings; else each setting alone."""
-    keys = [column for column in ("arch", "recipe") if column in rows] or ["setting"]
-    for _, group in rows.groupby(keys, sort=True, dropna=False):
-        yield " + ".join(sorted(group["setting"].unique())), group.reset_index(drop=True)
+    for _, group in rows.groupby(_law_keys(rows), sort=True, dropna=False):
+        yield _law_name(group["setting"]), group.reset_index(drop=True)
+
+
+def law_group_names(rows: pd.DataFrame) -> pd.Series:
+    """Each row's law group, named as fit.json names its laws (figures that compare sizes
+    within a law draw one panel a group)."""
+    return rows.groupby(_law_keys(rows), dropna=False)["setting"].transform(_law_name)
+
+
+def _law_keys(rows: pd.DataFrame) -> list[str]:
+    return [column for column in ("arch", "recipe") if column in rows] or ["setting"]
+
+
+def _law_name(settings: pd.Series) -> str:
+    return " + ".join(sorted(settings.unique()))
 
 
 def _budget_levels(rows: pd.DataFrame) -> pd.Series:

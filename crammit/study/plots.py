@@ -26,6 +26,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullForma
 
 from crammit.errors import CrammitError
 from crammit.io import atomic_path
+from crammit.study.fit import law_group_names
 from crammit.study.spec import TrialStatus
 
 LOSS_LABEL = "held-out MLM loss (nats/token)"
@@ -260,9 +261,11 @@ def settings_comparison(trials: pd.DataFrame) -> Figure:
 
 @_styled
 def iso_budget(trials: pd.DataFrame) -> Figure:
-    """Loss against model size at equal budget, one line per budget and one panel per
-    setting, for every (setting, budget) with three or more sizes; the best size is starred."""
+    """Loss against model size at equal budget, one line per budget and one panel per law
+    (settings that share an arch and a recipe, as the fits group them), for every (law,
+    budget) with three or more sizes; the best size is starred."""
     finished = _finished(_requiring(trials, "budget", "budget_unit"))
+    finished = finished.assign(setting=law_group_names(finished))
     groups = finished.groupby(["setting", "budget_unit", "budget"]).filter(lambda g: g["size"].nunique() >= 3)
     if groups.empty:
         raise NothingToDraw("no (setting, budget) has finished trials of three or more sizes")
