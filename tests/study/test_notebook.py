@@ -21,6 +21,6 @@ def test_scaling_laws_notebook_executes():
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
     text = "".join(output.get("text", "") for output in outputs)
-    assert "L(C) = E + A*C^-alpha, crammed" in text and "L(N, D)" in text
+    assert "L(C) = E + A*C^-alpha, ladder_micro" in text and "L(N, D)" in text
     figures = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(figures) >= 5

@@ -24,6 +24,12 @@ def test_every_shipped_study_file_reads():
     assert [(s.sizes, s.budgets, s.gpus) for s in scaling.settings] == [
         (("small", "base", "crammed"), (6, 12, 24), 1)]
     assert len(specs["smoke"].trials()) >= 6
+    # The CPU ladder as designed: >= 16 trials of >= 4 sizes over >= 30x in compute, seeds where cheap.
+    ladder = specs["cpu_ladder"]
+    budgets = [trial.budget for trial in ladder.trials()]
+    assert len(budgets) >= 16 and max(budgets) / min(budgets) >= 30
+    assert len({size for setting in ladder.settings for size in setting.sizes}) >= 4
+    assert all(setting.seeds_at(min(setting.budgets)) > 1 for setting in ladder.settings[:3])
 
 
 def test_trials_are_the_grid_with_deterministic_names():
