@@ -109,7 +109,8 @@ def train(
     hours: Annotated[float | None, typer.Option(help="Wall-clock budget (default 24).")] = None,
     tokens: Annotated[float | None, typer.Option(help="Budget in training tokens instead.")] = None,
     flops: Annotated[float | None, typer.Option(help="Budget in training FLOPs instead.")] = None,
-    size: Annotated[str, typer.Option(help="Model size: tiny, mini, small, medium, base, crammed, large.")]
+    size: Annotated[str, typer.Option(
+        help="Model size: micro, tiny, mini, small, medium, base, crammed, large.")]
     = "crammed",
     arch: Annotated[str, typer.Option(help="Block design: crammed (the paper's) or bert (the original, "
                                            "Hugging Face's BertForMaskedLM).")] = "crammed",

@@ -20,6 +20,7 @@ MLflow has retired its plain-file store (it refuses one unless told otherwise).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import time
 import uuid
@@ -219,8 +220,12 @@ class RunTracker:
     def __init__(self, loggers: list) -> None:
         self._loggers = loggers
 
-    def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Metrics at `step`: a row of metrics.parquet (whose `step` is no metric), or an evaluation's."""
+    def log(self, metrics: Any, step: int) -> None:
+        """Metrics at `step` (a mapping, or a metrics.parquet row, whose `step` is no metric)."""
+        if not self._loggers:  # every step calls this; untracked runs pay nothing
+            return
+        if dataclasses.is_dataclass(metrics):
+            metrics = dataclasses.asdict(metrics)
         values = _numbers({key: value for key, value in metrics.items() if key != "step"})
         for logger in self._loggers:
             logger.log(values, step)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -222,13 +223,13 @@ def allocation_approaches(fit: dict[str, Any]) -> Figure:
     profile_ax.scatter([], [], marker="*", s=160, color="white", edgecolors="black",
                        label="minimum (X: outside the sizes tried)")
     profile_ax.set(xlabel="parameters", ylabel=LOSS_LABEL,
-                   title="(a) IsoFLOP profiles: mean loss against size at each FLOP budget")
+                   title="(a) IsoFLOP profiles:\nmean loss against size at each FLOP budget")
     _count_axis(profile_ax)
     _legend_outside(profile_ax, title="budget")
     _log_log(optimum_ax)
     agreement = "; ".join(law["allocation_exponents"]["agreement"] for law in laws.values())
     optimum_ax.set(xlabel=FLOPS_LABEL, ylabel="compute-optimal parameters N_opt",
-                   title=f"(b) N_opt ∝ C^a by three approaches: {agreement}")
+                   title=textwrap.fill(f"(b) N_opt ∝ C^a by three approaches: {agreement}", 60))
     _legend_outside(optimum_ax)
     return fig
 

@@ -8,7 +8,6 @@ clock). Stops when the budget is spent, then measures held-out loss and saves th
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -131,7 +130,7 @@ def _train(config: TrainConfig, launch: str, tracker: RunTracker) -> dict:
         )
         if rank == 0:
             metrics.append(row)
-            tracker.log(dataclasses.asdict(row), row.step)
+            tracker.log(row, row.step)
         spent = config.budget.progress(elapsed, state.tokens, state.flops)
         progress.update(spent, row)
         profiler.step_finished()
