@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -229,7 +228,7 @@ def allocation_approaches(fit: dict[str, Any]) -> Figure:
     _log_log(optimum_ax)
     agreement = "; ".join(law["allocation_exponents"]["agreement"] for law in laws.values())
     optimum_ax.set(xlabel=FLOPS_LABEL, ylabel="compute-optimal parameters N_opt",
-                   title=textwrap.fill(f"(b) N_opt ∝ C^a by three approaches: {agreement}", 60))
+                   title=f"(b) N_opt ∝ C^a by three approaches:\n{agreement}")
     _legend_outside(optimum_ax)
     return fig
 
