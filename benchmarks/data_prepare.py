@@ -48,9 +48,9 @@ def source_documents(corpus: Path | None, text_field: str) -> Callable[[], Itera
     embedded corpus, or the `text_field` of a JSONL file, streamed (it may be large)."""
     if corpus is None:
         from crammit.cli import default_cache_dir
-        from crammit.data.corpus import embedded_documents
+        from crammit.data.corpus import embedded_corpus
 
-        documents = embedded_documents(default_cache_dir())
+        documents = embedded_corpus(default_cache_dir()).documents
         return lambda: iter(documents)
 
     def read() -> Iterator[str]:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.helpers import TINY_VOCAB, prepare_config, write_corpus, write_jsonl_corpus
+
+if TYPE_CHECKING:
+    from crammit.data.corpus import EmbeddedCorpus
 
 
 @pytest.fixture(scope="session")
@@ -20,13 +24,13 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedded_cache(tmp_path_factory) -> tuple[Path, list[str]]:
+def embedded_cache(tmp_path_factory) -> tuple[Path, EmbeddedCorpus]:
     """A cache directory holding the embedded corpus, built once per session (building takes
-    tens of seconds), and its documents."""
-    from crammit.data.corpus import embedded_documents
+    tens of seconds), and the corpus."""
+    from crammit.data.corpus import embedded_corpus
 
     cache = tmp_path_factory.mktemp("embedded")
-    return cache, embedded_documents(cache)
+    return cache, embedded_corpus(cache)
 
 
 @pytest.fixture(scope="session")

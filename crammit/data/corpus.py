@@ -1,5 +1,6 @@
 """The embedded corpus: English prose that needs no download (`--corpus embedded`),
-built from the docstrings of the installed standard library and packages, and cached."""
+built from the docstrings of the standard library and a fixed list of packages, and cached
+with its content hash."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import platform
 import re
-import sys
 import sysconfig
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from crammit.errors import CrammitError
@@ -22,48 +24,91 @@ EMBEDDED = "embedded"  # the corpus spec naming the built-in corpus
 CORPUS_FORMAT_VERSION = 1  # bump when the extraction rules change, to invalidate caches
 MIN_EMBEDDED_BYTES = 5_000_000
 
-# Installed packages whose docstrings join the stdlib's; fixed and sorted so the corpus
-# depends only on what is installed. Missing ones are skipped.
+# The packages whose docstrings join the stdlib's, fixed and sorted: every one is a
+# dependency of crammit (directly, or through torch, ray and transformers), so every install
+# builds from the same list and only their versions can differ.
 DOC_PACKAGES = (
     "datasets", "deepspeed", "jinja2", "matplotlib", "networkx", "numpy", "pandas",
     "pyarrow", "pydantic", "ray", "scipy", "seaborn", "sympy", "tokenizers", "torch",
     "transformers",
 )
+PYTHON = "python"  # the stdlib's entry in a corpus's sources
+# The corpus that crammit's shipped figures (the README's, notebooks/) were measured on:
+# built from these versions (the packages' are constraints.txt's, torch's the README's
+# install command's) and having this content hash. Another install builds another corpus,
+# and says how it differs.
+REFERENCE_SOURCES = {
+    PYTHON: "3.11.7", "datasets": "5.2.0", "deepspeed": "0.19.8", "jinja2": "3.1.6",
+    "matplotlib": "3.11.2", "networkx": "3.6.1", "numpy": "2.4.6", "pandas": "3.1.1",
+    "pyarrow": "26.0.1", "pydantic": "2.14.4", "ray": "2.60.0", "scipy": "1.17.1",
+    "seaborn": "0.13.2", "sympy": "1.14.0", "tokenizers": "0.23.3", "torch": "2.13.0+cpu",
+    "transformers": "5.25.0",
+}
+REFERENCE_SHA256 = "f61bdd2ae8cb428fb0507d87e21bab55a27e453ca9888a9b8bebc91271629953"
 # Tests are code-heavy and idlelib/lib2to3 are legacy tools; site-packages is third-party.
 SKIPPED_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages"}
 
 
-def embedded_documents(cache_dir: Path) -> list[str]:
+@dataclass(frozen=True)
+class EmbeddedCorpus:
+    documents: list[str]
+    sources: dict[str, str]  # PYTHON and each of DOC_PACKAGES -> the version built from
+    sha256: str  # of the documents as cached: one JSON string per line
+
+    def reference_note(self) -> str | None:
+        """One line when this is not the reference corpus, naming the versions that differ."""
+        if self.sha256 == REFERENCE_SHA256:
+            return None
+        differing = [f"{name} {version} (reference {REFERENCE_SOURCES.get(name)})"
+                     for name, version in self.sources.items() if REFERENCE_SOURCES.get(name) != version]
+        why = f"built from {', '.join(differing)}" if differing else "same versions, other files"
+        return (f"note: this embedded corpus (sha256 {self.sha256[:12]}) is not the one crammit's "
+                f"published figures used ({REFERENCE_SHA256[:12]}): {why}; "
+                "install with -c constraints.txt on Python "
+                f"{REFERENCE_SOURCES[PYTHON]} to reproduce them")
+
+
+def embedded_corpus(cache_dir: Path) -> EmbeddedCorpus:
     """The embedded default corpus: real English prose available offline anywhere.
 
-    Built from docstrings of the installed Python's standard library and of the
-    packages in DOC_PACKAGES, then cached under cache_dir since building takes a while.
+    Built from docstrings of the Python standard library and of the packages in
+    DOC_PACKAGES, then cached under cache_dir since building takes a while; a cache whose
+    content no longer matches its recorded hash is rebuilt.
     """
-    packages = _installed_packages()
-    key = hashlib.sha256(
-        repr((sys.version, packages, CORPUS_FORMAT_VERSION)).encode()
-    ).hexdigest()[:16]
-    cache_path = Path(cache_dir) / f"embedded-{key}.txt"
-    if cache_path.exists():
-        return _read_cache(cache_path)
-    documents = _build_embedded(packages)
+    sources = _sources()
+    key = hashlib.sha256(repr((sorted(sources.items()), CORPUS_FORMAT_VERSION)).encode()).hexdigest()[:16]
+    text_path, record_path = Path(cache_dir) / f"embedded-{key}.txt", Path(cache_dir) / f"embedded-{key}.json"
+    if record_path.exists():
+        text = text_path.read_bytes()
+        if hashlib.sha256(text).hexdigest() == json.loads(record_path.read_text())["sha256"]:
+            return EmbeddedCorpus(_documents(text), sources, hashlib.sha256(text).hexdigest())
+    documents = _build_embedded()
     size = sum(len(doc.encode()) for doc in documents)
     if size < MIN_EMBEDDED_BYTES:
         raise CrammitError(f"embedded corpus is only {size / 1e6:.1f} MB on this "
                            "installation; pass --corpus PATH")
-    _write_cache(cache_path, documents)
-    return documents
+    text = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in documents).encode()
+    digest = hashlib.sha256(text).hexdigest()
+    # The record comes last: a cache without one is unfinished and is built again.
+    _write_atomically(text_path, text)
+    _write_atomically(record_path, json.dumps({"sources": sources, "sha256": digest}, indent=1).encode())
+    return EmbeddedCorpus(documents, sources, digest)
 
 
-def _installed_packages() -> list[tuple[str, str]]:
+def _sources() -> dict[str, str]:
     # find_spec locates a package without importing it; importing torch or ray is slow.
-    return [(name, importlib.metadata.version(name)) for name in DOC_PACKAGES
-            if importlib.util.find_spec(name) is not None]
+    missing = [name for name in DOC_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CrammitError(f"the embedded corpus is built from the docstrings of {', '.join(missing)}, "
+                           "which this installation lacks; reinstall crammit (pip install -e .) "
+                           "or pass --corpus PATH")
+    return {PYTHON: platform.python_version(),
+            **{name: importlib.metadata.version(name) for name in DOC_PACKAGES}}
 
 
-def _source_files(packages: list[tuple[str, str]]) -> list[Path]:
+def _source_files() -> list[Path]:
     roots = [sysconfig.get_paths()["stdlib"]]
-    for name, _ in packages:
+    for name in DOC_PACKAGES:
         roots += importlib.util.find_spec(name).submodule_search_locations
     return [path for root in roots for path in _python_files(root)]
 
@@ -77,11 +122,11 @@ def _python_files(root: str) -> list[Path]:
     return files
 
 
-def _build_embedded(packages: list[tuple[str, str]]) -> list[str]:
+def _build_embedded() -> list[str]:
     # Workers parse files; deduplication runs here, in file order, so output is stable.
     # Spawn, not fork: the caller may run threads (torch, ray) whose held locks a fork copies.
     with multiprocessing.get_context("spawn").Pool(2) as pool:
-        per_file = pool.map(_file_docstring_paragraphs, _source_files(packages), chunksize=64)
+        per_file = pool.map(_file_docstring_paragraphs, _source_files(), chunksize=64)
     seen: set[str] = set()
     documents = []
     for docstrings in per_file:
@@ -144,16 +189,15 @@ def _is_prose(text: str) -> bool:
             and _SENTENCE.search(text) is not None)
 
 
-def _read_cache(path: Path) -> list[str]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+def _documents(text: bytes) -> list[str]:
+    # Split on newlines only: JSON escapes them, but not other line breaks (U+2028).
+    return [json.loads(line) for line in text.decode("utf-8").split("\n")[:-1]]
 
 
-def _write_cache(path: Path, documents: list[str]) -> None:
-    # One JSON string per line survives any text; the rename makes readers never see
-    # a half-written file, even with concurrent builders.
+def _write_atomically(path: Path, data: bytes) -> None:
+    # The rename makes readers never see a half-written file, even with concurrent builders.
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(doc, ensure_ascii=False) + "\n" for doc in documents)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)

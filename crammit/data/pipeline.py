@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, replace
@@ -44,9 +45,10 @@ from tqdm import tqdm
 
 from crammit.cluster import start_ray
 from crammit.config import PrepareConfig
+from crammit.data.corpus import EMBEDDED, embedded_corpus
 from crammit.data.external_sort import MERGE_FAN_IN, merge_groups, rows_per_group
 from crammit.data.layout import EVAL_FILE, LENGTH_BUCKET, MANIFEST, TOKEN_COUNTS, TOKENIZER, read_manifest
-from crammit.data.sources import REPLACED, TEXT, read_corpus
+from crammit.data.sources import REPLACED, TEXT, parse_spec, read_corpus
 from crammit.data.stages import (
     chunk,
     content_hash,
@@ -125,6 +127,9 @@ def _prepare(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
         raise CrammitError(f"{out} holds an unfinished prepare with other settings; delete it or "
                            "choose another --out")
     write_json(record, _settings(config))
+    embedded = embedded_corpus(cache_dir) if parse_spec(config.corpus).kind == EMBEDDED else None
+    if embedded and embedded.reference_note():
+        print(embedded.reference_note(), file=sys.stderr)
     if not tokenizer_path.exists():
         with atomic_path(tokenizer_path) as tmp:
             if config.tokenizer:
@@ -144,6 +149,8 @@ def _prepare(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
     shards = _write_outputs(sequences_dir, stage_counts, config, out)
     manifest = {
         "source": config.corpus,
+        # Which embedded corpus: it depends on the installed versions of its sources.
+        **({"source_sha256": embedded.sha256} if embedded else {}),
         "config": _settings(config),
         "tokenizer_sha256": hashlib.sha256(tokenizer_path.read_bytes()).hexdigest(),
         "counts": stage_counts,

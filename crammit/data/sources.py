@@ -28,7 +28,7 @@ from ray.data.block import BlockMetadata
 from ray.data.context import DataContext
 from ray.data.datasource import Datasource, FileBasedDatasource, ReadTask
 
-from crammit.data.corpus import EMBEDDED, embedded_documents
+from crammit.data.corpus import EMBEDDED, embedded_corpus
 from crammit.errors import CrammitError
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def read_corpus(spec: str, cache_dir: Path, text_field: str = "text",
     """
     parsed = parse_spec(spec)
     if parsed.kind == EMBEDDED:
-        documents = embedded_documents(cache_dir)
+        documents = embedded_corpus(cache_dir).documents
         return ray.data.from_items([{TEXT: doc, REPLACED: 0} for doc in documents])
     # Reading is light next to what follows (parsing JSON lines costs a small fraction of
     # the CPU time of tokenizing them), so readers reserve no CPU: the reader of one large

@@ -1,10 +1,12 @@
 import hashlib
+import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from crammit.data import corpus
-from crammit.data.corpus import embedded_documents
+from crammit.data.corpus import embedded_corpus
 from crammit.errors import CrammitError
 
 # The 100 most common English words: a large share of the words of prose, a far smaller
@@ -22,10 +24,18 @@ COMMON_WORDS = {
 
 
 def test_too_small_embedded_corpus_raises_instead_of_falling_back(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "_build_embedded", lambda packages: ["Just one sentence."])
+    monkeypatch.setattr(corpus, "_build_embedded", lambda: ["Just one sentence."])
     with pytest.raises(CrammitError, match="only 0.0 MB.*--corpus PATH"):
-        embedded_documents(tmp_path)
+        embedded_corpus(tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_missing_source_package_is_an_error_not_a_smaller_corpus(tmp_path, monkeypatch):
+    find_spec = corpus.importlib.util.find_spec
+    monkeypatch.setattr(corpus.importlib.util, "find_spec",
+                        lambda name: None if name == "sympy" else find_spec(name))
+    with pytest.raises(CrammitError, match="docstrings of sympy, which this installation lacks"):
+        embedded_corpus(tmp_path)
 
 
 @pytest.fixture
@@ -34,33 +44,71 @@ def embedded(embedded_cache):
 
 
 def test_embedded_is_large_enough(embedded):
-    _, documents = embedded
+    documents = embedded[1].documents
     assert sum(len(doc.encode()) for doc in documents) >= 5_000_000
     assert all(doc.strip() for doc in documents)
 
 
 def test_embedded_second_call_hits_the_cache(embedded, monkeypatch):
-    cache_dir, documents = embedded
-    assert len(list(cache_dir.glob("embedded-*"))) == 1
+    cache_dir, built = embedded
+    assert len(list(cache_dir.glob("embedded-*.txt"))) == 1
 
-    def no_build(packages):
+    def no_build():
         raise AssertionError("rebuilt despite a cache file")
 
     monkeypatch.setattr(corpus, "_build_embedded", no_build)
-    assert embedded_documents(cache_dir) == documents
+    assert embedded_corpus(cache_dir) == built
+
+
+def test_a_cache_that_does_not_match_its_hash_is_rebuilt(tmp_path, monkeypatch):
+    documents = ["A document of prose, with a line\u2028break that JSON keeps raw."] * 3
+    monkeypatch.setattr(corpus, "MIN_EMBEDDED_BYTES", 0)
+    monkeypatch.setattr(corpus, "_build_embedded", lambda: documents)
+    built = embedded_corpus(tmp_path)
+    assert built.documents == documents
+    [text] = tmp_path.glob("embedded-*.txt")
+    assert hashlib.sha256(text.read_bytes()).hexdigest() == built.sha256
+    text.write_text('"damaged"\n')
+    assert embedded_corpus(tmp_path) == built
+    assert text.read_bytes().count(b"\n") == 3
 
 
 def test_embedded_build_is_deterministic(embedded, tmp_path):
-    def digest(documents: list[str]) -> str:
-        return hashlib.sha256("\x00".join(documents).encode()).hexdigest()
-
-    assert digest(embedded_documents(tmp_path)) == digest(embedded[1])
+    assert embedded_corpus(tmp_path) == embedded[1]
     assert [p.read_bytes() for p in tmp_path.glob("embedded-*")] == [
         p.read_bytes() for p in embedded[0].glob("embedded-*")]
 
 
+def test_the_reference_versions_are_the_pinned_ones():
+    root = Path(__file__).parents[2]
+    pins = dict(line.lower().split("==") for line in (root / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    readme_torch = re.search(r"pip install torch==([\d.]+)", (root / "README.md").read_text()).group(1)
+    for name, version in corpus.REFERENCE_SOURCES.items():
+        if name == "torch":
+            assert version.split("+")[0] == readme_torch
+        elif name != corpus.PYTHON:
+            assert pins[name] == version, name
+
+
+def test_the_reference_versions_build_the_reference_corpus(embedded):
+    built = embedded[1]
+    if built.sources != corpus.REFERENCE_SOURCES:
+        pytest.skip("this installation's versions are not the reference ones")
+    assert built.sha256 == corpus.REFERENCE_SHA256
+    assert built.reference_note() is None
+
+
+def test_another_corpus_says_which_versions_made_it_differ(embedded):
+    built = embedded[1]
+    other = corpus.EmbeddedCorpus(built.documents, {**built.sources, "numpy": "0.1"}, "0" * 64)
+    note = other.reference_note()
+    assert f"numpy 0.1 (reference {corpus.REFERENCE_SOURCES['numpy']})" in note
+    assert "-c constraints.txt" in note
+
+
 def test_embedded_reads_like_english_prose_not_code(embedded):
-    _, documents = embedded
+    documents = embedded[1].documents
     words = Counter(w.lower() for doc in documents for w in doc.split())
     common = sum(words[w] for w in COMMON_WORDS) / sum(words.values())
     assert common > 0.35  # between prose's share and code's, with a margin on each side

@@ -8,6 +8,7 @@ import pytest
 import ray
 
 from crammit.data import sources
+from crammit.data.corpus import EmbeddedCorpus
 from crammit.data.sources import EMBEDDED, FILES, HF, REPLACED, TEXT, CorpusSpec, parse_spec, read_corpus
 from crammit.errors import CrammitError
 
@@ -178,7 +179,8 @@ def test_hf_reads_shards_in_parallel_tasks(ray_session, tmp_path, monkeypatch):
 
 
 def test_embedded_documents_become_rows(ray_session, tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "embedded_documents", lambda cache_dir: ["one doc.", "two\ndocs."])
+    monkeypatch.setattr(sources, "embedded_corpus",
+                        lambda cache_dir: EmbeddedCorpus(["one doc.", "two\ndocs."], {}, ""))
     assert documents(read_corpus("embedded", tmp_path)) == [("one doc.", 0), ("two\ndocs.", 0)]
 
 

@@ -172,6 +172,7 @@ def test_eight_cpu_workers_train_and_evaluate_on_the_embedded_corpus(tmp_path, e
     manifest = read_manifest(Path(config.data))
     held_out = manifest["eval_sequences"]
     assert manifest["source"] == "embedded" and held_out < 8 * micro
+    assert manifest["source_sha256"] == embedded_cache[1].sha256
     assert final["steps"] == 1 and final["eval_sequences"] == held_out
     assert final["eval_loss"] < final["initial_eval_loss"]
 
