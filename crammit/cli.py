@@ -37,7 +37,7 @@ class _OneLineErrors(TyperGroup):
     one `error:` line naming the flag, exit code 2, as crammit's own errors are; not
     click's usage block."""
 
-    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
@@ -149,8 +149,7 @@ def _parsing(flag: str) -> Iterator[None]:
     try:
         yield
     except CrammitError as error:
-        message = str(error)
-        raise CrammitError(message if message.startswith(flag) else f"{flag}: {message}") from None
+        raise CrammitError(f"{flag}: {error}") from None
 
 
 def _tracking(trackers: list[Tracker] | None) -> Tracking:
@@ -171,8 +170,7 @@ def default_cache_dir() -> Path:
 def _refuse_settings_with_resume(ctx: typer.Context) -> None:
     """A resumed run keeps its config.json; a flag that would change it is a mistake."""
     allowed = {"resume", "address"}
-    given = [name for name in ctx.params if name not in allowed
-             and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    given = [name for name in ctx.params if name not in allowed and _given(ctx, name)]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise CrammitError(f"--resume continues a run with its saved config; drop {flags} "
@@ -184,7 +182,7 @@ def _refuse_flags_the_deepspeed_file_sets(ctx: typer.Context, overrides: dict) -
     both = [flag for flag, (name, set_by_file) in {
         "--micro-batch": ("micro_batch", "train_micro_batch_size_per_gpu" in overrides),
         "--zero-stage": ("zero_stage", "stage" in overrides.get("zero_optimization", {})),
-    }.items() if set_by_file and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    }.items() if set_by_file and _given(ctx, name)]
     if both:
         raise CrammitError(f"--deepspeed-config sets what {' and '.join(both)} set; give each in one place")
 
