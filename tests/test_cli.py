@@ -338,15 +338,15 @@ def test_an_interrupted_run_says_how_to_resume_it(tmp_path, monkeypatch):
         f"`crammit train --resume {run_dir} --address 10.0.0.1:6379`")
 
 
-def test_a_run_interrupted_before_it_started_says_to_start_it_again(tmp_path, monkeypatch, toy_data):
+def test_a_run_interrupted_before_it_started_says_to_start_it_again(tmp_path, monkeypatch):
     from crammit.train import run
 
     def interrupt(*args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run, "connect", interrupt)
-    result = CliRunner().invoke(app, ["train", "--gpus", "0", "--size", "tiny", "--data", str(toy_data),
-                                      "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(app, ["train", "--gpus", "0", "--size", "tiny", "--out",
+                                      str(tmp_path / "run")])
     assert interrupted_line(result) == (
         "interrupted: the run stopped before it started; run the same command to start it again")
 
