@@ -5,17 +5,69 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
-from crammit.config import Budget, Device, GlueRecipe, Tracker, Tracking, TrainConfig, recipe_config
-from crammit.errors import CrammitError, Interrupted
+from crammit.config import (
+    MODEL_SIZES,
+    RECIPES,
+    Arch,
+    Budget,
+    Device,
+    GlueRecipe,
+    SequenceOrder,
+    Tracker,
+    Tracking,
+    TrainConfig,
+    recipe_config,
+)
+from crammit.errors import ConfigError, CrammitError, Interrupted
+from crammit.study.spec import StudyUnit
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a value not among an option's choices, a missing or unknown option) as
+    one `error:` line naming the flag, exit code 2, as crammit's own errors are; not
+    click's usage block."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as error:  # click's errors (typer vendors click)
+            exit_code = getattr(error, "exit_code", 1)
+            # Usage errors exit with code 2; with no arguments, a group's error is its help.
+            if exit_code != 2 or type(error).__name__ == "NoArgsIsHelpError":
+                error.show()
+            else:
+                message = " ".join(line.strip() for line in error.format_message().splitlines())
+                typer.echo(f"error: {message.strip()}", err=True)
+            sys.exit(exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _choices(name: str, values) -> type[Enum]:
+    """An enum of the names a dict or list holds, for an option that takes one of them."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+Size = _choices("Size", MODEL_SIZES)
+Recipe = _choices("Recipe", RECIPES)
 
 app = typer.Typer(
     help="Train a crammed BERT on a compute budget, and study how its loss scales with compute.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_OneLineErrors,
 )
 
 
@@ -31,6 +83,10 @@ AllowOrderedDataOption = Annotated[bool, typer.Option(
 TrackerOption = Annotated[list[Tracker] | None, typer.Option(
     help="Also log to this experiment tracker (repeatable). MLflow's store is DIR/mlruns (SQLite) unless "
          "MLFLOW_TRACKING_URI is set; W&B follows WANDB_MODE (e.g. offline).")]
+ArchOption = Annotated[Arch, typer.Option(help="Block design: crammed (the paper's) or bert (the original, "
+                                               "Hugging Face's BertForMaskedLM).")]
+RecipeOption = Annotated[Recipe, typer.Option(help="Training recipe: crammed (the paper's) or bert "
+                                                   "(Devlin et al.).")]
 
 data_app = typer.Typer(help="Prepare corpora on Ray Data and inspect prepared directories.",
                        no_args_is_help=True)
@@ -42,8 +98,8 @@ def main() -> None:
     """crammit: train a crammed BERT on a compute budget and study how loss scales with it."""
 
 
-def _interrupted(error: Interrupted) -> typer.Exit:
-    typer.echo(f"interrupted: {error}", err=True)
+def _interrupted(error: Interrupted, how_to_continue: str) -> typer.Exit:
+    typer.echo(f"interrupted: {error}; {how_to_continue}", err=True)
     return typer.Exit(130)
 
 
@@ -54,6 +110,46 @@ def _fail(error: CrammitError) -> typer.Exit:
     message = str(cause if isinstance(cause, CrammitError) else error).splitlines()[0]
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user typed this parameter (rather than leaving its default)."""
+    return name in ctx.params and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+
+
+def _flag(ctx: typer.Context, name: str) -> str:
+    return next(param.opts[0] for param in ctx.command.params if param.name == name)
+
+
+def _as_typed(value: object) -> str:
+    if isinstance(value, Enum):
+        return str(value.value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@contextmanager
+def _flags_for(ctx: typer.Context, **params: str) -> Iterator[None]:
+    """Config objects check their fields and name them; the user typed flags. A ConfigError
+    about a field whose value came from a flag on the command line is said of that flag
+    and its value as typed (`--lr must be ..., got nan`, not `peak_lr must be ...`).
+    `params` maps a field to the command's parameter where their names differ."""
+    try:
+        yield
+    except ConfigError as error:
+        param = params.get(error.field, error.field)
+        if not _given(ctx, param):
+            raise
+        typed = _as_typed(ctx.params[param])
+        raise CrammitError(f"{_flag(ctx, param)} {error.problem}, got {typed}") from None
+
+
+@contextmanager
+def _parsing(flag: str) -> Iterator[None]:
+    """A value a flag's text names (a task, a size in a list) that is not known: say which flag."""
+    try:
+        yield
+    except CrammitError as error:
+        raise CrammitError(f"{flag}: {error}") from None
 
 
 def _tracking(trackers: list[Tracker] | None) -> Tracking:
@@ -74,8 +170,7 @@ def default_cache_dir() -> Path:
 def _refuse_settings_with_resume(ctx: typer.Context) -> None:
     """A resumed run keeps its config.json; a flag that would change it is a mistake."""
     allowed = {"resume", "address"}
-    given = [name for name in ctx.params if name not in allowed
-             and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    given = [name for name in ctx.params if name not in allowed and _given(ctx, name)]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise CrammitError(f"--resume continues a run with its saved config; drop {flags} "
@@ -87,9 +182,12 @@ def _refuse_flags_the_deepspeed_file_sets(ctx: typer.Context, overrides: dict) -
     both = [flag for flag, (name, set_by_file) in {
         "--micro-batch": ("micro_batch", "train_micro_batch_size_per_gpu" in overrides),
         "--zero-stage": ("zero_stage", "stage" in overrides.get("zero_optimization", {})),
-    }.items() if set_by_file and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    }.items() if set_by_file and _given(ctx, name)]
     if both:
         raise CrammitError(f"--deepspeed-config sets what {' and '.join(both)} set; give each in one place")
+
+
+BUDGET_PARAMS = ("hours", "tokens", "flops")
 
 
 def _budget(hours: float | None, tokens: float | None, flops: float | None) -> Budget:
@@ -104,18 +202,14 @@ def _budget(hours: float | None, tokens: float | None, flops: float | None) -> B
 @app.command()
 def train(
     ctx: typer.Context,
-    gpus: Annotated[int, typer.Option(help="GPU workers (one per GPU); 0 trains on CPUs.")] = 1,
-    workers: Annotated[int | None, typer.Option(help="CPU workers when --gpus 0.")] = None,
+    gpus: Annotated[int, typer.Option(min=0, help="GPU workers (one per GPU); 0 trains on CPUs.")] = 1,
+    workers: Annotated[int | None, typer.Option(min=1, help="CPU workers when --gpus 0.")] = None,
     hours: Annotated[float | None, typer.Option(help="Wall-clock budget (default 24).")] = None,
     tokens: Annotated[float | None, typer.Option(help="Budget in training tokens instead.")] = None,
     flops: Annotated[float | None, typer.Option(help="Budget in training FLOPs instead.")] = None,
-    size: Annotated[str, typer.Option(
-        help="Model size: micro, tiny, mini, small, medium, base, crammed, large.")]
-    = "crammed",
-    arch: Annotated[str, typer.Option(help="Block design: crammed (the paper's) or bert (the original, "
-                                           "Hugging Face's BertForMaskedLM).")] = "crammed",
-    recipe: Annotated[str, typer.Option(help="Training recipe: crammed (the paper's) or bert (Devlin et "
-                                             "al.).")] = "crammed",
+    size: Annotated[Size, typer.Option(help="Model size (micro is for CPU ladders).")] = Size.crammed,
+    arch: ArchOption = Arch.CRAMMED,
+    recipe: RecipeOption = Recipe.crammed,
     corpus: Annotated[str, typer.Option(help="Prepared into the run directory: any `data prepare --corpus`.")]
     = "embedded",
     data: PreparedDataOption = None,
@@ -123,8 +217,8 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
     address: AddressOption = None,
     deepspeed_config: Annotated[Path | None, typer.Option(
-        help="DeepSpeed JSON merged over the built one, key by key (it may set the micro-batch and ZeRO "
-             "stage instead of --micro-batch / --zero-stage, not as well).")]
+        help="DeepSpeed JSON merged over the built one, key by key. It may set the micro-batch and ZeRO "
+             "stage instead of --micro-batch / --zero-stage; giving both is refused.")]
     = None,
     zero_stage: Annotated[int, typer.Option(help="DeepSpeed ZeRO stage (0, 1 or 2).")] = 0,
     batch_size: Annotated[int | None, typer.Option(
@@ -151,18 +245,18 @@ def train(
     tracker: TrackerOption = None,
 ) -> None:
     """Train a crammed (or the original) BERT until the budget is spent; report held-out loss."""
+    from crammit.data.sources import check_corpus
     from crammit.train.engine import read_deepspeed_file
     from crammit.train.recipe import accumulation_target
     from crammit.train.run import connect, default_run_dir, launch, model_for, prepare_run, resume_config
 
+    run_dir = resume or out or default_run_dir(size.value)
     try:
         if resume is not None:
             _refuse_settings_with_resume(ctx)
             config = resume_config(resume)
             connect(config, address)
         else:
-            if gpus < 0 or (workers is not None and workers < 1):
-                raise CrammitError("--gpus must be >= 0 and --workers >= 1")
             if gpus > 0 and workers is not None and workers != gpus:
                 raise CrammitError("--workers is for CPU runs; with GPUs there is one worker per GPU")
             overrides = read_deepspeed_file(deepspeed_config) if deepspeed_config else {}
@@ -170,34 +264,41 @@ def train(
             micro_batch = overrides.get("train_micro_batch_size_per_gpu") or micro_batch
             changes = {key: value for key, value in (("peak_lr", lr), ("batch_size", batch_size),
                                                       ("micro_batch_size", micro_batch)) if value is not None}
-            recipe_settings = recipe_config(recipe, seed=seed, **changes)
-            config = TrainConfig(
-                run_dir=str(out or default_run_dir(size)),
-                model=model_for(size, data, arch),
-                recipe=recipe_settings,
-                budget=_budget(hours, tokens, flops),
-                corpus=corpus,
-                data=str(data.resolve()) if data else "",
-                size_name=size,
-                device=Device.CUDA if gpus > 0 else Device.CPU,
-                num_workers=gpus or workers or 1,
-                zero_stage=overrides.get("zero_optimization", {}).get("stage", zero_stage),
-                compile=gpus > 0 if compile is None else compile,
-                deepspeed_overrides=overrides,
-                max_eval_sequences=max_eval_sequences,
-                eval_every_s=eval_minutes * 60,
-                checkpoint_every_s=checkpoint_minutes * 60,
-                max_failures=max_failures,
-                deterministic=deterministic,
-                profile_steps=profile_steps,
-                tracking=_tracking(tracker),
-            )
+            budget_param = next((name for name in BUDGET_PARAMS if ctx.params[name] is not None), "hours")
+            with _flags_for(ctx, peak_lr="lr", micro_batch_size="micro_batch", budget=budget_param,
+                            num_workers="gpus" if gpus else "workers", eval_every_s="eval_minutes",
+                            checkpoint_every_s="checkpoint_minutes"):
+                config = TrainConfig(
+                    run_dir=str(run_dir),
+                    model=model_for(size.value, data, arch),
+                    recipe=recipe_config(recipe.value, seed=seed, **changes),
+                    budget=_budget(hours, tokens, flops),
+                    corpus=corpus,
+                    data=str(data.resolve()) if data else "",
+                    size_name=size.value,
+                    device=Device.CUDA if gpus > 0 else Device.CPU,
+                    num_workers=gpus or workers or 1,
+                    zero_stage=overrides.get("zero_optimization", {}).get("stage", zero_stage),
+                    compile=gpus > 0 if compile is None else compile,
+                    deepspeed_overrides=overrides,
+                    max_eval_sequences=max_eval_sequences,
+                    eval_every_s=eval_minutes * 60,
+                    checkpoint_every_s=checkpoint_minutes * 60,
+                    max_failures=max_failures,
+                    deterministic=deterministic,
+                    profile_steps=profile_steps,
+                    tracking=_tracking(tracker),
+                )
             accumulation_target(config.recipe, config.num_workers)  # fail before any work
+            if not data:
+                check_corpus(corpus)  # before Ray starts: a mistyped path fails at once
             connect(config, address)
             config = prepare_run(config, cache_dir or default_cache_dir())
         results = launch(config)
     except CrammitError as error:
         raise _fail(error) from None
+    except (Interrupted, KeyboardInterrupt) as error:
+        raise _train_interrupted(error, run_dir, address if _given(ctx, "address") else None) from None
     typer.echo(
         f"held-out MLM loss {results['eval_loss']:.4f} (from {results['initial_eval_loss']:.4f} "
         f"before training) after {results['steps']} steps, {results['tokens']:,} tokens, "
@@ -205,9 +306,23 @@ def train(
     )
 
 
+def _train_interrupted(error: BaseException, run_dir: Path, address: str | None) -> typer.Exit:
+    """What an interrupted `train` kept, and the command that continues it: a run whose
+    directory holds its config resumes; one stopped before that starts again."""
+    from crammit.train import rundir
+    from crammit.train.run import stopped_at
+
+    if not rundir.is_run_dir(run_dir):
+        return _interrupted(Interrupted("the run stopped before it started"),
+                            "run the same command to start it again")
+    what = error if isinstance(error, Interrupted) else Interrupted(stopped_at(run_dir))
+    resume = f"crammit train --resume {run_dir}" + (f" --address {address}" if address else "")
+    return _interrupted(what, f"continue with `{resume}`")
+
 
 @data_app.command("prepare")
 def data_prepare(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Directory for shards, tokenizer and manifest.")],
     corpus: Annotated[str, typer.Option(help="'embedded', hf:NAME[:CONFIG][@SPLIT], files, a glob or a URI.")]
     = "embedded",
@@ -217,7 +332,8 @@ def data_prepare(
     max_tokens_per_char: Annotated[float, typer.Option(help="Compression filter threshold.")] = 0.3,
     near_duplicates: Annotated[float, typer.Option(
         help="Drop MinHash near-duplicates above this Jaccard similarity, e.g. 0.8 (0: off).")] = 0.0,
-    order: Annotated[str, typer.Option(help="'prevalence' (paper) or 'shuffle'.")] = "prevalence",
+    order: Annotated[SequenceOrder, typer.Option(help="Sequence order: prevalence (the paper's) or shuffle.")]
+    = SequenceOrder.PREVALENCE,
     seed: Annotated[int, typer.Option(help="Seed of the shuffle order and tie-breaks.")] = 0,
     tokenizer: Annotated[Path | None, typer.Option(help="Use this tokenizer.json instead of training one.")]
     = None,
@@ -226,25 +342,26 @@ def data_prepare(
 ) -> None:
     """Clean, deduplicate, filter, tokenize, pack and order a corpus into Parquet shards."""
     from crammit.cluster import start_ray
-    from crammit.config import PrepareConfig, SequenceOrder
+    from crammit.config import PrepareConfig
     from crammit.data.pipeline import prepare_corpus
+    from crammit.data.sources import check_corpus
 
     try:
-        orders = [choice.value for choice in SequenceOrder]
-        if order not in orders:
-            raise CrammitError(f"unknown --order {order!r}; use one of {', '.join(orders)}")
-        if not 0 <= near_duplicates < 1:
-            raise CrammitError(f"--near-duplicates {near_duplicates} is not a similarity in [0, 1); "
-                               "use e.g. 0.8, or 0 to keep near-duplicates")
-        config = PrepareConfig(corpus=corpus, text_field=text_field, vocab_size=vocab_size, seq_len=seq_len,
-                               max_tokens_per_char=max_tokens_per_char, order=SequenceOrder(order), seed=seed,
-                               near_duplicate_threshold=near_duplicates, tokenizer=str(tokenizer or ""))
+        with _flags_for(ctx, near_duplicate_threshold="near_duplicates"):
+            config = PrepareConfig(corpus=corpus, text_field=text_field, vocab_size=vocab_size,
+                                   seq_len=seq_len, max_tokens_per_char=max_tokens_per_char, order=order,
+                                   seed=seed, near_duplicate_threshold=near_duplicates,
+                                   tokenizer=str(tokenizer or ""))
+        check_corpus(config.corpus, config.text_field)  # before Ray starts: a mistyped path fails at once
         start_ray(address)
         # A task's failure reaches us as an exception; Ray Data's log of its stack is noise.
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         manifest = prepare_corpus(config, out, cache_dir or default_cache_dir())
     except CrammitError as error:
         raise _fail(error) from None
+    except KeyboardInterrupt:
+        raise _interrupted(Interrupted(f"preparing {out} stopped"),
+                           "run the same command to continue (the work done is reused)") from None
     typer.echo(f"{manifest['train_sequences']:,} training and {manifest['eval_sequences']:,} held-out "
                f"sequences of {seq_len} tokens in {len(manifest['shards'])} shards: {out}")
 
@@ -271,8 +388,6 @@ app.add_typer(study_app, name="study")
 
 def _with_flags(spec, data: Path | None, glue: str | None, glue_dir: Path | None, glue_seeds: int | None):
     """The study spec with what the command line replaces: its data, its GLUE evaluation."""
-    import dataclasses
-
     from crammit.study.spec import StudyGlue
 
     if data is not None:
@@ -282,12 +397,14 @@ def _with_flags(spec, data: Path | None, glue: str | None, glue_dir: Path | None
                                            ("glue_dir", str(glue_dir.resolve()) if glue_dir else None))
              if value is not None}
     if given:
-        spec = dataclasses.replace(spec, glue=StudyGlue(**{**dataclasses.asdict(spec.glue), **given}))
+        with _parsing("--glue"):
+            spec = dataclasses.replace(spec, glue=StudyGlue(**{**dataclasses.asdict(spec.glue), **given}))
     return spec
 
 
-def _run_study(spec, out: Path | None, address: str | None, dry_run: bool, cache_dir: Path | None,
-               allow_ordered_data: bool, design: DesignOptions, tracking: Tracking) -> None:
+def _run_study(ctx: typer.Context, spec, out: Path | None, address: str | None, dry_run: bool,
+               cache_dir: Path | None, allow_ordered_data: bool, design: DesignOptions,
+               tracking: Tracking) -> None:
     """Print the plan and its expected precision (and a better design, asked for or where the
     design leaves a parameter unidentified); unless `dry_run`, run the study and print its
     fitted laws."""
@@ -295,32 +412,45 @@ def _run_study(spec, out: Path | None, address: str | None, dry_run: bool, cache
 
     from crammit.cluster import cluster_resources
     from crammit.study.precision import reference_law
-    from crammit.study.results import continue_command
     from crammit.study.spec import write_study_file
     from crammit.study.sweep import plan_study, run_study, study_precision
 
     out = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}"
-    law = reference_law(design.reference_law)
-    cluster = cluster_resources(address or os.environ.get("RAY_ADDRESS"))
-    plan = plan_study(spec, out, cluster)
-    typer.echo(plan.render())
-    if plan.problem and not dry_run:  # before the precision's simulations: nothing will run
-        raise CrammitError(f"this cluster cannot run the study as asked: {plan.problem}")
-    suggest = design.suggest or design.write is not None
-    lines, suggestion = study_precision(spec, out, cluster, plan, law, suggest=suggest)
-    typer.echo("\n".join(lines))
-    if design.write and suggestion is not None:
-        write_study_file(design.write, suggestion.spec)
-        typer.echo(f"wrote the suggested design to {design.write}")
-    if dry_run:
-        return
     try:
+        law = reference_law(design.reference_law)
+        cluster = cluster_resources(address or os.environ.get("RAY_ADDRESS"))
+        plan = plan_study(spec, out, cluster)
+        typer.echo(plan.render())
+        if plan.problem and not dry_run:  # before the precision's simulations: nothing will run
+            raise CrammitError(f"this cluster cannot run the study as asked: {plan.problem}")
+        suggest = design.suggest or design.write is not None
+        lines, suggestion = study_precision(spec, out, cluster, plan, law, suggest=suggest)
+        typer.echo("\n".join(lines))
+        if design.write and suggestion is not None:
+            write_study_file(design.write, suggestion.spec)
+            typer.echo(f"wrote the suggested design to {design.write}")
+        if dry_run:
+            return
         run_study(spec, out, cluster, cache_dir or default_cache_dir(), address, echo=typer.echo,
                   allow_ordered_data=allow_ordered_data, tracking=tracking)
-    except KeyboardInterrupt:  # outside Tune's trials (which it stops itself): preparing, fitting
-        raise Interrupted(f"the study stopped; what finished is kept in {out}; continue with "
-                          f"`{continue_command(out)}`") from None
+    except (Interrupted, KeyboardInterrupt) as error:
+        raise _study_interrupted(spec, out, error, out_given=_given(ctx, "out")) from None
     typer.echo(f"study directory: {out}")
+
+
+def _study_interrupted(spec, out: Path, error: BaseException, out_given: bool) -> typer.Exit:
+    """What an interrupted study kept, and the command that continues it: the same one, in
+    the same study directory."""
+    from crammit.study import results
+
+    if not (out / results.STUDY_FILE).is_file():
+        return _interrupted(Interrupted("the study stopped before it started"),
+                            "run the same command to start it again")
+    if not isinstance(error, Interrupted):  # outside Tune's trials (which stops them itself): data, fits
+        status = results.trials_table(spec, out)["status"]
+        error = Interrupted(f"{(status == 'ok').sum()} of {len(status)} trials finished")
+    again = "run the same command" + ("" if out_given else f" with --out {out}")
+    return _interrupted(error, f"{again} to continue")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,29 +469,44 @@ SuggestOption = Annotated[bool, typer.Option(
     help="Propose extra trials that narrow the law most per unit of compute.")]
 WriteOption = Annotated[Path | None, typer.Option(help="Write the suggested design as a study file (implies "
                                                        "--suggest).")]
+GlueSeedsOption = Annotated[int | None, typer.Option(min=1, help="Fine-tunes per GLUE task and trial (1).")]
+
+
+def _sizes(text: str) -> tuple[str, ...]:
+    """`--sizes small,base` as names of model sizes."""
+    from crammit.config import model_config
+
+    sizes = tuple(size.strip() for size in text.split(",") if size.strip())
+    with _parsing("--sizes"):
+        for size in sizes:
+            model_config(size)
+    return sizes
 
 
 @study_app.command("scaling")
 def study_scaling(
+    ctx: typer.Context,
     budgets: Annotated[str, typer.Option(help="Comma-separated budgets, e.g. 6,12,24.")],
-    sizes: Annotated[str, typer.Option(help="Comma-separated model sizes.")] = "small,base,crammed",
-    unit: Annotated[str, typer.Option(help="Budget unit: hours, minutes, tokens or flops.")] = "hours",
-    gpus_per_trial: Annotated[int, typer.Option("--gpus-per-trial", "--gpus",
+    sizes: Annotated[str, typer.Option(help=f"Comma-separated model sizes, of {', '.join(MODEL_SIZES)}.")]
+    = "small,base,crammed",
+    unit: Annotated[StudyUnit, typer.Option(help="Budget unit.")] = StudyUnit.HOURS,
+    gpus_per_trial: Annotated[int, typer.Option("--gpus-per-trial", "--gpus", min=0,
                                                 help="GPUs per trial; 0 trains on CPU workers.")] = 1,
-    workers: Annotated[int, typer.Option(help="CPU workers per trial when --gpus 0.")] = 1,
-    arch: Annotated[str, typer.Option(help="Block design: crammed or bert (the original).")] = "crammed",
-    recipe: Annotated[str, typer.Option(help="Training recipe: crammed or bert (Devlin et al.).")]
-    = "crammed",
+    workers: Annotated[int, typer.Option(min=1, help="CPU workers per trial when --gpus 0.")] = 1,
+    arch: ArchOption = Arch.CRAMMED,
+    recipe: RecipeOption = Recipe.crammed,
     batch_size: Annotated[int | None, typer.Option(help="Sequences per step after the ramp (the recipe's).")]
     = None,
     micro_batch: MicroBatchOption = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (the recipe's).")] = None,
-    seeds: Annotated[int, typer.Option(help="Trials of each size and budget, each with its own seed.")] = 1,
+    seeds: Annotated[int, typer.Option(min=1, help="Trials of each size and budget, each with its own seed.")]
+    = 1,
     corpus: Annotated[str, typer.Option(help="Prepared once for every trial: any `data prepare --corpus`.")]
     = "embedded",
     data: PreparedDataOption = None,
-    order: Annotated[str, typer.Option(help="Order the study prepares its corpus in: 'shuffle' or "
-                                            "'prevalence' (the paper's, for one run).")] = "shuffle",
+    order: Annotated[SequenceOrder, typer.Option(help="Order the study prepares its corpus in: shuffle, or "
+                                                      "prevalence (the paper's, for one run).")]
+    = SequenceOrder.SHUFFLE,
     out: Annotated[Path | None, typer.Option(help="Study directory (default runs/<time>-scaling).")] = None,
     address: AddressOption = None,
     dry_run: DryRunOption = False,
@@ -372,36 +517,33 @@ def study_scaling(
     cache_dir: CacheDirOption = None,
     glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP)] = None,
     glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
-    glue_seeds: Annotated[int | None, typer.Option(help="Fine-tunes per GLUE task and trial (1).")] = None,
+    glue_seeds: GlueSeedsOption = None,
     tracker: TrackerOption = None,
 ) -> None:
     """Sweep budgets x model sizes (one arch and recipe; study files compare several), then
     fit and plot scaling laws."""
-    from crammit.study.spec import Setting, StudyData, StudySpec, StudyUnit, parse_budgets
+    from crammit.study.spec import Setting, StudyData, StudySpec, parse_budgets
 
     try:
-        units = [choice.value for choice in StudyUnit]
-        if unit not in units:
-            raise CrammitError(f"unknown --unit {unit!r}; use one of {', '.join(units)}")
         overrides = {key: value for key, value in
                      (("batch_size", batch_size), ("micro_batch_size", micro_batch), ("peak_lr", lr))
                      if value is not None}
-        name = arch if arch == recipe else f"{arch}_arch_{recipe}_recipe"
-        setting = Setting(name=name, sizes=tuple(s.strip() for s in sizes.split(",") if s.strip()),
-                          budgets=parse_budgets(budgets), gpus=gpus_per_trial, workers=workers, arch=arch,
-                          recipe=recipe, overrides=overrides, seeds=seeds)
-        spec = StudySpec(name="scaling", settings=(setting,), unit=StudyUnit(unit),
-                         data=StudyData(corpus=corpus, order=order))
-        _run_study(_with_flags(spec, data, glue, glue_dir, glue_seeds), out, address, dry_run, cache_dir,
+        name = arch.value if arch.value == recipe.value else f"{arch.value}_arch_{recipe.value}_recipe"
+        with _flags_for(ctx, peak_lr="lr", micro_batch_size="micro_batch", gpus="gpus_per_trial"):
+            setting = Setting(name=name, sizes=_sizes(sizes), budgets=parse_budgets(budgets),
+                              gpus=gpus_per_trial, workers=workers, arch=arch.value, recipe=recipe.value,
+                              overrides=overrides, seeds=seeds)
+        spec = StudySpec(name="scaling", settings=(setting,), unit=unit,
+                         data=StudyData(corpus=corpus, order=order.value))
+        _run_study(ctx, _with_flags(spec, data, glue, glue_dir, glue_seeds), out, address, dry_run, cache_dir,
                    allow_ordered_data, DesignOptions(reference_law, suggest, write), _tracking(tracker))
     except CrammitError as error:
         raise _fail(error) from None
-    except Interrupted as error:
-        raise _interrupted(error) from None
 
 
 @study_app.command("run")
 def study_run(
+    ctx: typer.Context,
     study_file: Annotated[Path, typer.Argument(help="A study file, e.g. studies/smoke.toml.")],
     out: Annotated[Path | None, typer.Option(help="Study directory (default runs/<time>-<name>).")] = None,
     data: Annotated[Path | None, typer.Option(help="A prepared directory replacing the file's \\[data].")]
@@ -416,7 +558,7 @@ def study_run(
     glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP + " Replaces the file's \\[glue] tasks.")]
     = None,
     glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
-    glue_seeds: Annotated[int | None, typer.Option(help="Fine-tunes per GLUE task and trial.")] = None,
+    glue_seeds: GlueSeedsOption = None,
     tracker: TrackerOption = None,
 ) -> None:
     """Run the settings of a study file (each a size, recipe overrides, GPUs and budgets)."""
@@ -424,16 +566,15 @@ def study_run(
 
     try:
         spec = _with_flags(read_study_file(study_file), data, glue, glue_dir, glue_seeds)
-        _run_study(spec, out, address, dry_run, cache_dir, allow_ordered_data,
+        _run_study(ctx, spec, out, address, dry_run, cache_dir, allow_ordered_data,
                    DesignOptions(reference_law, suggest, write), _tracking(tracker))
     except CrammitError as error:
         raise _fail(error) from None
-    except Interrupted as error:
-        raise _interrupted(error) from None
 
 
 @study_app.command("fit")
 def study_fit(
+    ctx: typer.Context,
     source: Annotated[Path, typer.Argument(help="A study directory, or a CSV/Parquet table with "
                                                  "params, tokens, loss (optional flops, setting).")],
     out: Annotated[Path | None, typer.Option(
@@ -441,6 +582,8 @@ def study_fit(
     = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    # A string the fit's options check, not an enum: its choices live with the fits, which
+    # the command line does not import until a fit runs.
     params: Annotated[str, typer.Option(
         help="N of the laws: 'total' parameters, or 'non-embedding' (Kaplan et al.'s count).")] = "total",
 ) -> None:
@@ -449,9 +592,9 @@ def study_fit(
     from crammit.study.report import fit_source, summarize
 
     try:
-        if resamples < 1:
-            raise CrammitError(f"--resamples must be at least 1, got {resamples}")
-        fitted, target = fit_source(source, FitOptions(resamples=resamples, seed=seed, params=params), out)
+        with _flags_for(ctx):
+            options = FitOptions(resamples=resamples, seed=seed, params=params)
+        fitted, target = fit_source(source, options, out)
     except CrammitError as error:
         raise _fail(error) from None
     typer.echo(summarize(fitted))
@@ -473,8 +616,9 @@ def study_plot(directory: Annotated[Path, typer.Argument(help="A study directory
 @study_app.command("recommend")
 def study_recommend(
     directory: Annotated[Path, typer.Argument(help="A study directory.")],
-    gpus: Annotated[int, typer.Option(help="GPUs the run will have; 0: CPU workers (for a CPU study).")] = 1,
-    workers: Annotated[int | None, typer.Option(help="CPU workers when --gpus 0.")] = None,
+    gpus: Annotated[int, typer.Option(min=0, help="GPUs the run will have; 0: CPU workers (for a CPU "
+                                                  "study).")] = 1,
+    workers: Annotated[int | None, typer.Option(min=1, help="CPU workers when --gpus 0.")] = None,
     hours: Annotated[float, typer.Option(help="Wall-clock hours the run may take.")] = 24.0,
     gpu: Annotated[str | None, typer.Option(
         help="The run's GPU where it is not the study's, e.g. A100: planned at the study's MFU.")] = None,
@@ -506,15 +650,16 @@ def _betas(text: str) -> tuple[float, float]:
 
 @eval_app.command("glue")
 def eval_glue(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A finished `crammit train` run directory.")],
     tasks: Annotated[str, typer.Option(help="'all' or a comma-separated list of "
                                             "cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte.")] = "all",
     glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
-    seeds: Annotated[int, typer.Option(help="Fine-tunes per task (seeds 0..N-1); the median is reported.")]
-    = 5,
-    gpus: Annotated[int, typer.Option(help="GPUs, one fine-tune on each at a time; 0 fine-tunes on CPUs.")]
-    = 1,
-    workers: Annotated[int, typer.Option(help="CPU fine-tunes at once when --gpus 0.")] = 1,
+    seeds: Annotated[int, typer.Option(min=1, help="Fine-tunes per task (seeds 0..N-1); the median is "
+                                                   "reported.")] = 5,
+    gpus: Annotated[int, typer.Option(min=0, help="GPUs, one fine-tune on each at a time; 0 fine-tunes on "
+                                                  "CPUs.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="CPU fine-tunes at once when --gpus 0.")] = 1,
     from_scratch: Annotated[bool, typer.Option(
         help="Fine-tune a randomly initialised model of the same size instead (the control).")] = False,
     max_train_examples: Annotated[int, typer.Option(help="Fine-tune on a fixed random subset this large "
@@ -536,21 +681,26 @@ def eval_glue(
     from crammit.eval.glue import Init, Placement, evaluate_glue, render
     from crammit.eval.glue_data import parse_tasks
 
+    init = Init.SCRATCH if from_scratch else Init.PRETRAINED
     try:
-        if seeds < 1 or gpus < 0 or workers < 1:
-            raise CrammitError("--seeds and --workers must be at least 1, --gpus at least 0")
         if gpus and workers != 1:
             raise CrammitError("--workers is for CPU fine-tunes; with GPUs there is one fine-tune per GPU")
-        recipe = GlueRecipe(lr=lr, betas=_betas(betas), adam_eps=adam_eps, weight_decay=weight_decay,
-                            batch_size=batch_size, epochs=epochs, warmup_fraction=warmup, seq_len=seq_len,
-                            max_train_examples=max_train_examples)
+        with _flags_for(ctx, warmup_fraction="warmup"):
+            recipe = GlueRecipe(lr=lr, betas=_betas(betas), adam_eps=adam_eps, weight_decay=weight_decay,
+                                batch_size=batch_size, epochs=epochs, warmup_fraction=warmup, seq_len=seq_len,
+                                max_train_examples=max_train_examples)
+        with _parsing("--tasks"):
+            task_list = parse_tasks(tasks)
         evaluation = evaluate_glue(
-            [run_dir], parse_tasks(tasks), range(seeds), recipe, glue_dir, Placement(gpus, workers),
-            Init.SCRATCH if from_scratch else Init.PRETRAINED, address or os.environ.get("RAY_ADDRESS"),
-            echo=typer.echo, tracking=_tracking(tracker),
+            [run_dir], task_list, range(seeds), recipe, glue_dir, Placement(gpus, workers), init,
+            address or os.environ.get("RAY_ADDRESS"), echo=typer.echo, tracking=_tracking(tracker),
         )
     except CrammitError as error:
         raise _fail(error) from None
+    except (Interrupted, KeyboardInterrupt) as error:
+        what = error if isinstance(error, Interrupted) else Interrupted(
+            f"the evaluation stopped; the fine-tunes that finished are kept in {run_dir / init.directory}")
+        raise _interrupted(what, "run the same command to continue") from None
     for directory, summary in evaluation.summaries.items():
         typer.echo(render(summary))
         typer.echo(f"results: {directory / Init(summary['init']).directory}")

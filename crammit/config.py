@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from crammit.errors import CrammitError
+from crammit.errors import ConfigError, CrammitError
 
 
 class Arch(str, Enum):
@@ -103,7 +103,7 @@ class Budget:
 
     def __post_init__(self) -> None:
         if not 0 < self.amount < math.inf:
-            raise CrammitError(f"budget must be positive and finite, got {self.amount:g} {self.unit.value}")
+            raise ConfigError("budget", "must be positive and finite", f"{self.amount:g} {self.unit.value}")
 
     @classmethod
     def hours(cls, hours: float) -> Budget:
@@ -173,13 +173,13 @@ class RecipeConfig:
         object.__setattr__(self, "schedule", Schedule(self.schedule))  # read back from JSON as a string
         for name in ("peak_lr", "batch_size", "micro_batch_size"):
             if not 0 < getattr(self, name) < math.inf:
-                raise CrammitError(f"{name} must be a positive finite number, got {getattr(self, name)}")
+                raise ConfigError(name, "must be a positive finite number", getattr(self, name))
         if not 0 < self.mask_rate < 1:
-            raise CrammitError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
+            raise ConfigError("mask_rate", "must be in (0, 1)", self.mask_rate)
         if not 0 <= self.warmup_fraction < 1:
-            raise CrammitError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+            raise ConfigError("warmup_fraction", "must be in [0, 1)", self.warmup_fraction)
         if not 0 <= self.seed < MAX_SEED:
-            raise CrammitError(f"seed must be in [0, {MAX_SEED}), got {self.seed}")
+            raise ConfigError("seed", f"must be in [0, {MAX_SEED})", self.seed)
 
 
 # The recipes a run or a study setting names; flags and study overrides change their fields.
@@ -273,18 +273,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.zero_stage not in ZERO_STAGES:
-            raise CrammitError(f"ZeRO stage {self.zero_stage} is not supported; use one of {ZERO_STAGES}")
+            raise ConfigError("zero_stage", f"must be one of {', '.join(map(str, ZERO_STAGES))}",
+                              self.zero_stage, subject="ZeRO stage")
         if not 1 <= self.num_workers <= MAX_WORKERS:
-            raise CrammitError(f"workers must be from 1 to {MAX_WORKERS}, got {self.num_workers}")
+            raise ConfigError("num_workers", f"must be from 1 to {MAX_WORKERS}", self.num_workers)
         if self.max_eval_sequences < 1:
-            raise CrammitError(f"held-out sequences must be at least 1, got {self.max_eval_sequences}")
+            raise ConfigError("max_eval_sequences", "must be at least 1", self.max_eval_sequences)
         for name in ("eval_every_s", "checkpoint_every_s"):
             if not 0 <= getattr(self, name) < math.inf:
-                raise CrammitError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+                raise ConfigError(name, "must be a finite number >= 0", getattr(self, name))
         if self.profile_steps < 0:
-            raise CrammitError(f"profile steps must be >= 0, got {self.profile_steps}")
+            raise ConfigError("profile_steps", "must be >= 0", self.profile_steps)
         if self.max_failures < -1:
-            raise CrammitError(f"max_failures must be >= 0 (or -1: no limit), got {self.max_failures}")
+            raise ConfigError("max_failures", "must be >= 0 (or -1: no limit)", self.max_failures)
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
@@ -320,12 +321,17 @@ class GlueRecipe:
 
     def __post_init__(self) -> None:
         for name in ("lr", "batch_size", "epochs", "seq_len"):
-            if not getattr(self, name) > 0:
-                raise CrammitError(f"GLUE {name} must be positive, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(name, "must be a positive finite number", getattr(self, name),
+                                  subject=f"GLUE {name}")
+        for name in ("adam_eps", "weight_decay"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(name, "must be a finite number >= 0", getattr(self, name),
+                                  subject=f"GLUE {name}")
         if not 0 <= self.warmup_fraction < 1:
-            raise CrammitError(f"GLUE warm-up fraction must be in [0, 1), got {self.warmup_fraction}")
+            raise ConfigError("warmup_fraction", "must be in [0, 1)", self.warmup_fraction)
         if self.max_train_examples < 0:
-            raise CrammitError(f"--max-train-examples must be >= 0, got {self.max_train_examples}")
+            raise ConfigError("max_train_examples", "must be >= 0", self.max_train_examples)
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
@@ -362,6 +368,17 @@ class PrepareConfig:
     sequences_per_shard: int = 65_536
     documents_per_batch: int = 1024  # documents tokenized, and packed, together
     partitions: int = 16  # blocks of the near-duplicate bucket shuffle
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.near_duplicate_threshold < 1:
+            raise ConfigError("near_duplicate_threshold", "must be a Jaccard similarity in [0, 1), e.g. 0.8 "
+                              "(0: keep near-duplicates)", self.near_duplicate_threshold)
+        for name in ("vocab_size", "seq_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1", getattr(self, name))
+        if not 0 < self.max_tokens_per_char < math.inf:
+            raise ConfigError("max_tokens_per_char", "must be a positive finite number",
+                              self.max_tokens_per_char)
 
 
 def _jsonable(value: Any) -> Any:

@@ -160,10 +160,27 @@ def _read_hf_shard(stream: datasets.IterableDataset, text_field: str) -> Iterato
         yield _documents(batch, text_field)
 
 
-def _read_files(location: str, text_field: str, readers: dict) -> ray.data.Dataset:
+def check_corpus(spec: str, text_field: str = "text") -> None:
+    """What can be checked of a corpus spec without Ray, before a cluster starts: its form,
+    that its files exist in a supported format, and that JSON or Parquet ones hold the
+    text field."""
+    parsed = parse_spec(spec)
+    if parsed.kind != FILES:
+        return
+    filesystem, by_format = _files_by_format(parsed.location)
+    for fmt in (JSON, PARQUET):
+        if by_format[fmt]:
+            _check_text_field(filesystem, by_format[fmt][0], fmt, text_field)
+
+
+def _files_by_format(location: str) -> tuple[pafs.FileSystem, dict[str, list[str]]]:
     glob_at = next((i for i, c in enumerate(location) if c in "*?["), None)
     filesystem, paths = _list_path(location) if glob_at is None else _list_glob(location, glob_at)
-    by_format = {fmt: [p for p in paths if _format_of(p) == fmt] for fmt in (TXT, JSON, PARQUET)}
+    return filesystem, {fmt: [p for p in paths if _format_of(p) == fmt] for fmt in (TXT, JSON, PARQUET)}
+
+
+def _read_files(location: str, text_field: str, readers: dict) -> ray.data.Dataset:
+    filesystem, by_format = _files_by_format(location)
     parts = [_read_format(filesystem, fmt, fmt_paths, text_field, readers)
              for fmt, fmt_paths in by_format.items() if fmt_paths]
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

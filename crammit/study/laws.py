@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.optimize import minimize
 
-from crammit.errors import CrammitError
+from crammit.errors import ConfigError, CrammitError
 
 # One more distinct run than parameters, at least. With just one more, a Huber fit passes
 # through all runs but one and the resamples that keep them all may all give the same law:
@@ -56,7 +56,7 @@ class FitOptions:
 
     def __post_init__(self) -> None:
         if self.resamples < 1:
-            raise CrammitError(f"resamples must be at least 1, got {self.resamples}")
+            raise ConfigError("resamples", "must be at least 1", self.resamples)
         if not 0 < self.confidence < 1:
             raise CrammitError(f"confidence must be in (0, 1), got {self.confidence}")
         if not self.huber_delta > 0:
@@ -64,8 +64,8 @@ class FitOptions:
         if self.starts < 1:
             raise CrammitError(f"starts must be at least 1, got {self.starts}")
         if self.params not in PARAMS_COLUMNS:
-            raise CrammitError(f"unknown parameter count {self.params!r} (--params); use one of "
-                               f"{', '.join(PARAMS_COLUMNS)}")
+            raise ConfigError("params", f"must be one of {', '.join(PARAMS_COLUMNS)}", repr(self.params),
+                              subject="parameter count")
 
     @property
     def params_column(self) -> str:

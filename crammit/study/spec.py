@@ -17,7 +17,7 @@ from typing import Any
 import tomli_w
 
 from crammit.config import Arch, Budget, ModelConfig, RecipeConfig, SequenceOrder, model_config, recipe_config
-from crammit.errors import CrammitError
+from crammit.errors import ConfigError, CrammitError
 from crammit.eval.glue_data import GlueTask, parse_tasks
 from crammit.io import atomic_path
 
@@ -70,8 +70,7 @@ class Setting:
             object.__setattr__(self, "seeds", tuple(self.seeds))
         counts = self.seeds if isinstance(self.seeds, tuple) else (self.seeds,)
         if any(isinstance(count, bool) or not isinstance(count, int) or count < 1 for count in counts):
-            raise CrammitError(f"{where}: seeds must be whole numbers of at least 1 (--seeds), "
-                               f"got {self.seeds}")
+            raise ConfigError("seeds", "must be whole numbers of at least 1", self.seeds, where=where)
         if isinstance(self.seeds, tuple) and len(self.seeds) != len(self.budgets):
             raise CrammitError(f"{where}: seeds lists one count per budget: {len(self.seeds)} counts for "
                                f"{len(self.budgets)} budgets")
@@ -86,8 +85,10 @@ class Setting:
         for budget in self.budgets:
             if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
                 raise CrammitError(f"{where}: budget {budget!r} is not a positive number")
-        if self.gpus < 0 or self.workers < 1:
-            raise CrammitError(f"{where}: gpus must be >= 0 and workers >= 1")
+        if self.gpus < 0:
+            raise ConfigError("gpus", "must be >= 0", self.gpus, where=where)
+        if self.workers < 1:
+            raise ConfigError("workers", "must be at least 1", self.workers, where=where)
         self.recipe_config()  # an unknown recipe or invalid overrides fail here, before any work
 
     @property
@@ -101,6 +102,8 @@ class Setting:
     def recipe_config(self) -> RecipeConfig:
         try:
             return recipe_config(self.recipe, **self.overrides)
+        except ConfigError as error:
+            raise error.within(f"setting {self.name!r}") from None
         except CrammitError as error:
             raise CrammitError(f"setting {self.name!r}: {error}") from None
 
@@ -127,8 +130,8 @@ class StudyData:
     def __post_init__(self) -> None:
         orders = [choice.value for choice in SequenceOrder]
         if self.order not in orders:
-            raise CrammitError(f"unknown corpus order {self.order!r} (--order, or [data] order in a study "
-                               f"file); use one of {', '.join(orders)}")
+            raise CrammitError(f"unknown corpus order {self.order!r} ([data] order); use one of "
+                               f"{', '.join(orders)}")
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ class StudyGlue:
     def __post_init__(self) -> None:
         self.task_list()  # unknown tasks fail here, before any work
         if self.seeds < 1:
-            raise CrammitError(f"GLUE seeds must be at least 1, got {self.seeds}")
+            raise ConfigError("seeds", "must be at least 1", self.seeds, subject="GLUE seeds")
 
     def task_list(self) -> tuple[GlueTask, ...]:
         return parse_tasks(",".join(self.tasks)) if self.tasks else ()

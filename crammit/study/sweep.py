@@ -172,9 +172,9 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
                       if results.trial_status(Path(configs[name].run_dir)) is not results.TrialStatus.OK),
                      key=lambda name: cost[name], reverse=True)
     if pending:
-        _tune(spec, study_dir, data, configs, pending, concurrent_trials(spec, cluster), cache_dir,
-              {name: params[name] for name in pending}, tracker.callbacks())
-        _check_finished(spec, study_dir, configs)
+        grid = _tune(spec, study_dir, data, configs, pending, concurrent_trials(spec, cluster), cache_dir,
+                     {name: params[name] for name in pending}, tracker.callbacks())
+        _check_finished(spec, study_dir, grid, len(configs), echo)
     tracker.record_trials({name: (Path(config.run_dir), params[name]) for name, config in configs.items()
                            if results.trial_status(Path(config.run_dir)) is results.TrialStatus.OK})
     if spec.glue.tasks:
@@ -189,18 +189,46 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
     return trials
 
 
-def _check_finished(spec: StudySpec, study_dir: Path, configs: dict[str, TrainConfig]) -> None:
-    """Tune returns, rather than raising, when Ctrl-C stops it: a trial that neither
-    finished nor failed means the study was interrupted, and it is not fitted as if complete."""
-    status = {name: results.trial_status(Path(config.run_dir)) for name, config in configs.items()}
-    ended = (results.TrialStatus.OK, results.TrialStatus.FAILED)
-    unfinished = [name for name, state in status.items() if state not in ended]
-    if unfinished:
+@dataclasses.dataclass(frozen=True)
+class TuneOutcome:
+    """What Tune's run of the pending trials came to, trial by trial: finished, failed (with
+    the last line of its error), or stopped before it finished (Ctrl-C)."""
+
+    finished: list[str]
+    failed: dict[str, str]
+    stopped: list[str]
+
+
+def tune_outcome(grid: tune.ResultGrid) -> TuneOutcome:
+    """Read from Tune's results: a trial's error makes it failed; a trial that returned has
+    Tune's `done` in its last result; any other (never started, or stopped while running:
+    Tune marks those terminated too) was stopped."""
+    outcome = TuneOutcome([], {}, [])
+    for result in grid:
+        name = result.config["trial"]
+        if result.error is not None:
+            lines = [line.strip() for line in str(result.error).splitlines() if line.strip()]
+            outcome.failed[name] = lines[-1] if lines else type(result.error).__name__
+        elif (result.metrics or {}).get("done"):
+            outcome.finished.append(name)
+        else:
+            outcome.stopped.append(name)
+    return outcome
+
+
+def _check_finished(spec: StudySpec, study_dir: Path, grid: tune.ResultGrid, trials: int,
+                    echo: Callable[[str], None]) -> None:
+    """Say which trials failed and why; and, as Tune returns rather than raising when Ctrl-C
+    stops it, stop a study with trials that neither finished nor failed: it is not fitted
+    as if complete."""
+    outcome = tune_outcome(grid)
+    for name, error in outcome.failed.items():
+        echo(f"trial {name} failed: {error}")
+    if outcome.stopped:
         results.write_tables(spec, study_dir)  # the finished trials, current on disk
-        finished = sum(state is results.TrialStatus.OK for state in status.values())
-        raise Interrupted(f"the study stopped with {finished} of {len(status)} trials finished and "
-                          f"{len(unfinished)} not ({', '.join(unfinished)}); its tables in {study_dir} hold "
-                          f"the finished ones; continue with `{results.continue_command(study_dir)}`")
+        finished = trials - len(grid) + len(outcome.finished)
+        failed = f", {len(outcome.failed)} failed" if outcome.failed else ""
+        raise Interrupted(f"{finished} of {trials} trials finished{failed}")
 
 
 def _evaluate_glue(spec: StudySpec, study_dir: Path, run_dirs: list[Path], cluster: ClusterResources,
@@ -283,7 +311,7 @@ def _check_compatible(config: TrainConfig, name: str) -> None:
 
 def _tune(spec: StudySpec, study_dir: Path, data: Path, configs: dict[str, TrainConfig],
           pending: list[str], concurrency: int, cache_dir: Path, params: dict[str, dict],
-          callbacks: list[tune.Callback]) -> None:
+          callbacks: list[tune.Callback]) -> tune.ResultGrid:
     from crammit.train.ingest import ingest
 
     # Read once, shared by every trial: each trial's own read would start Ray Data anew.
@@ -305,7 +333,7 @@ def _tune(spec: StudySpec, study_dir: Path, data: Path, configs: dict[str, Train
                                   storage_path=str((study_dir / TUNE_DIR).resolve()),
                                   callbacks=[_StudyTables(spec, study_dir), *callbacks]),
     )
-    tuner.fit()  # a failed trial is recorded in its directory and does not stop the others
+    return tuner.fit()  # a failed trial is recorded in its directory and does not stop the others
 
 
 def run_trial(params: dict, configs: dict, concurrency: int, cache_dir: str, data: dict) -> dict:

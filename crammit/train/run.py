@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from crammit.cluster import start_ray
 from crammit.config import Device, ModelConfig, PrepareConfig, TrainConfig, model_config
 from crammit.data.layout import TOKENIZER, read_manifest
-from crammit.errors import CrammitError
+from crammit.errors import CrammitError, Interrupted
 from crammit.io import atomic_path
-from crammit.train import rundir
+from crammit.train import checkpoint, rundir
 from crammit.train.ingest import ingest
 from crammit.train.loop import train_loop
 
@@ -133,12 +136,41 @@ def launch(config: TrainConfig, in_process: bool = False, concurrent_runs: int =
                              failure_config=FailureConfig(max_failures=config.max_failures),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
-    try:
-        trainer.fit()
-    except TrainingFailedError as error:
-        raise CrammitError(f"training stopped: {_cause(error)}; once that is fixed, continue with "
-                           f"`crammit train --resume {run_dir}`") from error
+    with _sigint_handler_restored():
+        try:
+            trainer.fit()
+        except TrainingFailedError as error:
+            raise CrammitError(f"training stopped: {_cause(error)}; once that is fixed, continue with "
+                               f"`crammit train --resume {run_dir}`") from error
+        except SystemExit:
+            # Ray Train's Ctrl-C handler aborts the run, then exits (with status 0).
+            raise Interrupted(stopped_at(run_dir)) from None
+    if not (run_dir / rundir.FINAL_FILE).is_file():  # aborted without that exit
+        raise Interrupted(stopped_at(run_dir))
     return rundir.read_final(run_dir)
+
+
+@contextmanager
+def _sigint_handler_restored() -> Iterator[None]:
+    """Ray Train's `fit()` installs a Ctrl-C handler that aborts its run, and leaves it
+    installed; after the run, Ctrl-C is the caller's again."""
+    if threading.current_thread() is not threading.main_thread():  # a Tune trial's: Tune's own
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stopped_at(run_dir: Path) -> str:
+    """Where a stopped run will resume: its last complete checkpoint, if any."""
+    tag = checkpoint.latest_tag(run_dir)
+    if tag is None:
+        return f"the run in {run_dir} stopped before its first checkpoint"
+    step = int(tag.removeprefix(checkpoint.TAG_PREFIX))
+    return f"the run in {run_dir} stopped; its last checkpoint is at step {step}"
 
 
 def _cause(error: Exception) -> str:

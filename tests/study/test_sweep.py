@@ -138,17 +138,35 @@ def test_a_prevalence_ordered_corpus_is_refused_where_budgets_read_much_of_it(tm
     assert not (tmp_path / "study" / results.TRIALS_DIR).exists()  # refused before any trial
 
 
+def tune_result(trial: str, metrics: dict | None = None, error: Exception | None = None) -> SimpleNamespace:
+    """One trial's entry of Tune's ResultGrid, as `sweep.tune_outcome` reads it."""
+    return SimpleNamespace(config={"trial": trial}, metrics=metrics or {}, error=error)
+
+
+def test_tune_s_results_say_which_trials_finished_failed_or_were_stopped():
+    grid = [tune_result("a", {"eval_loss": 3.0, "done": True}),
+            tune_result("b", error=RuntimeError("Traceback:\n  File x\nCrammitError: the corpus is short")),
+            tune_result("c", {"eval_loss": 5.0, "done": False}),  # stopped mid-run: Tune marks it terminated
+            tune_result("d")]  # never started
+    outcome = sweep.tune_outcome(grid)
+    assert outcome.finished == ["a"] and outcome.stopped == ["c", "d"]
+    assert outcome.failed == {"b": "CrammitError: the corpus is short"}
+
+
 def test_a_study_tune_stopped_early_says_so_instead_of_fitting(tmp_path, toy_data, cache_dir, monkeypatch):
-    """Ctrl-C makes Tune stop its trials and return: the study then says what finished and
-    how to continue (the CLI exits 130) rather than fitting what it has as if complete."""
-    monkeypatch.setattr(sweep, "_tune", lambda *args: None)  # Tune returned with no trial run
+    """Ctrl-C makes Tune stop its trials and return: the study then says what finished (the
+    CLI adds how to continue and exits 130) rather than fitting what it has as if complete."""
     spec = dataclasses.replace(token_study(data=str(toy_data)), name="stopped")
+    # Tune returned with one trial failed and the other not started.
+    first, second = (trial.name for trial in spec.trials())
+    grid = [tune_result(first, error=RuntimeError("out of memory")), tune_result(second)]
+    monkeypatch.setattr(sweep, "_tune", lambda *args: grid)
     study_dir = tmp_path / "study"
     cluster = cluster_resources(ray.get_runtime_context().gcs_address)
-    with pytest.raises(Interrupted, match=(
-            r"the study stopped with 0 of 2 trials finished and 2 not \(tiny-tiny-.*tok, tiny-tiny-.*tok\); "
-            r".* continue with `crammit study run .*study/study.toml --out .*study`")):
-        run_study(spec, study_dir, cluster, cache_dir, allow_ordered_data=True)
+    lines = []
+    with pytest.raises(Interrupted, match=r"^0 of 2 trials finished, 1 failed$"):
+        run_study(spec, study_dir, cluster, cache_dir, allow_ordered_data=True, echo=lines.append)
+    assert f"trial {first} failed: out of memory" in lines
     assert (study_dir / results.TRIALS_FILE).is_file() and not (study_dir / results.FIT_FILE).exists()
 
 
