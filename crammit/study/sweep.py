@@ -172,7 +172,7 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
                       if results.trial_status(Path(configs[name].run_dir)) is not results.TrialStatus.OK),
                      key=lambda name: cost[name], reverse=True)
     if pending:
-        grid = _tune(spec, study_dir, data, configs, pending, concurrent_trials(spec, cluster), cache_dir,
+        grid = _tune(spec, study_dir, data, configs, pending, cluster, cache_dir,
                      {name: params[name] for name in pending}, tracker.callbacks())
         _check_finished(spec, study_dir, grid, len(configs), echo)
     tracker.record_trials({name: (Path(config.run_dir), params[name]) for name, config in configs.items()
@@ -310,15 +310,21 @@ def _check_compatible(config: TrainConfig, name: str) -> None:
 
 
 def _tune(spec: StudySpec, study_dir: Path, data: Path, configs: dict[str, TrainConfig],
-          pending: list[str], concurrency: int, cache_dir: Path, params: dict[str, dict],
+          pending: list[str], cluster: ClusterResources, cache_dir: Path, params: dict[str, dict],
           callbacks: list[tune.Callback]) -> tune.ResultGrid:
     from crammit.train.ingest import ingest
+    from crammit.train.run import worker_cpus
 
+    concurrency = concurrent_trials(spec, cluster)
     # Read once, shared by every trial: each trial's own read would start Ray Data anew.
+    # A trial that trains in its own process holds what its worker would have held.
+    in_trial = {name for name in pending if trains_in_trial(configs[name])}
+    cpus = worker_cpus(cluster.cpus, 1, concurrency)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, configs={name: configs[name].to_dict() for name in pending},
-                             concurrency=concurrency, cache_dir=str(cache_dir), data=ingest(data)),
-        {"cpu": TRIAL_DRIVER_CPUS},
+                             concurrency=concurrency, cache_dir=str(cache_dir), data=ingest(data),
+                             in_trial=in_trial),
+        lambda trial: {"cpu": cpus if trial["trial"] in in_trial else TRIAL_DRIVER_CPUS},
     )
     tuner = tune.Tuner(
         trainable,
@@ -336,11 +342,11 @@ def _tune(spec: StudySpec, study_dir: Path, data: Path, configs: dict[str, Train
     return tuner.fit()  # a failed trial is recorded in its directory and does not stop the others
 
 
-def run_trial(params: dict, configs: dict, concurrency: int, cache_dir: str, data: dict) -> dict:
-    """One Tune trial: start (or resume) the trial's run and train it to its budget. A
-    failure is written to the run directory, where the study's table reads it."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
+def run_trial(params: dict, configs: dict, concurrency: int, cache_dir: str, data: dict,
+              in_trial: set[str]) -> dict:
+    """One Tune trial: start (or resume) the trial's run and train it to its budget, in this
+    process if it is `in_trial`. A failure is written to the run directory, where the study's
+    table reads it."""
     from crammit.train.run import launch, prepare_run
 
     config = TrainConfig.from_dict(configs[params["trial"]])
@@ -349,8 +355,8 @@ def run_trial(params: dict, configs: dict, concurrency: int, cache_dir: str, dat
     try:
         if not rundir.is_run_dir(run_dir):
             prepare_run(config, Path(cache_dir))
-        final = launch(config, concurrent_runs=concurrency, driver_cpus=TRIAL_DRIVER_CPUS,
-                       callbacks=[TuneReportCallback()], data=data)
+        final = launch(config, in_process=params["trial"] in in_trial, concurrent_runs=concurrency,
+                       driver_cpus=TRIAL_DRIVER_CPUS, tune_trial=True, data=data)
     except Exception as error:
         message = f"{type(error).__name__}: {error}".splitlines()[0]
         with atomic_path(run_dir / results.ERROR_FILE) as tmp:
@@ -360,6 +366,16 @@ def run_trial(params: dict, configs: dict, concurrency: int, cache_dir: str, dat
     return {"eval_loss": final["eval_loss"], "initial_eval_loss": final["initial_eval_loss"],
             "tokens": final["tokens"], "flops": final["flops"], "step": final["steps"],
             "elapsed_s": final["elapsed_s"]}
+
+
+def trains_in_trial(config: TrainConfig) -> bool:
+    """Whether a trial trains in its own process (Ray Train's local mode) instead of on a
+    worker it starts. A trial of one CPU worker does: a Train controller, worker and their
+    helper actors cost seconds of start-up a trial, which dominate a ladder of small CPU
+    trials. A failure of such a trial is not restarted within the study; running the study
+    again resumes it from its last checkpoint. GPU and multi-worker trials keep Ray Train's
+    workers, its restarts and its placement."""
+    return config.num_workers == 1 and config.device == Device.CPU
 
 
 def _trial_name(trial) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -33,18 +34,29 @@ from crammit.train.recipe import accumulation_steps, learning_rate
 from crammit.train.state import TrainState
 from crammit.versions import versions
 
+REPORT_TO_TUNE = "report_to_tune"  # loop_config key: the loop runs inside a Tune trial
+
 
 def train_loop(loop_config: dict) -> dict:
     """Train until the budget is spent; returns (and on rank 0 saves) the final results.
 
     `loop_config` holds the run's `config` (a TrainConfig dict) and the `launch` it belongs
-    to: when Ray Train restarts the loop after a worker failure, the launch is the same."""
+    to: when Ray Train restarts the loop after a worker failure, the launch is the same.
+    With REPORT_TO_TUNE the loop runs in a Tune trial's own process (Ray Train's local
+    mode), where Ray Train keeps only the last report and runs no callbacks that would pass
+    reports on: it reports to Tune itself."""
     config = TrainConfig.from_dict(loop_config["config"])
+    if loop_config.get(REPORT_TO_TUNE):
+        from ray import tune
+
+        report = tune.report
+    else:
+        report = ray.train.report
     with process_group(config.device), run_tracker(config, dist.get_rank()) as tracker:
-        return _train(config, loop_config["launch"], tracker)
+        return _train(config, loop_config["launch"], tracker, report)
 
 
-def _train(config: TrainConfig, launch: str, tracker: RunTracker) -> dict:
+def _train(config: TrainConfig, launch: str, tracker: RunTracker, report: Callable[[dict], None]) -> dict:
     run_dir = Path(config.run_dir)
     torch.manual_seed(config.recipe.seed)
     if config.device == Device.CPU and config.cpu_threads:
@@ -151,7 +163,7 @@ def _train(config: TrainConfig, launch: str, tracker: RunTracker) -> dict:
             save_checkpoint(engine, run_dir, state, config.keep_checkpoints)
             last_checkpoint_s = state.elapsed_s
         if state.elapsed_s - last_report_s >= config.report_every_s:
-            _report(row, fraction=spent)
+            report(_live_metrics(row, fraction=spent))
             last_report_s = state.elapsed_s
     progress.close()
     profiler.close()
@@ -176,8 +188,8 @@ def _train(config: TrainConfig, launch: str, tracker: RunTracker) -> dict:
         rundir.save_final_model(run_dir, engine.module, config)
         rundir.save_final(run_dir, results)
         tracker.finish(results, state.step)
-    ray.train.report({"step": state.step, "tokens": state.tokens, "budget_spent": 1.0,
-                      "eval_loss": results["eval_loss"]})
+    report({"step": state.step, "tokens": state.tokens, "budget_spent": 1.0,
+            "eval_loss": results["eval_loss"]})
     return results
 
 
@@ -217,11 +229,11 @@ def _worker_nodes() -> list[str]:
     return nodes
 
 
-def _report(row: rundir.StepMetrics, fraction: float) -> None:
+def _live_metrics(row: rundir.StepMetrics, fraction: float) -> dict:
     """Live metrics for Ray Train's driver (and Tune's table when the run is a trial).
     Every rank reports at the same step: a report is a barrier across workers."""
-    ray.train.report({"step": row.step, "tokens": row.tokens, "loss": row.loss,
-                      "budget_spent": round(fraction, 4), "tokens_per_s": row.tokens_per_s})
+    return {"step": row.step, "tokens": row.tokens, "loss": row.loss,
+            "budget_spent": round(fraction, 4), "tokens_per_s": row.tokens_per_s}
 
 
 def train_step(engine, batches: list[MaskedBatch], world_size: int, device: torch.device) -> torch.Tensor:

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +25,7 @@ from crammit.errors import CrammitError, Interrupted
 from crammit.io import atomic_path
 from crammit.train import checkpoint, rundir
 from crammit.train.ingest import ingest
-from crammit.train.loop import train_loop
+from crammit.train.loop import REPORT_TO_TUNE, train_loop
 
 # CPU workers share cores down to this many logical CPUs each (8 workers on 2 cores, one
 # kept for the data readers); torch in each still runs on every core it is given.
@@ -101,14 +101,15 @@ def connect(config: TrainConfig, address: str | None = None) -> None:
 
 
 def launch(config: TrainConfig, in_process: bool = False, concurrent_runs: int = 1,
-           driver_cpus: float = 0.0, callbacks: Sequence = (), data: dict | None = None) -> dict:
+           driver_cpus: float = 0.0, tune_trial: bool = False, data: dict | None = None) -> dict:
     """Run `train_loop` on `config.num_workers` Ray Train workers, or with `in_process` in
-    this process (Ray Train's local mode: notebooks, tests, debugging); returns final.json.
+    this process (Ray Train's local mode: notebooks, tests, debugging, a study's one-CPU-worker
+    trials); returns final.json.
 
     `concurrent_runs` is how many runs share the cluster's CPUs at once (a study's trials),
-    `driver_cpus` what the process calling this holds of them (a Tune trial's), and
-    `callbacks` are Ray Train callbacks (a study's `TuneReportCallback`) and `data` the
-    `ingest` of `config.data` when the caller made it already (a study's, shared by its trials)."""
+    `driver_cpus` what the process calling this holds of them (a Tune trial's), `tune_trial`
+    passes the loop's reports on to the Tune trial calling this, and `data` is the `ingest`
+    of `config.data` when the caller made it already (a study's, shared by its trials)."""
     import ray
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -119,20 +120,25 @@ def launch(config: TrainConfig, in_process: bool = False, concurrent_runs: int =
     # scheduled), but reading takes little compute: torch still gets every core.
     total_cpus = ray.cluster_resources()["CPU"]
     workers_on_cluster = config.num_workers * concurrent_runs
-    cpus = max(((total_cpus - 1) / concurrent_runs - driver_cpus) / config.num_workers,
-               MIN_CPU_PER_WORKER / concurrent_runs)
+    cpus = worker_cpus(total_cpus, config.num_workers, concurrent_runs, driver_cpus)
     config = TrainConfig.from_dict({**config.to_dict(), "run_dir": str(run_dir),
                                     "cpu_threads": max(int(total_cpus // workers_on_cluster), 1)})
     workers = 0 if in_process else config.num_workers
     name = f"attempt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    callbacks = []
+    if tune_trial and not in_process:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": config.to_dict(), "launch": name},
+        train_loop_config={"config": config.to_dict(), "launch": name,
+                           REPORT_TO_TUNE: tune_trial and in_process},
         **(data or ingest(Path(config.data))),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": cpus}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=name, storage_path=str(run_dir / "ray"), callbacks=list(callbacks),
+        run_config=RunConfig(name=name, storage_path=str(run_dir / "ray"), callbacks=callbacks,
                              failure_config=FailureConfig(max_failures=config.max_failures),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
@@ -178,6 +184,13 @@ def _cause(error: Exception) -> str:
     failures = getattr(error, "worker_failures", None) or {}
     text = str(next(iter(failures.values()), error))
     return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), type(error).__name__)
+
+
+def worker_cpus(total_cpus: float, workers: int, concurrent_runs: int = 1, driver_cpus: float = 0.0) -> float:
+    """What each CPU worker of a run holds of the cluster's `total_cpus`, with `concurrent_runs`
+    runs at once whose drivers hold `driver_cpus` each."""
+    return max(((total_cpus - 1) / concurrent_runs - driver_cpus) / workers,
+               MIN_CPU_PER_WORKER / concurrent_runs)
 
 
 def max_cpu_workers(cpus: float) -> int:

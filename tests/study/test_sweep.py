@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import ray
 
-from crammit.cluster import cluster_resources
+from crammit.cluster import ClusterResources, cluster_resources
 from crammit.data.layout import read_manifest
 from crammit.errors import CrammitError, Interrupted
 from crammit.study import results, sweep
@@ -171,21 +171,29 @@ def test_a_study_tune_stopped_early_says_so_instead_of_fitting(tmp_path, toy_dat
 
 
 @pytest.mark.slow
-def test_a_study_s_trials_reuse_their_tune_actors(tmp_path, monkeypatch):
-    """A finished trial's actor runs the next: a new one costs seconds a trial
-    (benchmarks/trial_startup.py)."""
+def test_a_study_s_one_cpu_worker_trials_train_in_reused_tune_actors(tmp_path, monkeypatch):
+    """A finished trial's actor runs the next, and a trial of one CPU worker trains in it,
+    holding its worker's CPUs: a new actor, or a Train worker a trial, costs seconds a trial
+    (benchmarks/trial_startup.py). Trials of more workers keep Ray Train's."""
     from crammit.train import ingest
 
-    tuners = []
+    tuners, trials = [], {}
     monkeypatch.setattr(ingest, "ingest", lambda data: {})
-    monkeypatch.setattr(sweep.tune, "with_parameters", lambda trainable, **parameters: trainable)
-    monkeypatch.setattr(sweep.tune, "with_resources", lambda trainable, resources: trainable)
+    monkeypatch.setattr(sweep.tune, "with_parameters",
+                        lambda trainable, **parameters: trials.update(parameters) or trainable)
+    monkeypatch.setattr(sweep.tune, "with_resources",
+                        lambda trainable, resources: trials.update(resources=resources) or trainable)
     monkeypatch.setattr(sweep.tune, "Tuner",
                         lambda *args, **kwargs: tuners.append(kwargs) or SimpleNamespace(fit=lambda: None))
-    config = tiny_train_config(tmp_path / "trial", tmp_path / "corpus.txt")
-    sweep._tune(token_study(), tmp_path, tmp_path, {"trial": config}, ["trial"], 1, tmp_path,
-                params={"trial": {}}, callbacks=[])
+    one = tiny_train_config(tmp_path / "one", tmp_path / "corpus.txt")
+    two = dataclasses.replace(one, num_workers=2, run_dir=str(tmp_path / "two"))
+    sweep._tune(token_study(), tmp_path, tmp_path, {"one": one, "two": two}, ["one", "two"],
+                ClusterResources(cpus=5, gpus=0), tmp_path, params={"one": {}, "two": {}}, callbacks=[])
     assert tuners[0]["tune_config"].reuse_actors
+    assert trials["in_trial"] == {"one"}
+    concurrency = sweep.concurrent_trials(token_study(), ClusterResources(cpus=5, gpus=0))
+    assert trials["resources"]({"trial": "one"}) == {"cpu": (5 - 1) / concurrency}
+    assert trials["resources"]({"trial": "two"}) == {"cpu": sweep.TRIAL_DRIVER_CPUS}
 
 
 def test_a_study_shuffles_the_corpus_it_prepares(tmp_path, corpus_file, cache_dir, ray_session):
