@@ -533,8 +533,9 @@ def eval_glue(
 ) -> None:
     """Fine-tune the run's final model on GLUE tasks (the paper's GLUE-sane recipe) and
     report dev scores: median over seeds, spread, and the average over the tasks run."""
-    from crammit.eval.glue import Init, Placement, evaluate_glue, render
+    from crammit.eval.glue import Placement, evaluate_glue
     from crammit.eval.glue_data import parse_tasks
+    from crammit.eval.glue_results import Init, render
 
     try:
         if seeds < 1 or gpus < 0 or workers < 1:
