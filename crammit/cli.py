@@ -151,9 +151,10 @@ def train(
     tracker: TrackerOption = None,
 ) -> None:
     """Train a crammed (or the original) BERT until the budget is spent; report held-out loss."""
+    from crammit.data.layout import model_for
     from crammit.train.engine import read_deepspeed_file
     from crammit.train.recipe import accumulation_target
-    from crammit.train.run import connect, default_run_dir, launch, model_for, prepare_run, resume_config
+    from crammit.train.run import connect, default_run_dir, launch, prepare_run, resume_config
 
     try:
         if resume is not None:
