@@ -43,7 +43,7 @@ from transformers import (
 )
 
 from crammit.config import RecipeConfig, TrainConfig, recipe_config
-from crammit.data.layout import MANIFEST, TOKENIZER, shard_paths
+from crammit.data.layout import MANIFEST, TOKENIZER, model_for, shard_paths
 from crammit.data.loader import MaskedBatch
 from crammit.data.tokenizer import CLS, MASK, PAD, SEP, UNK
 from crammit.model.bert import IGNORE_INDEX
@@ -52,7 +52,6 @@ from crammit.model.original_bert import hf_config
 from crammit.train import rundir
 from crammit.train.ingest import held_out_set, special_ids
 from crammit.train.recipe import learning_rate
-from crammit.train.run import model_for
 
 CRAMMIT, BASELINE = "crammit train (crammed arch + recipe)", "HF Trainer + BertForMaskedLM (bert recipe)"
 BATCH_SIZE = 256  # BERT's; both arms use it

@@ -245,10 +245,11 @@ def train(
     tracker: TrackerOption = None,
 ) -> None:
     """Train a crammed (or the original) BERT until the budget is spent; report held-out loss."""
+    from crammit.data.layout import model_for
     from crammit.data.sources import check_corpus
     from crammit.train.engine import read_deepspeed_file
     from crammit.train.recipe import accumulation_target
-    from crammit.train.run import connect, default_run_dir, launch, model_for, prepare_run, resume_config
+    from crammit.train.run import connect, default_run_dir, launch, prepare_run, resume_config
 
     run_dir = resume or out or default_run_dir(size.value)
     try:
@@ -678,8 +679,9 @@ def eval_glue(
 ) -> None:
     """Fine-tune the run's final model on GLUE tasks (the paper's GLUE-sane recipe) and
     report dev scores: median over seeds, spread, and the average over the tasks run."""
-    from crammit.eval.glue import Init, Placement, evaluate_glue, render
+    from crammit.eval.glue import Placement, evaluate_glue
     from crammit.eval.glue_data import parse_tasks
+    from crammit.eval.glue_results import Init, render
 
     init = Init.SCRATCH if from_scratch else Init.PRETRAINED
     try:

@@ -11,7 +11,16 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from crammit.config import Arch, Budget, Device, PrepareConfig, RecipeConfig, TrainConfig, model_config
+from crammit.config import (
+    Arch,
+    Budget,
+    Device,
+    GlueRecipe,
+    PrepareConfig,
+    RecipeConfig,
+    TrainConfig,
+    model_config,
+)
 
 SUBJECTS = ["the model", "a researcher", "the optimizer", "each worker", "the tokenizer", "our budget"]
 VERBS = ["reads", "writes", "predicts", "counts", "masks", "packs", "trains", "measures"]
@@ -103,6 +112,16 @@ def write_finished_run(run_dir: Path, texts: list[str], seed: int = 0, arch: Arc
     rundir.save_final_model(run_dir, build_model(config.model), config)
     rundir.save_config(run_dir, config)
     return run_dir
+
+
+def write_glue_result(run_dir: Path, task: str, seed: int, scores: dict[str, float],
+                      recipe: GlueRecipe | None = None) -> None:
+    """What a finished fine-tune leaves in the run's glue/seeds/ (scores as fractions)."""
+    from crammit.eval.glue_results import FinetuneJob, Init, save_scores
+
+    job = FinetuneJob(str(run_dir), task, seed, Init.PRETRAINED)
+    save_scores(job, scores, recipe or GlueRecipe(), "glue-dir:/x", train_examples=10, elapsed_s=1.0,
+                device="cpu")
 
 
 GLUE_WORDS = ["cats", "dogs", "sleep", "run", "the", "park", "quietly", "today", "rain", "falls"]

@@ -6,16 +6,18 @@
     DIR/token_counts.npy          how often each token id occurs in the training shards
     DIR/manifest.json             source, config, counts per stage; written last
 
-Ray-free, so readers (the training loop, `inspect`) need not import the pipeline.
+Ray-free, so readers (the training loop, `inspect`, a study's plan) need not import the pipeline.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from crammit.config import ModelConfig, model_config
 from crammit.errors import CrammitError
 from crammit.io import read_json
 
@@ -32,6 +34,16 @@ def read_manifest(directory: Path) -> dict:
         raise CrammitError(f"{directory} is not a prepared corpus (no {MANIFEST}); "
                            "run `crammit data prepare --out DIR` first")
     return read_json(directory / MANIFEST)
+
+
+def model_for(size: str, data: Path | None, arch: str = "crammed") -> ModelConfig:
+    """The named size in the arch's design, with the vocabulary and sequence length of a
+    prepared directory."""
+    model = model_config(size, arch)
+    if data is None:
+        return model
+    prepared = read_manifest(data)["config"]
+    return dataclasses.replace(model, vocab_size=prepared["vocab_size"], seq_len=prepared["seq_len"])
 
 
 def shard_paths(directory: Path, manifest: dict | None = None) -> list[Path]:

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from crammit.config import GlueRecipe, ModelConfig
 from crammit.data.tokenizer import SpecialIds
-from crammit.eval.glue_data import GlueSplit, GlueTask
+from crammit.eval.glue_data import GlueSplit, GlueTask, score_name
 from crammit.eval.metrics import score
 from crammit.model.build import build_model
 from crammit.model.classifier import SequenceClassifier, classification_loss
@@ -72,25 +72,11 @@ def warmup_cosine(step: int, total_steps: int, warmup_fraction: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total_steps - warmup, 1)))
 
 
-def score_name(task: GlueTask, split: str, metric: str) -> str:
-    """`f1`, or `matched_accuracy` for a task with several dev sets (MNLI)."""
-    return metric if len(task.dev_splits) == 1 else f"{split}_{metric}"
-
-
-def score_names(task: GlueTask) -> list[str]:
-    return [score_name(task, split.name, metric) for split in task.dev_splits for metric in task.metrics]
-
-
-def target_names(task: GlueTask) -> list[str]:
-    """The scores the GLUE average counts: the target metric of each dev set."""
-    return [score_name(task, split.name, task.metrics[0]) for split in task.dev_splits]
-
-
 def finetune(model_config: ModelConfig, weights: dict[str, torch.Tensor] | None, task: GlueTask,
              data: dict[str, EncodedSplit], pad_id: int, recipe: GlueRecipe, seed: int,
              device: torch.device, report: Callable[[dict], None] = lambda metrics: None) -> dict[str, float]:
     """Fine-tune `weights` (None: a random initialisation, the from-scratch control) on
-    `data["train"]` and return the dev scores, as fractions, named by `score_names`.
+    `data["train"]` and return the dev scores, as fractions, named by `glue_data.score_names`.
     `report` receives each epoch's mean training loss."""
     torch.manual_seed(seed)
     model = SequenceClassifier(build_model(model_config), model_config, task.num_labels)

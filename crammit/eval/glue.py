@@ -3,54 +3,35 @@
 The driver reads each task once (a bad file fails before any work starts) and hands the
 texts to the trials through the object store. A trial loads its run's final model and
 tokenizer, fine-tunes and reports its dev scores; the driver writes them to
-`RUN_DIR/glue/seeds/` as each trial ends. A result on disk is never computed again, so an
-evaluation run again resumes where it stopped.
-
-Per run, `glue.json` summarises the seeds (median, min, max) and the average, and
-`results.parquet` holds one row per task and seed. Scores there are percentages, as GLUE
-reports them; `--from-scratch` results go to `RUN_DIR/glue-from-scratch/` instead.
+`RUN_DIR/glue/seeds/` as each trial ends, and why a trial failed once Tune is done. A
+result on disk is never computed again, so an evaluation run again resumes where it
+stopped. The files, and the summaries built from them, are `crammit.eval.glue_results`.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import ray
 from ray import tune
+from ray.tune import Result
 
 from crammit.cluster import cluster_resources, start_ray
 from crammit.config import GlueRecipe, Tracking
-from crammit.errors import CrammitError
+from crammit.errors import CrammitError, Interrupted
 from crammit.eval.glue_data import TASKS, TRAIN, GlueSplit, GlueTask, load_task
-from crammit.io import atomic_path, read_json, write_json
+from crammit.eval.glue_results import FinetuneJob, Init, glue_dir, save_failure, save_scores, write_summary
+from crammit.io import read_json
 from crammit.track import log_glue
 from crammit.train import rundir
 
-SEEDS_DIR = "seeds"
-SUMMARY_FILE = "glue.json"
-RESULTS_FILE = "results.parquet"
 TUNE_DIR = "tune"
 HUB_SOURCE = "hub:nyu-mll/glue"
 SUBSET_SEED = 0  # every seed of a task fine-tunes on the same --max-train-examples subset
-
-
-class Init(str, Enum):
-    """What a fine-tune starts from: the run's pretrained model, or a random initialisation
-    of the same shape (the control that shows what pretraining is worth)."""
-
-    PRETRAINED = "pretrained"
-    SCRATCH = "scratch"
-
-    @property
-    def directory(self) -> str:
-        return "glue" if self is Init.PRETRAINED else "glue-from-scratch"
 
 
 @dataclass(frozen=True)
@@ -72,30 +53,12 @@ class Placement:
 
 
 @dataclass(frozen=True)
-class FinetuneJob:
-    run_dir: str
-    task: str
-    seed: int
-    init: Init
-
-    @property
-    def name(self) -> str:
-        return f"{Path(self.run_dir).name}-{self.task}-seed{self.seed}"
-
-    def result_path(self) -> Path:
-        return glue_dir(Path(self.run_dir), self.init) / SEEDS_DIR / f"{self.task}-seed{self.seed}.json"
-
-
-@dataclass(frozen=True)
 class GlueEvaluation:
-    """The summary (glue.json) of every run evaluated, and the fine-tunes that failed."""
+    """The summary (glue.json) of every run evaluated, and why each fine-tune that failed
+    did (also in its `seeds/*.error.txt`), by fine-tune name."""
 
     summaries: dict[Path, dict]
-    failed: list[str]
-
-
-def glue_dir(run_dir: Path, init: Init = Init.PRETRAINED) -> Path:
-    return run_dir / init.directory
+    failed: dict[str, str]
 
 
 def evaluate_glue(run_dirs: Sequence[Path], tasks: Sequence[GlueTask], seeds: Sequence[int],
@@ -123,14 +86,22 @@ def evaluate_glue(run_dirs: Sequence[Path], tasks: Sequence[GlueTask], seeds: Se
     pending = [job for job in jobs if not job.result_path().exists()]
     echo(f"GLUE: {len(jobs)} fine-tunes ({len(run_dirs)} run(s) x {len(tasks)} task(s) x {len(seeds)} "
          f"seed(s)), {len(jobs) - len(pending)} already done")
+    errors: dict[str, str] = {}
     if pending:
         data = {task.name: task_data(task, glue_data, recipe)
                 for task in tasks if any(job.task == task.name for job in pending)}
         _check_placement(placement, address)
         start_ray(address)
         tune_dir = tune_dir or glue_dir(run_dirs[0], init) / TUNE_DIR
-        _tune(pending, data, recipe, source, placement, tune_dir)
-    failed = [job.name for job in pending if not job.result_path().exists()]
+        errors = _tune(pending, data, recipe, source, placement, tune_dir)
+    failed = {job.name: errors[job.name] for job in pending if job.name in errors}
+    for name, reason in failed.items():
+        echo(f"GLUE fine-tune {name} failed: {reason}")
+    # Tune returns rather than raising when Ctrl-C stops it: a fine-tune with neither scores
+    # nor an error was stopped.
+    if any(not job.result_path().exists() and job.name not in errors for job in pending):
+        finished = sum(job.result_path().exists() for job in jobs)
+        raise Interrupted(f"{finished} of {len(jobs)} GLUE fine-tunes finished")
     summaries = {run_dir: write_summary(run_dir, init) for run_dir in run_dirs}
     # Only runs with new scores: an evaluation run again would log the same ones twice.
     for run_dir in dict.fromkeys(Path(job.run_dir) for job in pending):
@@ -176,7 +147,8 @@ def finetune_trial(params: dict, jobs: dict[str, FinetuneJob], data: dict[str, r
 
 
 def _tune(jobs: list[FinetuneJob], data: dict[str, dict[str, GlueSplit]], recipe: GlueRecipe, source: str,
-          placement: Placement, storage: Path) -> None:
+          placement: Placement, storage: Path) -> dict[str, str]:
+    """Run the pending fine-tunes; returns why each that failed did, by name."""
     cpus = int(ray.cluster_resources()["CPU"])
     train_examples = {task: len(splits[TRAIN]) for task, splits in data.items()}
     # Largest training sets first, so no long fine-tune starts last while the others idle.
@@ -195,7 +167,26 @@ def _tune(jobs: list[FinetuneJob], data: dict[str, dict[str, GlueSplit]], recipe
         run_config=tune.RunConfig(name=f"glue-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage),
                                   callbacks=[_SaveResults(by_name, train_examples, recipe, source)]),
     )
-    tuner.fit()  # a failed fine-tune leaves no result (Tune reports its error); the others go on
+    grid = tuner.fit()  # a failed fine-tune leaves no scores and does not stop the others
+    return record_failures(grid, by_name)
+
+
+def record_failures(grid: Iterable[Result], jobs: dict[str, FinetuneJob]) -> dict[str, str]:
+    """Why each fine-tune of Tune's results failed, written beside where its scores would be
+    (the first line of what it raised, as a failed study trial's `error.txt`)."""
+    failures = {}
+    for result in grid:
+        if result.error:
+            job = jobs[Path(result.path).name]  # a trial's directory is named by its job (_trial_name)
+            failures[job.name] = _reason(result.error)
+            save_failure(job, failures[job.name])
+    return failures
+
+
+def _reason(error: BaseException) -> str:
+    # An error raised in the trial arrives wrapped in Ray's report of the task: the original is its cause.
+    cause = getattr(error, "cause", None) or error
+    return f"{type(cause).__name__}: {cause}".splitlines()[0]
 
 
 def _trial_name(trial) -> str:
@@ -211,17 +202,10 @@ class _SaveResults(tune.Callback):
         self.jobs, self.train_examples, self.recipe, self.source = jobs, train_examples, recipe, source
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        from crammit.eval.finetune import score_names
-
         job = self.jobs[trial.config["job"]]
         result = trial.last_result
-        write_json(job.result_path(), {
-            "task": job.task, "seed": job.seed, "init": job.init.value,
-            "scores": {name: result[name] for name in score_names(TASKS[job.task])},
-            "recipe": self.recipe.to_dict(), "source": self.source,
-            "train_examples": self.train_examples[job.task],
-            "elapsed_s": result["elapsed_s"], "device": result["device"],
-        })
+        save_scores(job, result, self.recipe, self.source, self.train_examples[job.task], result["elapsed_s"],
+                    result["device"])
 
 
 def _check_recipe(job: FinetuneJob, recipe: GlueRecipe, source: str) -> None:
@@ -243,90 +227,3 @@ def _check_placement(placement: Placement, address: str | None) -> None:
     if not placement.gpus and placement.workers > cluster.cpus:
         raise CrammitError(f"asked for {placement.workers} CPU workers but the cluster has {cluster.cpus} "
                            f"CPUs; use --workers {cluster.cpus} or fewer")
-
-
-def write_summary(run_dir: Path, init: Init = Init.PRETRAINED) -> dict:
-    """Rebuild `results.parquet` and `glue.json` from every fine-tune finished for the run."""
-    from crammit.eval.finetune import score_names, target_names
-
-    directory = glue_dir(run_dir, init)
-    order = list(TASKS)
-    finished = sorted((read_json(path) for path in (directory / SEEDS_DIR).glob("*.json")),
-                      key=lambda result: (order.index(result["task"]), result["seed"]))
-    rows = [{"task": result["task"], "seed": result["seed"], "init": result["init"],
-             **{name: 100 * value for name, value in result["scores"].items()},
-             "train_examples": result["train_examples"], "elapsed_s": result["elapsed_s"],
-             "device": result["device"], "source": result["source"]} for result in finished]
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / RESULTS_FILE) as tmp:
-        pd.DataFrame(rows).to_parquet(tmp, index=False)
-    tasks = {}
-    for name in dict.fromkeys(result["task"] for result in finished):
-        results = [result for result in finished if result["task"] == name]
-        task = TASKS[name]
-        tasks[name] = {
-            "metrics": {metric: _spread([100 * result["scores"][metric] for result in results])
-                        for metric in score_names(task)},
-            "targets": target_names(task),
-            "seeds": [result["seed"] for result in results],
-            "recipe": results[-1]["recipe"], "source": results[-1]["source"],
-            "train_examples": results[-1]["train_examples"],
-        }
-    summary = {"run_dir": str(run_dir), "init": init.value, "tasks": tasks, "average": average(tasks)}
-    write_json(directory / SUMMARY_FILE, summary)
-    return summary
-
-
-def average(tasks: dict[str, dict]) -> dict:
-    """The paper's GLUE average: the mean of the target metrics' medians, MNLI matched and
-    mismatched counting as two. Over fewer tasks than GLUE's eight it says which it covers."""
-    targets = [entry["metrics"][name]["median"] for entry in tasks.values() for name in entry["targets"]]
-    covered = list(tasks)
-    complete = set(covered) == set(TASKS)
-    if complete:
-        label = "GLUE average (8 tasks)"
-    else:
-        label = f"average over {', '.join(covered)} only ({len(covered)} of {len(TASKS)} GLUE tasks)"
-    return {"value": statistics.fmean(targets) if targets else None, "tasks": covered, "complete": complete,
-            "label": label}
-
-
-def trial_columns(run_dir: Path, tasks: Sequence[GlueTask]) -> dict[str, float | None]:
-    """A run's GLUE scores as columns of a study's trials table: each task's target
-    metrics (`glue_rte_accuracy`, `glue_mnli_matched_accuracy`, ...) and `glue_average`,
-    their mean, which is None until every task has a result."""
-    from crammit.eval.finetune import target_names
-
-    path = glue_dir(run_dir) / SUMMARY_FILE
-    evaluated = read_json(path)["tasks"] if path.is_file() else {}
-    columns = {}
-    for task in tasks:
-        for name in target_names(task):
-            entry = evaluated.get(task.name)
-            columns[f"glue_{task.name}_{name}"] = entry["metrics"][name]["median"] if entry else None
-    values = list(columns.values())
-    columns["glue_average"] = statistics.fmean(values) if values and None not in values else None
-    return columns
-
-
-def _spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
-
-
-def render(summary: dict) -> str:
-    """The summary as a table: per task and metric the median over seeds, its spread, and
-    how many examples the task was fine-tuned on."""
-    title = {Init.PRETRAINED.value: "pretrained", Init.SCRATCH.value: "randomly initialised (from scratch)"}[
-        summary["init"]]
-    lines = [f"GLUE dev scores, {title} model of {summary['run_dir']}",
-             f"{'task':<6} {'metric':<22} {'median':>7} {'min-max':>13} {'seeds':>5} {'train':>7}"]
-    for name, entry in summary["tasks"].items():
-        for metric, spread in entry["metrics"].items():
-            target = "*" if metric in entry["targets"] else " "
-            lines.append(f"{name:<6} {metric + target:<22} {spread['median']:>7.1f} "
-                         f"{spread['min']:>6.1f}-{spread['max']:<6.1f} {len(spread['values']):>5} "
-                         f"{entry['train_examples']:>7}")
-    mean = summary["average"]
-    if mean["value"] is not None:
-        lines.append(f"{mean['label']}: {mean['value']:.1f}  (* the metrics it averages)")
-    return "\n".join(lines)

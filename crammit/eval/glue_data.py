@@ -77,6 +77,21 @@ TASKS: dict[str, GlueTask] = {task.name: task for task in (
 )}
 
 
+def score_name(task: GlueTask, split: str, metric: str) -> str:
+    """`f1`, or `matched_accuracy` for a task with several dev sets (MNLI)."""
+    return metric if len(task.dev_splits) == 1 else f"{split}_{metric}"
+
+
+def score_names(task: GlueTask) -> list[str]:
+    """Every dev score a fine-tune reports: each metric on each dev set."""
+    return [score_name(task, split.name, metric) for split in task.dev_splits for metric in task.metrics]
+
+
+def target_names(task: GlueTask) -> list[str]:
+    """The scores the GLUE average counts: the target metric of each dev set."""
+    return [score_name(task, split.name, task.metrics[0]) for split in task.dev_splits]
+
+
 @dataclass(frozen=True)
 class GlueSplit:
     """A task's examples in one split; texts have surrounding whitespace stripped, as the

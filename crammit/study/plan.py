@@ -69,7 +69,7 @@ class PlannedTrial:
     budget: str
     resources: str  # e.g. "1 GPU" or "2 CPU workers"
     hours: float | None  # training time; None when it cannot be estimated
-    status: str
+    status: TrialStatus
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,8 @@ class StudyPlan:
                  f"  {'trial':<{width}}  {'size':<8} {'budget':<14} {'per trial':<15} {'hours':>8}  status"]
         for trial in self.trials:
             lines.append(f"  {trial.name:<{width}}  {trial.size:<8} {trial.budget:<14} {trial.resources:<15} "
-                         f"{_hours(trial.hours):>8}  {trial.status}")
-        to_run = sum(trial.status != TrialStatus.OK.value for trial in self.trials)
+                         f"{_hours(trial.hours):>8}  {trial.status.value}")
+        to_run = sum(trial.status is not TrialStatus.OK for trial in self.trials)
         lines += [
             f"cluster: {self.cluster.describe()}; {self.concurrent_trials} trial(s) at a time",
             f"to run: {to_run} trials, {_hours(self.gpu_hours)} GPU-hours in all, "
@@ -144,13 +144,13 @@ def make_plan(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources,
     trials); `models` maps each (setting, size) to its parameters and FLOPs per token;
     `corpus` what is known of the study's corpus; `calibrated` this machine's measured speed
     of CPU settings' sizes."""
-    status = dict(zip(trials["trial"], trials["status"], strict=True))
+    status = {name: TrialStatus(value) for name, value in zip(trials["trial"], trials["status"], strict=True)}
     design = trial_design(spec, models, measured_flops_per_s(trials), cluster, calibrated)
     planned = [PlannedTrial(trial.name, trial.size, f"{trial.budget:g} {trial.unit.value}", _resources(trial),
                             None if pd.isna(hours) else float(hours), status[trial.name])
                for trial, hours in zip(spec.trials(), design["hours"], strict=True)]
     to_run = [(trial, plan) for trial, plan in zip(spec.trials(), planned, strict=True)
-              if plan.status != TrialStatus.OK.value]
+              if plan.status is not TrialStatus.OK]
     known = all(plan.hours is not None for _, plan in to_run)
     gpu_known = all(plan.hours is not None for trial, plan in to_run if trial.setting.gpus)
     concurrency = concurrent_trials(spec, cluster)

@@ -18,6 +18,7 @@ from crammit.io import atomic_path, read_json
 from crammit.study import fit as fitting
 from crammit.study import plots, results
 from crammit.study.laws import FitOptions
+from crammit.study.spec import TrialStatus
 from crammit.study.table import DEFAULT_SETTING, fit_rows, read_table, study_rows
 
 
@@ -59,7 +60,7 @@ def _as_trials(table: pd.DataFrame) -> pd.DataFrame:
     `eval_loss`; where it does not say, every row a finished trial named by its row, in one
     setting, its size named by its parameter count."""
     trials = table.rename(columns={"loss": "eval_loss"})
-    defaults = {"status": results.TrialStatus.OK.value, "setting": DEFAULT_SETTING,
+    defaults = {"status": TrialStatus.OK.value, "setting": DEFAULT_SETTING,
                 "trial": [f"row {i + 1}" for i in range(len(trials))],
                 "size": [f"{value} params" for value in trials["params"]] if "params" in trials else None}
     return trials.assign(**{column: value for column, value in defaults.items() if column not in trials})

@@ -15,7 +15,7 @@ import pandas as pd
 from crammit.config import Device
 from crammit.data.layout import MANIFEST, read_manifest
 from crammit.errors import CrammitError
-from crammit.eval.glue import trial_columns
+from crammit.eval.glue_results import trial_columns
 from crammit.io import atomic_path
 from crammit.model.flops import non_embedding_parameter_count, parameter_count
 from crammit.study.spec import StudySpec, Trial, TrialStatus, write_study_file

@@ -17,6 +17,7 @@ from typing import Any
 import tomli_w
 
 from crammit.config import Arch, Budget, ModelConfig, RecipeConfig, SequenceOrder, model_config, recipe_config
+from crammit.data.layout import model_for
 from crammit.errors import ConfigError, CrammitError
 from crammit.eval.glue_data import GlueTask, parse_tasks
 from crammit.io import atomic_path
@@ -262,8 +263,6 @@ class Trial:
 def trial_model(spec: StudySpec, size: str, arch: str) -> ModelConfig:
     """The size in the arch's design on the study's corpus (its vocabulary and sequence length)."""
     if spec.data.data:
-        from crammit.train.run import model_for  # Ray's driver module: only for a given --data
-
         return model_for(size, Path(spec.data.data), arch)
     return dataclasses.replace(model_config(size, arch), vocab_size=spec.data.vocab_size,
                                seq_len=spec.data.seq_len)

@@ -7,12 +7,14 @@ Nothing here knows about steps or wall time: a 6 h and a 24 h run follow the sam
 from __future__ import annotations
 
 import math
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from crammit.config import RecipeConfig, Schedule
 from crammit.errors import CrammitError
+
+if TYPE_CHECKING:  # torch only where the optimizer is built: a study's recommendation plans without it
+    import torch
+    from torch import nn
 
 
 def learning_rate(recipe: RecipeConfig, progress: float) -> float:
@@ -59,6 +61,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def optimizer(model: nn.Module, recipe: RecipeConfig, fused: bool) -> torch.optim.AdamW:
+    import torch
+
     return torch.optim.AdamW(
         parameter_groups(model, recipe.weight_decay), lr=learning_rate(recipe, 0.0),
         betas=recipe.betas, eps=recipe.adam_eps, fused=fused or None,

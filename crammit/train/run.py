@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from crammit.cluster import start_ray
-from crammit.config import Device, ModelConfig, PrepareConfig, TrainConfig, model_config
+from crammit.config import Device, PrepareConfig, TrainConfig
 from crammit.data.layout import TOKENIZER, read_manifest
 from crammit.errors import CrammitError, Interrupted
 from crammit.io import atomic_path
@@ -34,16 +34,6 @@ MIN_CPU_PER_WORKER = 0.125
 
 def default_run_dir(size_name: str, root: Path = Path("runs")) -> Path:
     return root / f"{time.strftime('%Y%m%d-%H%M%S')}-{size_name}"
-
-
-def model_for(size: str, data: Path | None, arch: str = "crammed") -> ModelConfig:
-    """The named size in the arch's design, with the vocabulary and sequence length of a
-    prepared directory."""
-    model = model_config(size, arch)
-    if data is None:
-        return model
-    prepared = read_manifest(data)["config"]
-    return replace(model, vocab_size=prepared["vocab_size"], seq_len=prepared["seq_len"])
 
 
 def prepare_run(config: TrainConfig, cache_dir: Path) -> TrainConfig:

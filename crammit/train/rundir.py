@@ -1,20 +1,24 @@
-"""The run directory's files: resolved config, metrics tables, final model and results."""
+"""The run directory's files: resolved config, metrics tables, final model and results.
+torch is imported only to save and load the weights, so a study's tables read run
+directories without it."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 from crammit.config import ModelConfig, TrainConfig
 from crammit.data.layout import TOKENIZER
 from crammit.errors import CrammitError
 from crammit.io import atomic_path, read_json, write_json
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.parquet"
@@ -110,6 +114,8 @@ HF_DIR = "hf"  # the final model and tokenizer in Hugging Face's own layout
 def save_final_model(run_dir: Path, model: nn.Module, config: TrainConfig) -> None:
     """HF-style layout: weights, shape and tokenizer side by side, ready to fine-tune; and
     all of it as `hf/`, which `transformers` loads by itself (`export_hf`)."""
+    from safetensors.torch import save_file
+
     # Cloned: ZeRO keeps parameters as views into flat buffers, which safetensors refuses.
     weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     with atomic_path(run_dir / MODEL_FILE) as tmp:
@@ -150,6 +156,8 @@ def final_model_config(run_dir: Path) -> ModelConfig:
 
 
 def load_final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     return load_file(str(run_dir / MODEL_FILE))
 
 

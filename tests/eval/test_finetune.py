@@ -11,7 +11,7 @@ import torch
 
 from crammit.config import Arch, GlueRecipe, model_config
 from crammit.data.tokenizer import CLS, SEP, train_tokenizer
-from crammit.eval.finetune import encode, finetune, padding_id, score_names, target_names, warmup_cosine
+from crammit.eval.finetune import encode, finetune, padding_id, warmup_cosine
 from crammit.eval.glue_data import TASKS, GlueSplit
 from crammit.model.build import build_model
 
@@ -59,11 +59,6 @@ def test_pairs_are_framed_and_truncated_to_the_sequence_length(tokenizer):
     assert (input_ids[0][~padding_mask[0]] == padding_id(tokenizer)).all()
     assert labels.tolist() == [1, 0]
     assert tokenizer.truncation is None  # encoding leaves the caller's tokenizer as it was
-
-
-def test_score_names_of_a_task_with_two_dev_sets():
-    assert score_names(TASKS["mrpc"]) == ["f1", "accuracy"]
-    assert target_names(TASKS["mnli"]) == ["matched_accuracy", "mismatched_accuracy"]
 
 
 def run(tokenizer, task="sst2", weights=None, seed=0, train=None, dev=None, epochs=3):

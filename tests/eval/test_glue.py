@@ -1,19 +1,21 @@
-"""GLUE evaluation: the grid on Ray Tune, resuming, the summary and the average."""
+"""GLUE evaluation: the grid on Ray Tune, resuming, and the failures it records."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from crammit.config import GlueRecipe
-from crammit.errors import CrammitError
-from crammit.eval import glue
-from crammit.eval.glue import Init, Placement, average, evaluate_glue, render, write_summary
+from crammit.errors import CrammitError, Interrupted
+from crammit.eval import glue, glue_results
+from crammit.eval.glue import Placement, evaluate_glue
 from crammit.eval.glue_data import TASKS
-from crammit.io import write_json
-from tests.helpers import GLUE_WORDS, write_finished_run, write_glue_dir
+from crammit.eval.glue_results import FinetuneJob, Init
+from crammit.train import rundir
+from tests.helpers import GLUE_WORDS, write_finished_run, write_glue_dir, write_glue_result
 
 RECIPE = GlueRecipe(epochs=1, batch_size=8, seq_len=32)
 
@@ -29,7 +31,7 @@ def test_a_two_task_two_seed_grid_on_two_workers_then_resumes(tmp_path, finished
     glue_data = write_glue_dir(tmp_path / "glue")
     tasks, placement = (TASKS["rte"], TASKS["sst2"]), Placement(gpus=0, workers=2)
     evaluation = evaluate_glue([finished_run], tasks, [0, 1], RECIPE, glue_data, placement)
-    assert evaluation.failed == []
+    assert evaluation.failed == {}
     summary = evaluation.summaries[finished_run.resolve()]
     assert list(summary["tasks"]) == ["sst2", "rte"]  # GLUE's order
     for entry in summary["tasks"].values():
@@ -38,50 +40,59 @@ def test_a_two_task_two_seed_grid_on_two_workers_then_resumes(tmp_path, finished
         assert entry["metrics"]["accuracy"]["median"] == pytest.approx(sum(values) / 2)
         assert entry["train_examples"] == 40 and entry["source"].startswith("glue-dir:")
     assert summary["average"]["complete"] is False and "sst2, rte only" in summary["average"]["label"]
-    table = pd.read_parquet(finished_run / "glue" / glue.RESULTS_FILE)
+    table = pd.read_parquet(finished_run / "glue" / glue_results.RESULTS_FILE)
     assert len(table) == 4 and set(table["device"]) == {"cpu"}
 
     # Run again: every result is on disk, so nothing is fine-tuned and nothing changes.
-    written = {path: path.stat().st_mtime_ns for path in (finished_run / "glue" / glue.SEEDS_DIR).iterdir()}
+    seeds = finished_run / "glue" / glue_results.SEEDS_DIR
+    written = {path: path.stat().st_mtime_ns for path in seeds.iterdir()}
     monkeypatch.setattr(glue, "_tune", lambda *args: pytest.fail("a finished fine-tune ran again"))
     again = evaluate_glue([finished_run], tasks, [0, 1], RECIPE, glue_data, placement)
     assert again.summaries[finished_run.resolve()]["tasks"] == summary["tasks"]
     assert {path: path.stat().st_mtime_ns for path in written} == written
 
 
-def fake_result(run_dir: Path, task: str, seed: int, scores: dict, recipe: GlueRecipe = RECIPE) -> None:
-    write_json(glue.FinetuneJob(str(run_dir), task, seed, Init.PRETRAINED).result_path(), {
-        "task": task, "seed": seed, "init": "pretrained", "scores": scores, "recipe": recipe.to_dict(),
-        "source": "glue-dir:/x", "train_examples": 10, "elapsed_s": 1.0, "device": "cpu"})
+@pytest.mark.slow
+def test_a_failed_fine_tune_records_its_reason_and_the_others_go_on(tmp_path, finished_run, ray_session):
+    broken = write_finished_run(tmp_path / "broken", [" ".join(GLUE_WORDS)] * 20)
+    (broken / rundir.MODEL_FILE).write_bytes(b"not safetensors")
+    glue_data, said = write_glue_dir(tmp_path / "glue"), []
+    evaluation = evaluate_glue([finished_run, broken], [TASKS["rte"]], [0], RECIPE, glue_data,
+                               Placement(gpus=0, workers=2), echo=said.append)
+    assert list(evaluation.failed) == ["broken-rte-seed0"]
+    reason = evaluation.failed["broken-rte-seed0"]
+    assert reason.startswith("SafetensorError") and "\n" not in reason, reason
+    job = FinetuneJob(str(broken.resolve()), "rte", 0, Init.PRETRAINED)
+    assert job.error_path().read_text() == reason + "\n" and not job.result_path().exists()
+    assert f"GLUE fine-tune broken-rte-seed0 failed: {reason}" in said
+    assert list(evaluation.summaries[finished_run.resolve()]["tasks"]) == ["rte"]
 
 
-def test_summary_medians_spreads_and_the_full_average(tmp_path):
-    for seed, value in enumerate((0.5, 0.7, 0.6)):
-        fake_result(tmp_path, "mrpc", seed, {"f1": value, "accuracy": value - 0.1})
-    summary = write_summary(tmp_path)
-    f1 = summary["tasks"]["mrpc"]["metrics"]["f1"]
-    assert (f1["median"], f1["min"], f1["max"]) == pytest.approx((60, 50, 70))
-    assert summary["average"]["value"] == pytest.approx(60)  # the target, F1, not accuracy
-    assert "mrpc only (1 of 8" in summary["average"]["label"]
-    assert "mrpc   f1*" in render(summary) and "average over mrpc only" in render(summary)
-
-    # All eight tasks: MNLI's matched and mismatched count as two of the nine numbers.
-    tasks = {name: {"metrics": {target: {"median": 80.0} for target in glue_targets(name)},
-                    "targets": glue_targets(name)} for name in TASKS}
-    tasks["mnli"]["metrics"]["mismatched_accuracy"]["median"] = 71.0
-    full = average(tasks)
-    assert full["complete"] and full["label"] == "GLUE average (8 tasks)"
-    assert full["value"] == pytest.approx((8 * 80 + 71) / 9)
+def test_tune_s_errors_are_each_fine_tune_s_reason(tmp_path):
+    jobs = {job.name: job for job in (FinetuneJob(str(tmp_path / "run"), "rte", seed, Init.PRETRAINED)
+                                      for seed in (0, 1))}
+    wrapped = RuntimeError("ray::ImplicitFunc.train() (pid=1, ip=127.0.0.1)\nTraceback ...")
+    wrapped.cause = ValueError("bad weights\nmore detail")  # as Ray's RayTaskError carries the original
+    grid = [SimpleNamespace(path=str(tmp_path / "tune" / "run-rte-seed0"), error=wrapped),
+            SimpleNamespace(path=str(tmp_path / "tune" / "run-rte-seed1"), error=None)]
+    assert glue.record_failures(grid, jobs) == {"run-rte-seed0": "ValueError: bad weights"}
+    assert jobs["run-rte-seed0"].error_path().read_text() == "ValueError: bad weights\n"
+    assert not jobs["run-rte-seed1"].error_path().exists()
 
 
-def glue_targets(name: str) -> list[str]:
-    from crammit.eval.finetune import target_names
-
-    return target_names(TASKS[name])
+def test_fine_tunes_tune_stopped_make_the_evaluation_interrupted_not_failed(tmp_path, finished_run,
+                                                                            monkeypatch):
+    """Ctrl-C stops Tune, which returns: fine-tunes without scores or an error were stopped."""
+    write_glue_result(finished_run, "rte", 0, {"accuracy": 0.5}, recipe=RECIPE)  # from glue-dir /x
+    for name in ("task_data", "start_ray"):
+        monkeypatch.setattr(glue, name, lambda *args: None)
+    monkeypatch.setattr(glue, "_tune", lambda *args: {})
+    with pytest.raises(Interrupted, match="^1 of 3 GLUE fine-tunes finished$"):
+        evaluate_glue([finished_run], [TASKS["rte"]], [0, 1, 2], RECIPE, Path("/x"), Placement(0, 1))
 
 
 def test_results_of_another_recipe_are_refused_not_mixed(tmp_path, finished_run):
-    fake_result(finished_run, "rte", 0, {"accuracy": 0.5}, recipe=GlueRecipe(lr=1e-4))
+    write_glue_result(finished_run, "rte", 0, {"accuracy": 0.5}, recipe=GlueRecipe(lr=1e-4))
     with pytest.raises(CrammitError, match="another recipe or data"):
         evaluate_glue([finished_run], [TASKS["rte"]], [0], RECIPE, Path("/x"), Placement(0, 1))
 

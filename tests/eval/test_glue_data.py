@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from crammit.errors import CrammitError
-from crammit.eval.glue_data import TASKS, GlueSplit, load_task, parse_tasks, read_tsv
+from crammit.eval.glue_data import (
+    TASKS,
+    GlueSplit,
+    load_task,
+    parse_tasks,
+    read_tsv,
+    score_names,
+    target_names,
+)
 
 GLUE = Path(__file__).resolve().parents[2].parent / "shared" / "glue"
 MNLI_TRAIN = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
@@ -227,3 +235,8 @@ def test_the_hub_source_failing_says_to_pass_glue_dir(monkeypatch):
                "(LocalEntryNotFoundError)); pass --glue-dir with the official GLUE files")
     with pytest.raises(CrammitError, match=f"^{re.escape(message)}$"):
         load_task(TASKS["rte"], None)
+
+
+def test_score_names_of_a_task_with_two_dev_sets():
+    assert score_names(TASKS["mrpc"]) == ["f1", "accuracy"]
+    assert target_names(TASKS["mnli"]) == ["matched_accuracy", "mismatched_accuracy"]

@@ -15,6 +15,7 @@ from crammit.errors import CrammitError
 from crammit.study.fit import fit_study, write_fit
 from crammit.study.laws import FitOptions, compute_frontier
 from crammit.study.report import summarize
+from crammit.study.spec import TrialStatus
 from crammit.study.table import study_rows
 from tests.helpers import on_every_core
 from tests.study.test_laws import PARAMS_TOKENS, noisy, params_tokens_loss
@@ -33,11 +34,12 @@ def study_table(seed=0, device="cpu", hours=(0.25, 0.5, 1, 2, 4, 8), noise=0.03)
             rows.append({"trial": f"{setting}-{size}-{budget}h-{trial}", "setting": setting, "arch": setting,
                          "recipe": "crammed", "size": size, "budget": budget, "budget_unit": "hours",
                          "params": params, "tokens": flops / (6 * params), "flops": flops,
-                         "device_hours": budget, "device": device, "unique_tokens": 1e9, "status": "ok"})
+                         "device_hours": budget, "device": device, "unique_tokens": 1e9,
+                         "status": TrialStatus.OK.value})
     table = pd.DataFrame(rows)
     table["loss"] = noisy(params_tokens_loss(table["params"], table["tokens"]), seed, noise)
     table.loc[table["setting"] == "baseline", "loss"] *= 1.05  # the baseline is worse at every budget
-    table.loc[0, "status"] = "failed"
+    table.loc[0, "status"] = TrialStatus.FAILED.value
     table.loc[1, "loss"] = np.nan
     return table
 

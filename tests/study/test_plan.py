@@ -7,18 +7,19 @@ import pytest
 
 from crammit.cluster import ClusterResources
 from crammit.study.plan import TRIAL_OVERHEAD_S, Calibration, TrialModel, concurrent_trials, make_plan
-from crammit.study.spec import Setting, StudyGlue, StudySpec, StudyUnit
+from crammit.study.spec import Setting, StudyGlue, StudySpec, StudyUnit, TrialStatus
 
 SCALING = StudySpec("scaling", (Setting("crammed", ("small", "base", "crammed"), (6, 12, 24), gpus=1),))
 
 
 def pending(spec: StudySpec, **done) -> pd.DataFrame:
     """A trial table with every trial pending except `done` (name -> (flops, elapsed_s))."""
-    rows = [{"trial": t.name, "setting": t.setting.name, "size": t.size, "status": "pending",
+    rows = [{"trial": t.name, "setting": t.setting.name, "size": t.size, "status": TrialStatus.PENDING.value,
              "flops": None, "elapsed_s": None} for t in spec.trials()]
     for row in rows:
         if row["trial"] in done:
-            row.update(status="ok", flops=done[row["trial"]][0], elapsed_s=done[row["trial"]][1])
+            flops, elapsed_s = done[row["trial"]]
+            row.update(status=TrialStatus.OK.value, flops=flops, elapsed_s=elapsed_s)
     return pd.DataFrame(rows)
 
 
@@ -60,7 +61,7 @@ def test_finished_trials_are_not_planned_again_and_time_token_budgets():
     finished = pending(spec, **{"cpu-tiny-1e6tok": (1e15, 3600.0)})
     measured = make_plan(spec, finished, cluster, flops_per_token(spec))
     assert measured.wall_hours == pytest.approx(2.0 + TRIAL_OVERHEAD_S / 3600)  # and its start-up
-    assert [t.status for t in measured.trials] == ["ok", "pending"]
+    assert [t.status for t in measured.trials] == [TrialStatus.OK, TrialStatus.PENDING]
 
 
 def test_token_budgets_on_known_gpus_are_timed_at_the_assumed_mfu():

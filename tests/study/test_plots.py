@@ -12,6 +12,7 @@ import pytest
 from crammit.study import plots
 from crammit.study.fit import fit_study
 from crammit.study.laws import FitOptions
+from crammit.study.spec import TrialStatus
 from crammit.study.table import study_rows
 
 FIGURES = {"loss_vs_compute", "compute_frontier", "settings_comparison", "iso_budget", "training_curves",
@@ -25,11 +26,12 @@ def _loss(params: float, tokens: float) -> float:
     return E + A / params**ALPHA + B / tokens**BETA
 
 
-def _trial(setting: str, size: str, budget: float, unit: str, tokens: float, status: str = "ok") -> dict:
+def _trial(setting: str, size: str, budget: float, unit: str, tokens: float,
+           status: TrialStatus = TrialStatus.OK) -> dict:
     params, device = PARAMS[size], "cuda" if setting == "large-1gpu" else "cpu"
     flops = 6 * params * tokens
     jitter = 1 + 0.02 * math.sin(params * tokens)  # deterministic scatter around the law
-    ok = status == "ok"
+    ok = status is TrialStatus.OK
     loss = _loss(params, tokens)
     glue = {"glue_rte_accuracy": 120 - 12 * loss, "glue_mrpc_f1": 130 - 12 * loss}  # better with lower loss
     return {
@@ -43,7 +45,7 @@ def _trial(setting: str, size: str, budget: float, unit: str, tokens: float, sta
         "non_embedding_params": int(params * 0.6), "tokens": int(tokens), "flops": flops,
         "elapsed_s": flops / 2e13, "gpu_hours": 0.0, "device_hours": flops / 2e13 / 3600,
         "eval_loss": _loss(params, tokens) * jitter if ok else None, "initial_eval_loss": 10.4,
-        "status": status, "error": None if ok else "diverged",
+        "status": status.value, "error": None if ok else "diverged",
     }
 
 
@@ -53,7 +55,7 @@ def study_tables() -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     rows = [_trial("crammed", size, budget, "tokens", budget)
             for size in ("tiny", "mini", "small") for budget in (2e7, 6e7, 2e8)]
     rows += [_trial("large-1gpu", "large", hours, "hours", hours * 3e8) for hours in (1.0, 4.0)]
-    rows.append(_trial("crammed", "medium", 2e8, "tokens", 2e8, status="failed"))
+    rows.append(_trial("crammed", "medium", 2e8, "tokens", 2e8, status=TrialStatus.FAILED))
     trials = pd.DataFrame(rows)
     trials.loc[trials["device"] == "cuda", "gpu_hours"] = trials["device_hours"]
 
@@ -63,7 +65,7 @@ def study_tables() -> tuple[pd.DataFrame, pd.DataFrame, dict]:
          "flops": t.flops * step / 20, "elapsed_s": t.elapsed_s * step / 20,
          "loss": _loss(t.params, t.tokens * step / 20) * 1.03, "lr": 1e-3, "batch_size": 256,
          "tokens_per_s": 1e5, "mfu": None}
-        for t in trials[trials["status"] == "ok"].itertuples() for step in range(1, 21)])
+        for t in trials[trials["status"] == TrialStatus.OK.value].itertuples() for step in range(1, 21)])
 
     fit = fit_study(study_rows(trials), FitOptions(resamples=60))
     return trials, curves, fit
@@ -117,7 +119,8 @@ def test_skipped_settings_get_no_law_line_but_keep_their_trials(study):
     assert len(laws) == 1 and laws[0].startswith("L(C), crammed: α = ")  # large-1gpu has too few points
     figure = plots.loss_vs_compute(trials, {**fit, "compute": {}})
     (ax,) = figure.axes
-    assert len(ax.collections[0].get_offsets()) == (trials["status"] == "ok").sum()  # failed trial left out
+    drawn = (trials["status"] == TrialStatus.OK).sum()  # the failed trial is left out
+    assert len(ax.collections[0].get_offsets()) == drawn
     assert "no L(C) fitted" in ax.get_title()
 
 

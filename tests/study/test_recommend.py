@@ -22,7 +22,7 @@ from crammit.study.allocation import FlopsPerToken, allocate
 from crammit.study.fit import law_group
 from crammit.study.laws import FitOptions
 from crammit.study.recommend import Request, recommend, throughput
-from crammit.study.spec import Setting, StudyData, StudySpec, trial_model, write_study_file
+from crammit.study.spec import Setting, StudyData, StudySpec, TrialStatus, trial_model, write_study_file
 from crammit.study.table import study_rows
 from tests.study.test_laws import PARAMS_TOKENS, noisy, params_tokens_loss
 
@@ -56,7 +56,8 @@ def write_study(directory: Path, sizes: tuple[str, ...], rate: float, gpus: int,
                      "device": "cuda" if gpus else "cpu", "budget": trial.budget, "budget_unit": "hours",
                      "params": parameter_count(model), "tokens": tokens, "flops": flops,
                      "elapsed_s": 3600 * trial.budget, "device_hours": trial.budget,
-                     "unique_tokens": UNIQUE_TOKENS, "epochs": tokens / UNIQUE_TOKENS, "status": "ok"})
+                     "unique_tokens": UNIQUE_TOKENS, "epochs": tokens / UNIQUE_TOKENS,
+                     "status": TrialStatus.OK.value})
     trials = pd.DataFrame(rows)
     trials["eval_loss"] = noisy(params_tokens_loss(trials["params"], trials["tokens"]), 0, noise)
     trials.to_parquet(directory / results.TRIALS_FILE)
@@ -206,4 +207,4 @@ def test_the_printed_command_trains_on_cpus(tmp_path, toy_data):
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "held-out MLM loss" in result.output
-    assert results.trial_status(tmp_path / "run") is results.TrialStatus.OK
+    assert results.trial_status(tmp_path / "run") is TrialStatus.OK

@@ -16,7 +16,7 @@ from crammit.cluster import ClusterResources, cluster_resources
 from crammit.data.layout import read_manifest
 from crammit.errors import CrammitError, Interrupted
 from crammit.study import results, sweep
-from crammit.study.spec import Setting, StudyData, StudySpec, StudyUnit
+from crammit.study.spec import Setting, StudyData, StudySpec, StudyUnit, TrialStatus
 from crammit.study.sweep import _study_data, plan_study, run_study
 from crammit.train import rundir
 from crammit.train.checkpoint import latest_tag
@@ -96,11 +96,11 @@ def test_a_killed_study_resumes_and_completes_without_losing_or_repeating_trials
     trials = pd.read_parquet(out / results.TRIALS_FILE)
     assert sorted(trials["trial"]) == sorted(set(trials["trial"])) and len(trials) == 3
     done = trials[trials["setting"] == "tiny"]
-    assert (done["status"] == "ok").all() and (done["eval_loss"] < done["initial_eval_loss"]).all()
+    assert (done["status"] == TrialStatus.OK).all() and (done["eval_loss"] < done["initial_eval_loss"]).all()
     assert (done["unique_tokens"] == read_manifest(toy_data)["train_tokens"]).all()
     assert done["epochs"].tolist() == pytest.approx((done["tokens"] / done["unique_tokens"]).tolist())
     broken = trials[trials["setting"] == "broken"].iloc[0]
-    assert broken["status"] == "failed" and "fewer than one micro-batch" in broken["error"]
+    assert broken["status"] == TrialStatus.FAILED.value and "fewer than one micro-batch" in broken["error"]
 
     final = json.loads((victim / rundir.FINAL_FILE).read_text())
     assert final["resumed_at_step"] >= checkpoint_step > 0  # from its checkpoint, not from step 0

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from crammit.errors import CrammitError
+from crammit.study.spec import TrialStatus
 from crammit.study.table import fit_rows, read_table
 
 
@@ -41,7 +42,7 @@ def test_rows_that_cannot_be_fitted_are_dropped_and_named():
 def test_study_rows_are_named_by_trial_and_unfinished_ones_counted():
     table = pd.DataFrame({"trial": ["a", "b", "c"], "params": [1e6, 2e6, 3e6], "tokens": [1e9] * 3,
                           "loss": [4.0, np.nan, 3.0], "flops": [1e16, 2e16, 3e16],
-                          "status": ["ok", "ok", "failed"]})
+                          "status": [TrialStatus.OK.value, TrialStatus.OK.value, TrialStatus.FAILED.value]})
     rows = fit_rows(table)
     assert rows.dropped == ("loss NaN at trial b",) and rows.unfinished == 1 and len(rows.rows) == 1
 

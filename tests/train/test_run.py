@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from crammit.cli import app
 from crammit.config import Arch, Budget, RecipeConfig, TrainConfig
-from crammit.data.layout import TOKENIZER, read_manifest, sequence_rows, shard_paths
+from crammit.data.layout import TOKENIZER, model_for, read_manifest, sequence_rows, shard_paths
 from crammit.data.loader import HeldOutBatches
 from crammit.data.tokenizer import SpecialIds
 from crammit.model.bert import IGNORE_INDEX
@@ -35,7 +35,7 @@ from crammit.train.checkpoint import latest_tag
 from crammit.train.engine import create_engine, process_group, set_learning_rate
 from crammit.train.ingest import OBJECT_STORE_SHARE, ingest, training_data
 from crammit.train.loop import train_step
-from crammit.train.run import launch, model_for, prepare_run
+from crammit.train.run import launch, prepare_run
 from tests.helpers import tiny_train_config
 
 STEPS = 20
