@@ -449,7 +449,7 @@ def _study_interrupted(spec, out: Path, error: BaseException, out_given: bool) -
                             "run the same command to start it again")
     if not isinstance(error, Interrupted):  # outside Tune's trials (which stops them itself): data, fits
         status = results.trials_table(spec, out)["status"]
-        error = Interrupted(f"{(status == 'ok').sum()} of {len(status)} trials finished")
+        error = Interrupted(f"{(status == results.TrialStatus.OK).sum()} of {len(status)} trials finished")
     again = "run the same command" + ("" if out_given else f" with --out {out}")
     return _interrupted(error, f"{again} to continue")
 
