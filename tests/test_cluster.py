@@ -104,3 +104,13 @@ def test_crammit_s_ray_jobs_change_ray_train_s_defaults_unless_the_user_set_them
     user_set = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"}
     assert calls[0]["runtime_env"]["env_vars"] == {**RAY_TRAIN_ENV, **user_set}
     assert RAY_TRAIN_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] != "2"  # not Ray's default
+
+
+def test_the_placement_policy_shares_cpus_less_the_readers_one():
+    from crammit.cluster import concurrent_cpu_runs, max_cpu_workers, worker_cpus, worker_threads
+
+    assert worker_cpus(2, 1) == 1.0  # one CPU stays with Ray Data's readers
+    assert worker_cpus(2, 8) == 0.125 and max_cpu_workers(2) == 8  # down to MIN_CPU_PER_WORKER each
+    assert worker_cpus(5, 1, concurrent_runs=2, driver_cpus=0.5) == 1.5
+    assert worker_threads(2, 1) == 2 and worker_threads(2, 8) == 1  # threads use every core
+    assert concurrent_cpu_runs(16, 2) == 8

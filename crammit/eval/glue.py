@@ -20,7 +20,7 @@ import ray
 from ray import tune
 from ray.tune import Result
 
-from crammit.cluster import cluster_resources, start_ray
+from crammit.cluster import cluster_resources, start_ray, worker_threads
 from crammit.config import GlueRecipe, Tracking
 from crammit.errors import CrammitError, Interrupted
 from crammit.eval.glue_data import TASKS, TRAIN, GlueSplit, GlueTask, load_task
@@ -49,7 +49,7 @@ class Placement:
         return {"cpu": 1, "gpu": 1} if self.gpus else {"cpu": cluster_cpus / self.workers}
 
     def threads(self, cluster_cpus: int) -> int:
-        return max(cluster_cpus // self.workers, 1)
+        return worker_threads(cluster_cpus, self.workers)
 
 
 @dataclass(frozen=True)

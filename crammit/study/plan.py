@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from crammit.cluster import ClusterResources
+from crammit.cluster import ClusterResources, concurrent_cpu_runs
 from crammit.config import SequenceOrder
 from crammit.model.flops import peak_flops
 from crammit.study.spec import StudySpec, StudyUnit, Trial, TrialStatus
@@ -119,8 +119,8 @@ def concurrent_trials(spec: StudySpec, cluster: ClusterResources) -> int:
     """Trials that fit on the cluster at once: GPU trials by GPUs, CPU trials by cores
     (each worker's torch threads get cores of their own). At least 1, so a plan can still
     be printed."""
-    limits = [cluster.gpus // setting.gpus if setting.gpus else cluster.cpus // setting.workers
-              for setting in spec.settings]
+    limits = [cluster.gpus // setting.gpus if setting.gpus
+              else concurrent_cpu_runs(cluster.cpus, setting.workers) for setting in spec.settings]
     return max(min(limits), 1)
 
 

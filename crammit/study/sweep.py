@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from ray import tune
 
-from crammit.cluster import ClusterResources, start_ray
+from crammit.cluster import ClusterResources, start_ray, worker_cpus, worker_threads
 from crammit.config import (
     Device,
     GlueRecipe,
@@ -83,7 +83,7 @@ def _calibration(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResource
     if not models:
         return None
     concurrency = concurrent_trials(spec, cluster)
-    threads = max(int(cluster.cpus) // (concurrency * max(s.workers for s in spec.settings if not s.gpus)), 1)
+    threads = worker_threads(cluster.cpus, concurrency * max(s.workers for s in spec.settings if not s.gpus))
     return Calibration(calibrate(models, threads, concurrent=concurrency), CALIBRATION_SECONDS, threads)
 
 
@@ -313,7 +313,6 @@ def _tune(spec: StudySpec, study_dir: Path, data: Path, configs: dict[str, Train
           pending: list[str], cluster: ClusterResources, cache_dir: Path, params: dict[str, dict],
           callbacks: list[tune.Callback]) -> tune.ResultGrid:
     from crammit.train.ingest import ingest
-    from crammit.train.run import worker_cpus
 
     concurrency = concurrent_trials(spec, cluster)
     # Read once, shared by every trial: each trial's own read would start Ray Data anew.

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from crammit.cluster import start_ray
+from crammit.cluster import MIN_CPU_PER_WORKER, max_cpu_workers, start_ray, worker_cpus, worker_threads
 from crammit.config import Device, PrepareConfig, TrainConfig
 from crammit.data.layout import TOKENIZER, read_manifest
 from crammit.errors import CrammitError, Interrupted
@@ -26,10 +26,6 @@ from crammit.io import atomic_path
 from crammit.train import checkpoint, rundir
 from crammit.train.ingest import ingest
 from crammit.train.loop import REPORT_TO_TUNE, train_loop
-
-# CPU workers share cores down to this many logical CPUs each (8 workers on 2 cores, one
-# kept for the data readers); torch in each still runs on every core it is given.
-MIN_CPU_PER_WORKER = 0.125
 
 
 def default_run_dir(size_name: str, root: Path = Path("runs")) -> Path:
@@ -106,13 +102,10 @@ def launch(config: TrainConfig, in_process: bool = False, concurrent_runs: int =
 
     run_dir = Path(config.run_dir).resolve()
     use_gpu = config.device == Device.CUDA
-    # CPU workers leave one logical CPU to Ray Data's readers (without it they are never
-    # scheduled), but reading takes little compute: torch still gets every core.
     total_cpus = ray.cluster_resources()["CPU"]
-    workers_on_cluster = config.num_workers * concurrent_runs
     cpus = worker_cpus(total_cpus, config.num_workers, concurrent_runs, driver_cpus)
-    config = TrainConfig.from_dict({**config.to_dict(), "run_dir": str(run_dir),
-                                    "cpu_threads": max(int(total_cpus // workers_on_cluster), 1)})
+    threads = worker_threads(total_cpus, config.num_workers * concurrent_runs)
+    config = TrainConfig.from_dict({**config.to_dict(), "run_dir": str(run_dir), "cpu_threads": threads})
     workers = 0 if in_process else config.num_workers
     name = f"attempt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     callbacks = []
@@ -174,19 +167,6 @@ def _cause(error: Exception) -> str:
     failures = getattr(error, "worker_failures", None) or {}
     text = str(next(iter(failures.values()), error))
     return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), type(error).__name__)
-
-
-def worker_cpus(total_cpus: float, workers: int, concurrent_runs: int = 1, driver_cpus: float = 0.0) -> float:
-    """What each CPU worker of a run holds of the cluster's `total_cpus`, with `concurrent_runs`
-    runs at once whose drivers hold `driver_cpus` each."""
-    return max(((total_cpus - 1) / concurrent_runs - driver_cpus) / workers,
-               MIN_CPU_PER_WORKER / concurrent_runs)
-
-
-def max_cpu_workers(cpus: float) -> int:
-    """CPU workers a cluster of `cpus` logical CPUs holds: one CPU stays with Ray Data's
-    readers, and workers share the rest down to MIN_CPU_PER_WORKER each."""
-    return max(1, int((cpus - 1) / MIN_CPU_PER_WORKER))
 
 
 def _check_resources(resources: dict, workers: int, use_gpu: bool) -> None:
