@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from crammit.cluster import concurrent_cpu_runs, max_cpu_workers, worker_cpus, worker_threads
 from crammit.train import rundir
 
 
@@ -107,8 +108,6 @@ def test_crammit_s_ray_jobs_change_ray_train_s_defaults_unless_the_user_set_them
 
 
 def test_the_placement_policy_shares_cpus_less_the_readers_one():
-    from crammit.cluster import concurrent_cpu_runs, max_cpu_workers, worker_cpus, worker_threads
-
     assert worker_cpus(2, 1) == 1.0  # one CPU stays with Ray Data's readers
     assert worker_cpus(2, 8) == 0.125 and max_cpu_workers(2) == 8  # down to MIN_CPU_PER_WORKER each
     assert worker_cpus(5, 1, concurrent_runs=2, driver_cpus=0.5) == 1.5
