@@ -26,9 +26,9 @@ def run_row(run_dir: Path) -> str:
     mfu = late.mfu.median()
     profile = run_dir / PROFILE_DIR / SUMMARY_JSON
     busy = read_json(profile)["device_busy"] if profile.exists() else None
-    return (f"{run_dir.name:<18}{config.recipe.micro_batch_size:>6}{final['steps']:>7}{final['tokens']:>13,}"
+    return (f"{run_dir.name:<18}{config.recipe.micro_batch_size:>6}{final.steps:>7}{final.tokens:>13,}"
             f"{late.tokens_per_s.median():>13,.0f}{'' if mfu != mfu else f'{mfu:.1%}':>8}"
-            f"{final['eval_loss']:>10.3f}{'' if busy is None else f'{busy:.1%}':>10}")
+            f"{final.eval_loss:>10.3f}{'' if busy is None else f'{busy:.1%}':>10}")
 
 
 def main() -> None:

@@ -123,7 +123,8 @@ def run_crammit(args, data: Path) -> tuple[pd.DataFrame, dict]:
                         "--max-eval-sequences", str(args.max_eval_sequences), "--checkpoint-minutes", "1000"],
                        check=True)
     metrics, final = rundir.read_metrics(run_dir), rundir.read_final(run_dir)
-    final = {**final, "sequences": int(metrics["batch_size"].sum())}
+    final = {"eval_loss": final.eval_loss, "steps": final.steps, "elapsed_s": final.elapsed_s,
+             "sequences": int(metrics["batch_size"].sum())}  # as `run_baseline`'s
     return rundir.read_evals(run_dir)[["step", "elapsed_s", "eval_loss"]], final
 
 

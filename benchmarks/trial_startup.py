@@ -100,7 +100,7 @@ def child(variant: str, study: Path, out: Path) -> None:
     concurrency = sweep.concurrent_trials(spec, cluster)
     (out / f"{variant}.json").write_text(json.dumps({
         "tune_s": tune_seconds[0], "trials": len(finals), "concurrency": concurrency,
-        "training_s": sum(final["elapsed_s"] for final in finals)}))
+        "training_s": sum(final.elapsed_s for final in finals)}))
 
 
 def main() -> None:

@@ -301,9 +301,9 @@ def train(
     except (Interrupted, KeyboardInterrupt) as error:
         raise _train_interrupted(error, run_dir, address if _given(ctx, "address") else None) from None
     typer.echo(
-        f"held-out MLM loss {results['eval_loss']:.4f} (from {results['initial_eval_loss']:.4f} "
-        f"before training) after {results['steps']} steps, {results['tokens']:,} tokens, "
-        f"{results['elapsed_s']:.0f} s\nrun directory: {config.run_dir}"
+        f"held-out MLM loss {results.eval_loss:.4f} (from {results.initial_eval_loss:.4f} "
+        f"before training) after {results.steps} steps, {results.tokens:,} tokens, "
+        f"{results.elapsed_s:.0f} s\nrun directory: {config.run_dir}"
     )
 
 

@@ -1,7 +1,6 @@
 """Scale-out on one machine: a Ray head and a second Ray node on loopback, and a 2-worker
 `crammit train --address` whose workers land one on each node."""
 
-import json
 import os
 import shutil
 import signal
@@ -82,8 +81,8 @@ def test_two_workers_train_across_a_head_and_a_second_node(tmp_path, toy_data):
             capture_output=True, text=True, timeout=600,
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        final = json.loads((run_dir / rundir.FINAL_FILE).read_text())
-        assert len(final["worker_nodes"]) == 2 and len(set(final["worker_nodes"])) == 2
+        final = rundir.read_final(run_dir)
+        assert len(final.worker_nodes) == 2 and len(set(final.worker_nodes)) == 2
     finally:
         for node in reversed(nodes):
             stop(node)

@@ -24,6 +24,7 @@ from crammit.track import (
     check_installed,
     log_glue,
 )
+from crammit.train import rundir
 from tests.helpers import write_glue_dir
 
 ALL = Tracking(tuple(Tracker), wandb_mode="offline")
@@ -111,16 +112,16 @@ def test_a_run_logs_every_step_from_rank_0_and_its_glue_scores_join_its_mlflow_r
     assert run.info.run_name == run_dir.name and run.info.status == "FINISHED"
     assert run.data.params["size"] == "tiny" and run.data.params["budget"] == f"{10 * STEP_TOKENS} tokens"
     assert [metric.value for metric in client.get_metric_history(run.info.run_id, "loss")] == steps
-    assert run.data.metrics["eval_loss"] == final["eval_loss"] and run.data.metrics["steps"] == final["steps"]
+    assert run.data.metrics["eval_loss"] == final.eval_loss and run.data.metrics["steps"] == final.steps
 
     board = scalars(run_dir)
     assert [value for _, value in board["loss"]] == pytest.approx(steps)
-    assert board["final/eval_loss"] == [(final["steps"], pytest.approx(final["eval_loss"]))]
+    assert board["final/eval_loss"] == [(final.steps, pytest.approx(final.eval_loss))]
 
     (logged,) = wandb_runs(run_dir)
     assert logged["name"] == run_dir.name and logged["config"]["size"] == "tiny"
     assert [row["loss"] for row in logged["history"] if "loss" in row] == pytest.approx(steps)
-    assert logged["summary"]["eval_loss"] == pytest.approx(final["eval_loss"])
+    assert logged["summary"]["eval_loss"] == pytest.approx(final.eval_loss)
 
     # A GLUE evaluation afterwards: its scores on the same MLflow run, beside its files and in W&B.
     summary = {"init": "pretrained", "tasks": {"rte": {"metrics": {"accuracy": {"median": 62.5}}}},
@@ -186,15 +187,15 @@ def test_a_two_trial_study_and_its_glue_scores_in_mlflow_tensorboard_and_wandb(
                     "unit": "tokens", "seed": "0"}
         assert {key: run.data.params[key] for key in expected} == expected
         assert float(run.data.params["budget"]) == budget
-        final = json.loads((trials[trial] / "final.json").read_text())
-        assert run.data.metrics["eval_loss"] == pytest.approx(final["eval_loss"])
-        assert client.get_metric_history(run.info.run_id, "tokens")[-1].value == final["tokens"]
+        final = rundir.read_final(trials[trial])
+        assert run.data.metrics["eval_loss"] == pytest.approx(final.eval_loss)
+        assert client.get_metric_history(run.info.run_id, "tokens")[-1].value == final.tokens
         assert 0 <= run.data.metrics["glue_rte_accuracy"] <= 100  # the GLUE score on the trial's run
 
     # TensorBoard: each trial's steps in its run directory, its GLUE scores in its GLUE directory.
     for run_dir in trials.values():
-        final = json.loads((run_dir / "final.json").read_text())
-        assert [step for step, _ in scalars(run_dir)["loss"]] == list(range(1, final["steps"] + 1))
+        final = rundir.read_final(run_dir)
+        assert [step for step, _ in scalars(run_dir)["loss"]] == list(range(1, final.steps + 1))
         assert 0 <= scalars(run_dir / "glue")["glue_rte_accuracy"][0][1] <= 100
 
     # W&B: one offline run per trial in the study's group, and one of each trial's GLUE scores.

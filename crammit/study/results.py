@@ -79,11 +79,11 @@ def _trial_row(spec: StudySpec, trial: Trial, study_dir: Path) -> dict:
                    unique_tokens=_unique_tokens(config.data))
     if status is TrialStatus.OK:
         final = rundir.read_final(run_dir)
-        hours = final["elapsed_s"] / 3600
-        row.update(tokens=final["tokens"], flops=final["flops"], elapsed_s=final["elapsed_s"],
+        hours = final.elapsed_s / 3600
+        row.update(tokens=final.tokens, flops=final.flops, elapsed_s=final.elapsed_s,
                    gpu_hours=hours * trial.setting.gpus, device_hours=hours * trial.setting.workers_per_trial,
-                   eval_loss=final["eval_loss"], initial_eval_loss=final["initial_eval_loss"],
-                   epochs=final["tokens"] / row["unique_tokens"] if row["unique_tokens"] else None)
+                   eval_loss=final.eval_loss, initial_eval_loss=final.initial_eval_loss,
+                   epochs=final.tokens / row["unique_tokens"] if row["unique_tokens"] else None)
     elif status is TrialStatus.FAILED:
         row["error"] = (run_dir / ERROR_FILE).read_text().strip()
     if spec.glue.tasks:

@@ -362,9 +362,8 @@ def run_trial(params: dict, configs: dict, concurrency: int, cache_dir: str, dat
             tmp.write_text(message + "\n")
         raise
     # The trial's last result: its final metrics in Tune and in its logger callbacks' trackers.
-    return {"eval_loss": final["eval_loss"], "initial_eval_loss": final["initial_eval_loss"],
-            "tokens": final["tokens"], "flops": final["flops"], "step": final["steps"],
-            "elapsed_s": final["elapsed_s"]}
+    return {"eval_loss": final.eval_loss, "initial_eval_loss": final.initial_eval_loss,
+            "tokens": final.tokens, "flops": final.flops, "step": final.steps, "elapsed_s": final.elapsed_s}
 
 
 def trains_in_trial(config: TrainConfig) -> bool:

@@ -1,9 +1,11 @@
 """The training loop: one plain function per worker, run by Ray Train or called directly.
 
-Every step: read budget progress, set the recipe's batch (accumulation) and learning
-rate from it, run the micro-batches through the DeepSpeed engine, log, maybe checkpoint.
-Every `eval_every_s` seconds of training it measures held-out MLM loss (off the budget's
-clock). Stops when the budget is spent, then measures held-out loss and saves the model.
+Every step, in labelled blocks: read budget progress from the `BudgetClock`, set the
+recipe's batch (accumulation) and learning rate from it, run the micro-batches through the
+DeepSpeed engine, agree on the step's loss and time in one collective, record the step's
+metrics (`StepMeter`), maybe evaluate, checkpoint and report. Every `eval_every_s` seconds
+of training it measures held-out MLM loss (off the budget's clock). Stops when the budget
+is spent, then measures held-out loss and saves the model and `FinalResults`.
 """
 
 from __future__ import annotations
@@ -19,17 +21,17 @@ import torch
 import torch.distributed as dist
 from torch.profiler import record_function
 
-from crammit.config import BudgetUnit, Device, TrainConfig
+from crammit.config import Device, TrainConfig
 from crammit.data.loader import HeldOutBatches, MaskedBatch
 from crammit.model.build import build_model
 from crammit.model.flops import model_flops_utilization, peak_flops, training_flops_per_token
 from crammit.track import RunTracker, run_tracker
 from crammit.train import profile, rundir
-from crammit.train.budget import few_steps_warning, micro_batches_left
+from crammit.train.budget import few_steps_warning
 from crammit.train.checkpoint import load_checkpoint, save_checkpoint
 from crammit.train.engine import create_engine, process_group, set_learning_rate, torch_device
 from crammit.train.ingest import training_data
-from crammit.train.progress import Progress
+from crammit.train.progress import BudgetClock, Progress
 from crammit.train.recipe import accumulation_steps, learning_rate
 from crammit.train.state import TrainState
 from crammit.versions import versions
@@ -37,7 +39,7 @@ from crammit.versions import versions
 REPORT_TO_TUNE = "report_to_tune"  # loop_config key: the loop runs inside a Tune trial
 
 
-def train_loop(loop_config: dict) -> dict:
+def train_loop(loop_config: dict) -> rundir.FinalResults:
     """Train until the budget is spent; returns (and on rank 0 saves) the final results.
 
     `loop_config` holds the run's `config` (a TrainConfig dict) and the `launch` it belongs
@@ -56,7 +58,9 @@ def train_loop(loop_config: dict) -> dict:
         return _train(config, loop_config["launch"], tracker, report)
 
 
-def _train(config: TrainConfig, launch: str, tracker: RunTracker, report: Callable[[dict], None]) -> dict:
+def _train(config: TrainConfig, launch: str, tracker: RunTracker,
+           report: Callable[[dict], None]) -> rundir.FinalResults:
+    # set up: the model and engine, where the run stands, its data and its tables
     run_dir = Path(config.run_dir)
     torch.manual_seed(config.recipe.seed)
     if config.device == Device.CPU and config.cpu_threads:
@@ -88,73 +92,61 @@ def _train(config: TrainConfig, launch: str, tracker: RunTracker, report: Callab
 
     if state.initial_eval_loss is None:
         state.initial_eval_loss = record_evaluation()
-    flops_per_token = training_flops_per_token(config.model, config.recipe.mask_rate)
-    peak = peak_flops(torch.cuda.get_device_name()) if config.device == Device.CUDA else None
+    micro_batch = config.recipe.micro_batch_size
+    meter = StepMeter(config, world_size, attempt)
     progress = Progress(config.budget, enabled=config.progress_bar and rank == 0)
     profiler = profile.StepProfiler(run_dir, config.profile_steps if rank == 0 else 0,
                                     max(profile.START_FRACTION, config.recipe.ramp_end), config.device)
+    clock = BudgetClock(config.budget, state.elapsed_s, micro_batch * world_size * config.model.seq_len,
+                        meter.flops_per_token)
     last_checkpoint_s = last_report_s = last_eval_s = state.elapsed_s
-    clock_start = time.perf_counter() - state.elapsed_s
 
-    micro_batch = config.recipe.micro_batch_size
-    micro_step_tokens = micro_batch * world_size * config.model.seq_len
-    # What one data-parallel micro-batch spends of the budget: known for tokens and FLOPs,
-    # measured step by step for time.
-    micro_batch_cost = (None if config.budget.unit is BudgetUnit.HOURS else
-                        config.budget.fraction(0.0, micro_step_tokens, micro_step_tokens * flops_per_token))
-    while (fraction := config.budget.progress(state.elapsed_s, state.tokens, state.flops)) < 1.0:
-        step_start = time.perf_counter()
+    while (fraction := clock.progress(state)) < 1.0:
+        # the step's size: the ramp's accumulation, the budget's last step cut short
+        clock.start_step()
         accumulation = accumulation_steps(config.recipe, world_size, fraction)
-        left = micro_batches_left(config.budget, fraction, micro_batch_cost)
+        left = clock.micro_batches_left(fraction)
         if left == 0:
             break
         if left is not None:
-            accumulation = min(accumulation, left)  # the budget's last step is cut short
+            accumulation = min(accumulation, left)
         profiler.step_started(fraction)
+
+        # set the batch size and learning rate from budget progress
         engine.set_train_batch_size(accumulation * micro_batch * world_size)
         lr = learning_rate(config.recipe, fraction)
         set_learning_rate(engine, lr)
+
+        # forward backward update
         with record_function(profile.DATA):
             step_batches = [next(train_batches) for _ in range(accumulation)]
         loss_share = train_step(engine, step_batches, world_size, device)
-        state.sequences += accumulation * micro_batch * world_size
-        # One collective per step: the global mean loss, and an elapsed time and a time per
-        # micro-batch every rank agrees on, so all ranks cut and stop at the same step.
-        now = time.perf_counter()
-        timing = torch.tensor([now - clock_start, (now - step_start) / accumulation], device=device)
-        reduced = torch.cat([loss_share.reshape(1), timing / world_size])
-        with record_function(profile.STEP_COLLECTIVE):
-            dist.all_reduce(reduced)
-            loss_value, elapsed, micro_batch_s = reduced.tolist()
-        if config.budget.unit is BudgetUnit.HOURS:
-            micro_batch_cost = config.budget.fraction(micro_batch_s, 0, 0.0)
-        step_tokens = accumulation * micro_batch * world_size * config.model.seq_len
-        state.step += 1
-        state.tokens += step_tokens
-        state.flops += step_tokens * flops_per_token
-        state.elapsed_s = elapsed
-        tokens_per_s = step_tokens / (time.perf_counter() - step_start)
-        row = rundir.StepMetrics(
-            step=state.step, tokens=state.tokens, flops=state.flops, elapsed_s=elapsed,
-            loss=loss_value, lr=lr, batch_size=accumulation * micro_batch * world_size,
-            tokens_per_s=tokens_per_s,
-            mfu=model_flops_utilization(tokens_per_s * flops_per_token, peak, world_size), attempt=attempt,
-        )
+
+        # communicate: one collective for the step's loss and its time
+        loss, elapsed_s, micro_batch_s = _agree_on_step(loss_share, clock.step_timing(accumulation),
+                                                        world_size, device)
+        clock.measured(micro_batch_s)
+
+        # the step's metrics: counted into the state, one row of metrics.parquet
+        row = meter.record(state, accumulation, loss, lr, elapsed_s, clock.step_seconds())
         if rank == 0:
             metrics.append(row)
             tracker.log(row, row.step)
-        spent = config.budget.progress(elapsed, state.tokens, state.flops)
+        spent = clock.progress(state)
         progress.update(spent, row)
         profiler.step_finished()
+
+        # the first step of this start measured the speed: warn if the budget holds few steps
         if state.step == resumed_at_step + 1 and rank == 0:
-            warning = few_steps_warning(config.recipe, world_size, state.step, spent, micro_batch_cost)
+            warning = few_steps_warning(config.recipe, world_size, state.step, spent, clock.micro_batch_cost)
             if warning:
                 progress.write(warning)
-        # The run's last evaluation follows the loop.
+
+        # evaluate, checkpoint, report: each decided from agreed figures, so every rank
+        # takes part. The run's last evaluation follows the loop.
         if config.eval_every_s and state.elapsed_s - last_eval_s >= config.eval_every_s and spent < 1.0:
-            eval_start = time.perf_counter()
-            record_evaluation()
-            clock_start += time.perf_counter() - eval_start  # evaluation is not training time
+            with clock.paused():  # evaluation is not training time
+                record_evaluation()
             last_eval_s = state.elapsed_s
         if _checkpoint_due(config, state, last_checkpoint_s):
             if rank == 0:
@@ -168,29 +160,63 @@ def _train(config: TrainConfig, launch: str, tracker: RunTracker, report: Callab
     progress.close()
     profiler.close()
 
-    results = {
-        "initial_eval_loss": state.initial_eval_loss,
-        "eval_loss": record_evaluation(),
-        "steps": state.step,
-        "tokens": state.tokens,
-        "flops": state.flops,
-        "elapsed_s": state.elapsed_s,
-        "budget": config.budget.describe(),
-        "eval_sequences": len(eval_batches),
-        "eval_mask_rate": config.eval_mask_rate,
-        "resumed_at_step": resumed_at_step,
-        "worker_nodes": _worker_nodes(),
-    }
+    # the end: the last evaluation, a checkpoint, the final model and results
+    final = rundir.FinalResults(
+        initial_eval_loss=state.initial_eval_loss, eval_loss=record_evaluation(), steps=state.step,
+        tokens=state.tokens, flops=state.flops, elapsed_s=state.elapsed_s, budget=config.budget.describe(),
+        eval_sequences=len(eval_batches), eval_mask_rate=config.eval_mask_rate,
+        resumed_at_step=resumed_at_step, worker_nodes=tuple(_worker_nodes()),
+    )
     save_checkpoint(engine, run_dir, state, config.keep_checkpoints)
     if rank == 0:
         metrics.flush()
         evals.flush()
         rundir.save_final_model(run_dir, engine.module, config)
-        rundir.save_final(run_dir, results)
-        tracker.finish(results, state.step)
-    report({"step": state.step, "tokens": state.tokens, "budget_spent": 1.0,
-            "eval_loss": results["eval_loss"]})
-    return results
+        rundir.save_final(run_dir, final)
+        tracker.finish(final.to_dict(), state.step)
+    report({"step": state.step, "tokens": state.tokens, "budget_spent": 1.0, "eval_loss": final.eval_loss})
+    return final
+
+
+def _agree_on_step(loss_share: torch.Tensor, timing: tuple[float, float], world_size: int,
+                   device: torch.device) -> tuple[float, float, float]:
+    """The global mean loss, and the training seconds and seconds per micro-batch averaged
+    over the ranks, in one collective: every rank then cuts and stops at the same step."""
+    reduced = torch.cat([loss_share.reshape(1), torch.tensor(timing, device=device) / world_size])
+    with record_function(profile.STEP_COLLECTIVE):
+        dist.all_reduce(reduced)
+        loss, elapsed_s, micro_batch_s = reduced.tolist()  # note: a CPU-GPU sync point, the step's end
+    return loss, elapsed_s, micro_batch_s
+
+
+class StepMeter:
+    """The step's metrics: what a step of `accumulation` micro-batches adds to the run's
+    state, and its row of metrics.parquet (throughput and MFU included)."""
+
+    def __init__(self, config: TrainConfig, world_size: int, attempt: int) -> None:
+        self.flops_per_token = training_flops_per_token(config.model, config.recipe.mask_rate)
+        self.peak = peak_flops(torch.cuda.get_device_name()) if config.device == Device.CUDA else None
+        self.sequences_per_micro_step = config.recipe.micro_batch_size * world_size
+        self.seq_len = config.model.seq_len
+        self.world_size = world_size
+        self.attempt = attempt
+
+    def record(self, state: TrainState, accumulation: int, loss: float, lr: float, elapsed_s: float,
+               step_s: float) -> rundir.StepMetrics:
+        batch_size = accumulation * self.sequences_per_micro_step
+        step_tokens = batch_size * self.seq_len
+        state.step += 1
+        state.sequences += batch_size
+        state.tokens += step_tokens
+        state.flops += step_tokens * self.flops_per_token
+        state.elapsed_s = elapsed_s
+        tokens_per_s = step_tokens / step_s
+        return rundir.StepMetrics(
+            step=state.step, tokens=state.tokens, flops=state.flops, elapsed_s=elapsed_s, loss=loss, lr=lr,
+            batch_size=batch_size, tokens_per_s=tokens_per_s,
+            mfu=model_flops_utilization(tokens_per_s * self.flops_per_token, self.peak, self.world_size),
+            attempt=self.attempt,
+        )
 
 
 def _start_attempt(run_dir: Path, state: TrainState, launch: str, device: torch.device) -> int:

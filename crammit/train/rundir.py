@@ -5,7 +5,8 @@ directories without it."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+import typing
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -175,9 +176,62 @@ def read_attempts(run_dir: Path) -> list[dict]:
     return read_json(run_dir / ATTEMPTS_FILE)
 
 
-def save_final(run_dir: Path, results: dict) -> None:
-    write_json(run_dir / FINAL_FILE, results)
+@dataclass(frozen=True)
+class FinalResults:
+    """final.json: what a finished run measured and spent, written once at its end."""
+
+    initial_eval_loss: float  # held-out MLM loss before the first step
+    eval_loss: float  # held-out MLM loss of the final model
+    steps: int  # optimizer steps
+    tokens: int
+    flops: float
+    elapsed_s: float  # training time across resumes, evaluation excluded (the budget's clock)
+    budget: str  # as `Budget.describe` states it, e.g. "24 hours"
+    eval_sequences: int  # held-out sequences both losses are measured on
+    eval_mask_rate: float
+    resumed_at_step: int  # where the loop's last start began (0: from scratch)
+    worker_nodes: tuple[str, ...]  # each rank's Ray node, in rank order ("local" outside a cluster)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "worker_nodes": list(self.worker_nodes)}
 
 
-def read_final(run_dir: Path) -> dict:
-    return read_json(run_dir / FINAL_FILE)
+def save_final(run_dir: Path, results: FinalResults) -> None:
+    write_json(run_dir / FINAL_FILE, results.to_dict())
+
+
+def read_final(run_dir: Path) -> FinalResults:
+    """final.json, checked field by field; a CrammitError names what does not fit."""
+    path = run_dir / FINAL_FILE
+    data = read_json(path)
+    hints = typing.get_type_hints(FinalResults)
+    names = [field.name for field in fields(FinalResults)]
+    problems = [] if isinstance(data, dict) else ["not a JSON object"]
+    if not problems:
+        problems += [f"no {name}" for name in names if name not in data]
+        problems += [f"unknown field {name}" for name in data if name not in hints]
+        problems += [f"{name} is {data[name]!r}, not {_type_name(hints[name])}"
+                     for name in names if name in data and not _fits(data[name], hints[name])]
+    if problems:
+        raise CrammitError(f"{path} is not a final.json this crammit version reads ({'; '.join(problems)})")
+    return FinalResults(**{name: _typed(data[name], hints[name]) for name in names})
+
+
+def _fits(value: object, hint: type) -> bool:
+    if isinstance(value, bool):  # JSON's true/false is no number
+        return False
+    if hint is float:
+        return isinstance(value, int | float)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return isinstance(value, hint)
+
+
+def _typed(value: object, hint: type) -> object:
+    if hint is float:
+        return float(value)
+    return tuple(value) if typing.get_origin(hint) is tuple else value
+
+
+def _type_name(hint: type) -> str:
+    return "a list of strings" if typing.get_origin(hint) is tuple else f"a JSON {hint.__name__}"

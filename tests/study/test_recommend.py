@@ -24,6 +24,7 @@ from crammit.study.laws import FitOptions
 from crammit.study.recommend import Request, recommend, throughput
 from crammit.study.spec import Setting, StudyData, StudySpec, TrialStatus, trial_model, write_study_file
 from crammit.study.table import study_rows
+from crammit.train.rundir import FinalResults
 from tests.study.test_laws import PARAMS_TOKENS, noisy, params_tokens_loss
 
 SMOKE = Path(__file__).parents[2] / "notebooks" / "smoke_study"
@@ -134,7 +135,9 @@ def test_the_printed_commands_are_accepted_by_the_cli(gpu_study, monkeypatch, tm
 
     def launch(config):
         launched.append(config)
-        return {"eval_loss": 1.0, "initial_eval_loss": 2.0, "steps": 1, "tokens": 1, "elapsed_s": 1.0}
+        return FinalResults(initial_eval_loss=2.0, eval_loss=1.0, steps=1, tokens=1, flops=1.0, elapsed_s=1.0,
+                            budget="1 tokens", eval_sequences=1, eval_mask_rate=0.15, resumed_at_step=0,
+                            worker_nodes=("local",))
 
     monkeypatch.setattr("crammit.cluster.start_ray", lambda address=None: None)
     monkeypatch.setattr("crammit.data.pipeline.prepare_corpus", prepare_corpus)

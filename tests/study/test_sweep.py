@@ -1,7 +1,6 @@
 """Studies end to end on Ray Tune (2 CPUs): every trial a crammit run, resumable after a kill."""
 
 import dataclasses
-import json
 import subprocess
 import sys
 import time
@@ -102,10 +101,10 @@ def test_a_killed_study_resumes_and_completes_without_losing_or_repeating_trials
     broken = trials[trials["setting"] == "broken"].iloc[0]
     assert broken["status"] == TrialStatus.FAILED.value and "fewer than one micro-batch" in broken["error"]
 
-    final = json.loads((victim / rundir.FINAL_FILE).read_text())
-    assert final["resumed_at_step"] >= checkpoint_step > 0  # from its checkpoint, not from step 0
+    final = rundir.read_final(victim)
+    assert final.resumed_at_step >= checkpoint_step > 0  # from its checkpoint, not from step 0
     steps = rundir.read_metrics(victim)["step"].tolist()
-    assert steps == list(range(1, final["steps"] + 1))  # each step once, none repeated or lost
+    assert steps == list(range(1, final.steps + 1))  # each step once, none repeated or lost
 
     curves = pd.read_parquet(out / results.CURVES_FILE)
     assert set(curves["trial"]) == set(done["trial"])

@@ -38,7 +38,7 @@ def test_zero_stage_two_trains_and_keeps_only_recent_checkpoints(tmp_path, corpu
     config = tiny_train_config(tmp_path / "run", corpus_file, zero_stage=2, checkpoint_every_steps=3,
                                keep_checkpoints=2, data=str(toy_data))
     results = launch(prepare_run(config, cache_dir), in_process=True)
-    assert results["eval_loss"] < results["initial_eval_loss"]
+    assert results.eval_loss < results.initial_eval_loss
     tags = sorted(p.name for p in checkpoint_dir(tmp_path / "run").glob("step-*"))
-    assert len(tags) == 2 and latest_tag(tmp_path / "run") == tags[-1] == f"step-{results['steps']:08d}"
-    assert rundir.read_metrics(tmp_path / "run")["step"].iloc[-1] == results["steps"]
+    assert len(tags) == 2 and latest_tag(tmp_path / "run") == tags[-1] == f"step-{results.steps:08d}"
+    assert rundir.read_metrics(tmp_path / "run")["step"].iloc[-1] == results.steps

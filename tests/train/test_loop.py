@@ -34,7 +34,7 @@ def test_hours_budget_ends_the_run_within_five_percent(tmp_path, corpus_file, ca
     config = prepare_run(config, cache_dir)
     results = launch(config, in_process=True)
     # It ends at the micro-batch boundary nearest the budget: a little before it, or after.
-    assert 0.95 * budget_s <= results["elapsed_s"] <= 1.05 * budget_s
+    assert 0.95 * budget_s <= results.elapsed_s <= 1.05 * budget_s
     metrics = rundir.read_metrics(tmp_path / "run")
     assert (metrics["elapsed_s"].iloc[:-1] < budget_s).all()  # no step started after the budget
 
@@ -48,19 +48,19 @@ def test_run_directory_holds_metrics_final_model_and_results(tmp_path, corpus_fi
     metrics = rundir.read_metrics(run_dir)
     for column in ("step", "tokens", "flops", "elapsed_s", "loss", "lr", "batch_size", "tokens_per_s"):
         assert column in metrics.columns
-    assert metrics["step"].tolist() == list(range(1, results["steps"] + 1))
-    assert metrics["tokens"].iloc[-1] == results["tokens"] >= 10 * 16 * 128
+    assert metrics["step"].tolist() == list(range(1, results.steps + 1))
+    assert metrics["tokens"].iloc[-1] == results.tokens >= 10 * 16 * 128
     assert metrics["batch_size"].iloc[:-1].is_monotonic_increasing  # the budget may cut the last step short
     final = rundir.read_final(run_dir)
-    assert final["eval_loss"] < final["initial_eval_loss"]
+    assert final.eval_loss < final.initial_eval_loss
     assert set(load_file(run_dir / rundir.MODEL_FILE)) >= {"embeddings.tokens.weight"}
     assert (run_dir / "tokenizer.json").exists() and (run_dir / rundir.MODEL_CONFIG_FILE).exists()
     assert rundir.load_config(run_dir) == config
     # An evaluation before the first step, after every step (eval_every_s ~ 0), none repeated at the end.
     evals = rundir.read_evals(run_dir)
-    assert evals["step"].tolist() == list(range(0, results["steps"] + 1))
-    assert evals["eval_loss"].iloc[0] == final["initial_eval_loss"]
-    assert evals["eval_loss"].iloc[-1] == final["eval_loss"]
+    assert evals["step"].tolist() == list(range(0, results.steps + 1))
+    assert evals["eval_loss"].iloc[0] == final.initial_eval_loss
+    assert evals["eval_loss"].iloc[-1] == final.eval_loss
     assert evals["elapsed_s"].iloc[1:].tolist() == metrics["elapsed_s"].tolist()
     # Two steady steps traced: every phase of a step appears in the summary.
     profile = json.loads((run_dir / PROFILE_DIR / SUMMARY_JSON).read_text())
@@ -75,14 +75,14 @@ def test_the_original_bert_arm_trains_and_saves_a_model_hugging_face_loads(tmp_p
     config = prepare_run(config, cache_dir)
     results = launch(config, in_process=True)
     run_dir = Path(config.run_dir)
-    assert results["eval_loss"] < results["initial_eval_loss"] and results["eval_mask_rate"] == 0.15
+    assert results.eval_loss < results.initial_eval_loss and results.eval_mask_rate == 0.15
     assert rundir.final_model_config(run_dir) == config.model
 
     # The same held-out batches through Hugging Face's own model, loaded from RUN_DIR/hf.
     hf = BertForMaskedLM.from_pretrained(run_dir / rundir.HF_DIR).eval()
     held_out = HeldOutBatches(sequence_rows(pq.read_table(toy_data / EVAL_FILE))[:config.max_eval_sequences],
                               SpecialIds.of(Tokenizer.from_file(str(toy_data / TOKENIZER))),
-                              config.model.vocab_size, results["eval_mask_rate"], config.recipe.seed)
+                              config.model.vocab_size, results.eval_mask_rate, config.recipe.seed)
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in held_out.rank_batches(config.recipe.micro_batch_size, 0, 1):
@@ -90,7 +90,7 @@ def test_the_original_bert_arm_trains_and_saves_a_model_hugging_face_loads(tmp_p
             masked = batch.labels != IGNORE_INDEX
             total += torch.nn.functional.cross_entropy(logits[masked], batch.labels[masked], reduction="sum")
             count += int(masked.sum())
-    assert float(total / count) == pytest.approx(results["eval_loss"], rel=1e-5)
+    assert float(total / count) == pytest.approx(results.eval_loss, rel=1e-5)
 
 
 def test_accumulated_micro_batches_make_the_same_steps_as_whole_batches(tmp_path, corpus_file, toy_data):
@@ -132,7 +132,7 @@ def test_a_token_budget_stops_exactly_by_cutting_the_last_step_short(tmp_path, c
                                budget=Budget.tokens(10 * micro * 128))  # ten micro-batches
     results = launch(prepare_run(config, cache_dir), in_process=True)
     assert rundir.read_metrics(tmp_path / "run")["batch_size"].tolist() == [32, 32, 16]
-    assert results["tokens"] == 10 * micro * 128
+    assert results.tokens == 10 * micro * 128
 
 
 def test_a_truncated_newest_checkpoint_is_reported_and_the_one_before_it_resumed(
@@ -154,11 +154,46 @@ def test_a_truncated_newest_checkpoint_is_reported_and_the_one_before_it_resumed
     assert attempts[-1]["versions"] == versions()  # what each start of the loop ran with
     resumed_at = attempts[-1]["resumed_at_step"]
     assert resumed_at == int(previous.removeprefix("step-"))
-    assert second["steps"] == first["steps"]
-    assert rundir.read_metrics(tmp_path / "run")["step"].tolist() == list(range(1, second["steps"] + 1))
+    assert second.steps == first.steps
+    assert rundir.read_metrics(tmp_path / "run")["step"].tolist() == list(range(1, second.steps + 1))
 
 
 def test_a_run_directory_that_cannot_be_written_is_one_clear_error(corpus_file, cache_dir, toy_data):
     unwritable = Path("/proc/crammit-run")  # read-only even for root
     with pytest.raises(CrammitError, match="cannot write the run directory /proc/crammit-run .*writable"):
         prepare_run(tiny_train_config(unwritable, corpus_file, data=str(toy_data)), cache_dir)
+
+
+def final_results(**changes) -> rundir.FinalResults:
+    values = dict(initial_eval_loss=10.5, eval_loss=4.25, steps=3, tokens=10240, flops=2.5e10, elapsed_s=3.75,
+                  budget="10240 tokens", eval_sequences=32, eval_mask_rate=0.15, resumed_at_step=0,
+                  worker_nodes=("node-a", "node-b"))
+    return rundir.FinalResults(**{**values, **changes})
+
+
+def test_final_results_are_written_as_the_json_they_always_were_and_read_back_typed(tmp_path):
+    final = final_results()
+    rundir.save_final(tmp_path, final)
+    on_disk = json.loads((tmp_path / rundir.FINAL_FILE).read_text())
+    assert on_disk["worker_nodes"] == ["node-a", "node-b"] and on_disk["steps"] == 3
+    assert sorted(on_disk) == sorted(field.name for field in dataclasses.fields(rundir.FinalResults))
+    assert rundir.read_final(tmp_path) == final
+    # A whole-number float written by another JSON writer reads back as a float.
+    (tmp_path / rundir.FINAL_FILE).write_text(json.dumps({**on_disk, "flops": 25000000000}))
+    assert isinstance(rundir.read_final(tmp_path).flops, float)
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"steps": None}, "no steps"),
+    ({"extra": 1}, "unknown field extra"),
+    ({"steps": 3.5}, "steps is 3.5, not a JSON int"),
+    ({"eval_loss": "4.2"}, "eval_loss is '4.2', not a JSON float"),
+    ({"tokens": True}, "tokens is True, not a JSON int"),
+    ({"worker_nodes": [1]}, "worker_nodes is \\[1\\], not a list of strings"),
+])
+def test_a_final_json_that_does_not_fit_is_one_clear_error(tmp_path, change, problem):
+    data = {**final_results().to_dict(), **change}
+    data = {key: value for key, value in data.items() if value is not None}
+    (tmp_path / rundir.FINAL_FILE).write_text(json.dumps(data))
+    with pytest.raises(CrammitError, match=f"final.json is not .*\\({problem}\\)"):
+        rundir.read_final(tmp_path)

@@ -173,8 +173,8 @@ def test_eight_cpu_workers_train_and_evaluate_on_the_embedded_corpus(tmp_path, e
     held_out = manifest["eval_sequences"]
     assert manifest["source"] == "embedded" and held_out < 8 * micro
     assert manifest["source_sha256"] == embedded_cache[1].sha256
-    assert final["steps"] == 1 and final["eval_sequences"] == held_out
-    assert final["eval_loss"] < final["initial_eval_loss"]
+    assert final.steps == 1 and final.eval_sequences == held_out
+    assert final.eval_loss < final.initial_eval_loss
 
 
 def _train_worker_pids() -> list[int]:
@@ -218,10 +218,10 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint_within_the_budget
     attempts = rundir.read_attempts(run_dir)
     assert len(attempts) == 2 and attempts[1]["restart_after_failure"] and attempts[1]["lost_s"] > 2
     metrics = rundir.read_metrics(run_dir)
-    assert metrics["step"].tolist() == list(range(1, final["steps"] + 1))
+    assert metrics["step"].tolist() == list(range(1, final.steps + 1))
     assert metrics.query("attempt == 2")["step"].iloc[0] == attempts[1]["resumed_at_step"] + 1 > 1
     # Within the budget: no step starts after it (a step's length depends on the machine's load).
-    assert metrics["elapsed_s"].iloc[-2] < budget_s and final["elapsed_s"] >= 0.95 * budget_s
+    assert metrics["elapsed_s"].iloc[-2] < budget_s and final.elapsed_s >= 0.95 * budget_s
 
 
 @pytest.mark.slow
@@ -244,8 +244,8 @@ def test_two_workers_follow_one_workers_curve_on_the_path_users_run(
     for column in ("batch_size", "lr", "tokens"):
         assert one_steps[column].tolist() == two_steps[column].tolist()
     assert one_steps["batch_size"].iloc[0] < one_steps["batch_size"].iloc[-1]  # the ramp ran
-    assert two["eval_loss"] < two["initial_eval_loss"] - 1.0
-    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=0.05)
+    assert two.eval_loss < two.initial_eval_loss - 1.0
+    assert two.eval_loss == pytest.approx(one.eval_loss, rel=0.05)
     late = slice(len(one_steps) // 2, None)
     assert two_steps["loss"][late].mean() == pytest.approx(one_steps["loss"][late].mean(), rel=0.05)
 
@@ -285,7 +285,7 @@ def test_a_killed_driver_resumes_from_its_checkpoint_to_the_same_parameters(tmp_
     # The same run without the interruption (in this process: same code, same thread count).
     same = dataclasses.replace(rundir.load_config(interrupted), run_dir=str(straight))
     launch(prepare_run(same, tmp_path / "cache"), in_process=True)
-    assert rundir.read_final(interrupted)["tokens"] == rundir.read_final(straight)["tokens"]
+    assert rundir.read_final(interrupted).tokens == rundir.read_final(straight).tokens
     a, b = (load_file(run / rundir.MODEL_FILE) for run in (straight, interrupted))
     assert all((a[name] == b[name]).all() for name in a)
     assert rundir.read_metrics(straight)["loss"].tolist() == metrics["loss"].tolist()
