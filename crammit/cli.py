@@ -72,7 +72,8 @@ app = typer.Typer(
 
 
 # Options several commands share, declared once.
-AddressOption = Annotated[str | None, typer.Option(help="Ray cluster address (or set RAY_ADDRESS).")]
+# The one read of RAY_ADDRESS: the flag's value when it is not given.
+AddressOption = Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address.")]
 CacheDirOption = Annotated[Path | None, typer.Option(help="Where the embedded corpus is cached.")]
 PreparedDataOption = Annotated[Path | None, typer.Option(
     help="A `crammit data prepare` directory (replaces --corpus).")]
@@ -419,7 +420,7 @@ def _run_study(ctx: typer.Context, spec, out: Path | None, address: str | None, 
     out = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}"
     try:
         law = reference_law(design.reference_law)
-        cluster = cluster_resources(address or os.environ.get("RAY_ADDRESS"))
+        cluster = cluster_resources(address)
         plan = plan_study(spec, out, cluster)
         typer.echo(plan.render())
         if plan.problem and not dry_run:  # before the precision's simulations: nothing will run
@@ -695,7 +696,7 @@ def eval_glue(
             task_list = parse_tasks(tasks)
         evaluation = evaluate_glue(
             [run_dir], task_list, range(seeds), recipe, glue_dir, Placement(gpus, workers), init,
-            address or os.environ.get("RAY_ADDRESS"), echo=typer.echo, tracking=_tracking(tracker),
+            address, echo=typer.echo, tracking=_tracking(tracker),
         )
     except CrammitError as error:
         raise _fail(error) from None
