@@ -55,6 +55,15 @@ def toy_data(tmp_path_factory, corpus_file, cache_dir, ray_session) -> Path:
 
 
 @pytest.fixture(scope="session")
+def toy_ingest(toy_data) -> dict:
+    """`ingest(toy_data)`, made once: the TorchTrainer datasets `launch(config, data=...)`
+    takes, shared by the runs on `toy_data` as a study's trials share their study's."""
+    from crammit.train.ingest import ingest
+
+    return ingest(toy_data)
+
+
+@pytest.fixture(scope="session")
 def prepared_corpus(tmp_path_factory, ray_session):
     """A corpus prepared once by `crammit data prepare`'s pipeline: (out, corpus, manifest)."""
     from crammit.data.pipeline import prepare_corpus

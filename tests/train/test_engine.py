@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -7,8 +8,6 @@ from crammit.errors import CrammitError
 from crammit.train import rundir
 from crammit.train.checkpoint import checkpoint_dir, latest_tag
 from crammit.train.engine import deepspeed_config, read_deepspeed_file
-from crammit.train.run import launch, prepare_run
-from tests.helpers import tiny_train_config
 
 
 def test_built_config_follows_the_device_and_recipe():
@@ -34,11 +33,11 @@ def test_unsupported_zero_stage_is_refused(tmp_path):
         read_deepspeed_file(path)
 
 
-def test_zero_stage_two_trains_and_keeps_only_recent_checkpoints(tmp_path, corpus_file, cache_dir, toy_data):
-    config = tiny_train_config(tmp_path / "run", corpus_file, zero_stage=2, checkpoint_every_steps=3,
-                               keep_checkpoints=2, data=str(toy_data))
-    results = launch(prepare_run(config, cache_dir), in_process=True)
+def test_zero_stage_two_trains_and_keeps_only_recent_checkpoints(checkpointed_run):
+    config, results = checkpointed_run  # ZeRO stage 2, a checkpoint every 3 steps, 2 kept
+    assert (config.zero_stage, config.checkpoint_every_steps, config.keep_checkpoints) == (2, 3, 2)
+    run_dir = Path(config.run_dir)
     assert results.eval_loss < results.initial_eval_loss
-    tags = sorted(p.name for p in checkpoint_dir(tmp_path / "run").glob("step-*"))
-    assert len(tags) == 2 and latest_tag(tmp_path / "run") == tags[-1] == f"step-{results.steps:08d}"
-    assert rundir.read_metrics(tmp_path / "run")["step"].iloc[-1] == results.steps
+    tags = sorted(p.name for p in checkpoint_dir(run_dir).glob("step-*"))
+    assert len(tags) == 2 and latest_tag(run_dir) == tags[-1] == f"step-{results.steps:08d}"
+    assert rundir.read_metrics(run_dir)["step"].iloc[-1] == results.steps

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,24 +28,22 @@ from crammit.versions import versions
 from tests.helpers import tiny_train_config
 
 
-def test_hours_budget_ends_the_run_within_five_percent(tmp_path, corpus_file, cache_dir, toy_data):
+def test_hours_budget_ends_the_run_within_five_percent(tmp_path, corpus_file, cache_dir, toy_data,
+                                                       toy_ingest):
     budget_s = 10.0  # long enough that one slow step on a busy machine stays within 5 %
     config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data),
                                budget=Budget.hours(budget_s / 3600))
     config = prepare_run(config, cache_dir)
-    results = launch(config, in_process=True)
+    results = launch(config, in_process=True, data=toy_ingest)
     # It ends at the micro-batch boundary nearest the budget: a little before it, or after.
     assert 0.95 * budget_s <= results.elapsed_s <= 1.05 * budget_s
     metrics = rundir.read_metrics(tmp_path / "run")
     assert (metrics["elapsed_s"].iloc[:-1] < budget_s).all()  # no step started after the budget
 
 
-def test_run_directory_holds_metrics_final_model_and_results(tmp_path, corpus_file, cache_dir, toy_data):
-    config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), eval_every_s=1e-9,
-                               profile_steps=2)
-    config = prepare_run(config, cache_dir)
+def test_run_directory_holds_metrics_final_model_and_results(checkpointed_run):
+    config, results = checkpointed_run  # evaluated after every step (eval_every_s ~ 0), 2 steps profiled
     run_dir = Path(config.run_dir)
-    results = launch(config, in_process=True)
     metrics = rundir.read_metrics(run_dir)
     for column in ("step", "tokens", "flops", "elapsed_s", "loss", "lr", "batch_size", "tokens_per_s"):
         assert column in metrics.columns
@@ -68,12 +67,12 @@ def test_run_directory_holds_metrics_final_model_and_results(tmp_path, corpus_fi
 
 
 def test_the_original_bert_arm_trains_and_saves_a_model_hugging_face_loads(tmp_path, corpus_file, cache_dir,
-                                                                          toy_data):
+                                                                          toy_data, toy_ingest):
     model = dataclasses.replace(tiny_train_config(tmp_path, corpus_file).model, arch=Arch.BERT, dropout=0.1)
     config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), model=model,
                                recipe=recipe_config("bert", batch_size=16, micro_batch_size=8))
     config = prepare_run(config, cache_dir)
-    results = launch(config, in_process=True)
+    results = launch(config, in_process=True, data=toy_ingest)
     run_dir = Path(config.run_dir)
     assert results.eval_loss < results.initial_eval_loss and results.eval_mask_rate == 0.15
     assert rundir.final_model_config(run_dir) == config.model
@@ -125,29 +124,29 @@ def test_accumulated_micro_batches_make_the_same_steps_as_whole_batches(tmp_path
 
 
 def test_a_token_budget_stops_exactly_by_cutting_the_last_step_short(tmp_path, corpus_file, cache_dir,
-                                                                      toy_data):
+                                                                      toy_data, toy_ingest):
     micro = 8
     recipe = RecipeConfig(batch_size=4 * micro, micro_batch_size=micro, ramp_end=0.0)
     config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), recipe=recipe,
                                budget=Budget.tokens(10 * micro * 128))  # ten micro-batches
-    results = launch(prepare_run(config, cache_dir), in_process=True)
+    results = launch(prepare_run(config, cache_dir), in_process=True, data=toy_ingest)
     assert rundir.read_metrics(tmp_path / "run")["batch_size"].tolist() == [32, 32, 16]
     assert results.tokens == 10 * micro * 128
 
 
 def test_a_truncated_newest_checkpoint_is_reported_and_the_one_before_it_resumed(
-    tmp_path, corpus_file, cache_dir, toy_data, capfd,
+    tmp_path, checkpointed_run, toy_ingest, capfd,
 ):
-    config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), checkpoint_every_steps=3)
-    config = prepare_run(config, cache_dir)
-    first = launch(config, in_process=True)
+    trained, first = checkpointed_run  # checkpointed every 3 steps, the last two kept
+    shutil.copytree(trained.run_dir, tmp_path / "run")  # damaged below: the shared run stays whole
+    config = dataclasses.replace(trained, run_dir=str(tmp_path / "run"))
     root = checkpoint_dir(tmp_path / "run")
     previous, newest = sorted(p.name for p in root.glob("step-*"))
     victim = max((p for p in (root / newest).rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     capfd.readouterr()
 
-    second = launch(config, in_process=True)
+    second = launch(config, in_process=True, data=toy_ingest)
     reported = f"checkpoint {newest} is unusable ({victim.relative_to(root / newest)} has"
     assert reported in capfd.readouterr().err
     attempts = rundir.read_attempts(tmp_path / "run")
