@@ -7,7 +7,9 @@ The other side is what a user would write: `AutoModelForSequenceClassification` 
 in `TrainingArguments` (AdamW, linear warm-up then cosine, `DataCollatorWithPadding`). Both
 read the examples through crammit's functions (the official TSVs, the same fixed
 `--max-train-examples` subset) and score with `crammit.eval.metrics`; the export's
-tokenizer must give crammit's token ids for every example, or the script stops.
+tokenizer must give crammit's token ids for every example, or the script stops. Both run on
+CPUs in fp32: crammit's fine-tunes `--workers` at a time under Ray Tune, then the Trainer's
+one at a time on `--threads` threads.
 
 Seeds differ between the two sides (a seed draws the head and the example order from
 different generators), so single seeds do not pair up; the medians are compared. A lockstep
@@ -20,8 +22,8 @@ what is left of the difference once initialisation and order are shared.
     nice -n 5 python benchmarks/glue_hf_crosscheck.py runs/tiny --glue-dir ../shared/glue
 
 Prints each seed's dev score from both, each task's medians and their difference; writes
-`crosscheck.json` (and each Trainer fine-tune's result, so a second call resumes) under
-`--out` (default `RUN/glue-hf-crosscheck`).
+`crosscheck.json` (and each Trainer fine-tune's and lockstep check's result, so that a
+second call resumes) under `--out` (default `RUN/glue-hf-crosscheck`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import dataclasses
 import math
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from unittest import mock
 
@@ -108,19 +112,14 @@ def main() -> None:
         encoded = {name: tokenize(hf_tokenizer, crammit_tokenizer, split, recipe.seq_len,
                                   f"{task.name} {name}")
                    for name, split in splits.items()}
-        path = out / "trainer" / f"{task.name}-lockstep.json"
-        if not path.is_file():
-            write_json(path, lockstep_check(run_dir, hf_tokenizer, task, encoded, recipe, out))
-        lockstep[task.name] = read_json(path)
+        trainer_dir = out / "trainer"
+        check = partial(lockstep_check, run_dir, hf_tokenizer, task, encoded, recipe, out)
+        lockstep[task.name] = cached(trainer_dir / f"{task.name}-lockstep.json", recipe, check)
         print_lockstep(task.name, lockstep[task.name])
         for seed in seeds:
-            path = out / "trainer" / f"{task.name}-seed{seed}.json"
-            if not path.is_file():
-                write_json(path, finetune_with_trainer(run_dir / rundir.HF_DIR, hf_tokenizer, task, encoded,
-                                                       recipe, seed, out))
-            done = read_json(path)
-            if done["recipe"] != recipe.to_dict():
-                raise SystemExit(f"{path} was fine-tuned with another recipe; delete it to start over")
+            done = cached(trainer_dir / f"{task.name}-seed{seed}.json", recipe,
+                          partial(finetune_with_trainer, run_dir / rundir.HF_DIR, hf_tokenizer, task, encoded,
+                                  recipe, seed, out))
             trainer_scores[task.name, seed] = done["scores"]
 
     rows = [{"task": task.name, "metric": name, "seed": seed,
@@ -137,6 +136,17 @@ def main() -> None:
         "threads": args.threads, "elapsed_s": time.perf_counter() - started,
     })
     print(f"wrote {out / 'crosscheck.json'}")
+
+
+def cached(path: Path, recipe: GlueRecipe, compute: Callable[[], dict]) -> dict:
+    """`compute()`, kept at `path` so that a second call resumes; one kept from another recipe
+    is refused rather than mixed in."""
+    if not path.is_file():
+        write_json(path, compute())
+    done = read_json(path)
+    if done["recipe"] != recipe.to_dict():
+        raise SystemExit(f"{path} was made with another recipe; delete it to start over")
+    return done
 
 
 def run_crammit(run_dir: Path, tasks: tuple[GlueTask, ...], seeds: range, recipe: GlueRecipe, glue_dir: Path,
