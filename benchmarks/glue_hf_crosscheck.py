@@ -58,16 +58,10 @@ from transformers import (
 from crammit.config import GlueRecipe
 from crammit.data.layout import TOKENIZER
 from crammit.eval import finetune as crammit_finetune
-from crammit.eval.finetune import (
-    EVAL_BATCH_SIZE,
-    EncodedSplit,
-    encode,
-    score_name,
-    target_names,
-    warmup_cosine,
-)
-from crammit.eval.glue import FinetuneJob, Init, Placement, evaluate_glue, task_data
-from crammit.eval.glue_data import TRAIN, GlueSplit, GlueTask, parse_tasks
+from crammit.eval.finetune import EVAL_BATCH_SIZE, EncodedSplit, encode, warmup_cosine
+from crammit.eval.glue import Placement, evaluate_glue, task_data
+from crammit.eval.glue_data import TRAIN, GlueSplit, GlueTask, parse_tasks, score_name, target_names
+from crammit.eval.glue_results import FinetuneJob, Init
 from crammit.eval.metrics import score
 from crammit.io import read_json, write_json
 from crammit.model.build import build_model
