@@ -371,10 +371,9 @@ def print_table(rows: list[dict], medians: list[dict]) -> None:
         print(f"{row['task']:<6} {row['metric']:<10} {row['seed']:>6} {row[CRAMMIT]:>18.1f} "
               f"{row[TRAINER]:>11.1f} {row[TRAINER] - row[CRAMMIT]:>+11.1f}")
     for median in medians:
-        verdict = "agree" if median["agree"] else "DIFFER"
+        verdict = "agree (within" if median["agree"] else "DIFFER (by more than"
         print(f"{median['task']:<6} {median['metric']:<10} {'median':>6} {median[CRAMMIT]:>18.1f} "
-              f"{median[TRAINER]:>11.1f} {median['difference']:>+11.1f}  {verdict} "
-              f"(within {TOLERANCE:g} points)")
+              f"{median[TRAINER]:>11.1f} {median['difference']:>+11.1f}  {verdict} {TOLERANCE:g} points)")
 
 
 if __name__ == "__main__":
