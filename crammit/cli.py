@@ -250,7 +250,14 @@ def train(
     from crammit.data.sources import check_corpus
     from crammit.train.engine import read_deepspeed_file
     from crammit.train.recipe import accumulation_target
-    from crammit.train.run import connect, default_run_dir, launch, prepare_run, resume_config
+    from crammit.train.run import (
+        connect,
+        default_run_dir,
+        launch,
+        prepare_corpus_for_run,
+        prepare_run,
+        resume_config,
+    )
 
     run_dir = resume or out or default_run_dir(size.value)
     try:
@@ -295,7 +302,7 @@ def train(
             if not data:
                 check_corpus(corpus)  # before Ray starts: a mistyped path fails at once
             connect(config, address)
-            config = prepare_run(config, cache_dir or default_cache_dir())
+            config = prepare_run(prepare_corpus_for_run(config, cache_dir or default_cache_dir()))
         results = launch(config)
     except CrammitError as error:
         raise _fail(error) from None

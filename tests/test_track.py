@@ -94,14 +94,13 @@ def test_a_tracker_not_installed_is_one_line_naming_the_extra(monkeypatch):
 
 @pytest.mark.slow
 def test_a_run_logs_every_step_from_rank_0_and_its_glue_scores_join_its_mlflow_run(
-        tmp_path, corpus_file, cache_dir, toy_data, toy_ingest, monkeypatch):
+        tmp_path, corpus_file, toy_data, toy_ingest, monkeypatch):
     from crammit.train import rundir
     from crammit.train.run import launch, prepare_run
     from tests.helpers import tiny_train_config
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    config = prepare_run(tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), tracking=ALL),
-                         cache_dir)
+    config = prepare_run(tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), tracking=ALL))
     run_dir = Path(config.run_dir)
     final = launch(config, in_process=True, data=toy_ingest)
     steps = rundir.read_metrics(run_dir)["loss"].tolist()

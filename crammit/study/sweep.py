@@ -172,7 +172,7 @@ def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache
                       if results.trial_status(Path(configs[name].run_dir)) is not results.TrialStatus.OK),
                      key=lambda name: cost[name], reverse=True)
     if pending:
-        grid = _tune(spec, study_dir, data, configs, pending, cluster, cache_dir,
+        grid = _tune(spec, study_dir, data, configs, pending, cluster,
                      {name: params[name] for name in pending}, tracker.callbacks())
         _check_finished(spec, study_dir, grid, len(configs), echo)
     tracker.record_trials({name: (Path(config.run_dir), params[name]) for name, config in configs.items()
@@ -310,7 +310,7 @@ def _check_compatible(config: TrainConfig, name: str) -> None:
 
 
 def _tune(spec: StudySpec, study_dir: Path, data: Path, configs: dict[str, TrainConfig],
-          pending: list[str], cluster: ClusterResources, cache_dir: Path, params: dict[str, dict],
+          pending: list[str], cluster: ClusterResources, params: dict[str, dict],
           callbacks: list[tune.Callback]) -> tune.ResultGrid:
     from crammit.train.ingest import ingest
 
@@ -321,7 +321,7 @@ def _tune(spec: StudySpec, study_dir: Path, data: Path, configs: dict[str, Train
     cpus = worker_cpus(cluster.cpus, 1, concurrency)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, configs={name: configs[name].to_dict() for name in pending},
-                             concurrency=concurrency, cache_dir=str(cache_dir), data=ingest(data),
+                             concurrency=concurrency, data=ingest(data),
                              in_trial=in_trial),
         lambda trial: {"cpu": cpus if trial["trial"] in in_trial else TRIAL_DRIVER_CPUS},
     )
@@ -341,7 +341,7 @@ def _tune(spec: StudySpec, study_dir: Path, data: Path, configs: dict[str, Train
     return tuner.fit()  # a failed trial is recorded in its directory and does not stop the others
 
 
-def run_trial(params: dict, configs: dict, concurrency: int, cache_dir: str, data: dict,
+def run_trial(params: dict, configs: dict, concurrency: int, data: dict,
               in_trial: set[str]) -> dict:
     """One Tune trial: start (or resume) the trial's run and train it to its budget, in this
     process if it is `in_trial`. A failure is written to the run directory, where the study's
@@ -353,7 +353,7 @@ def run_trial(params: dict, configs: dict, concurrency: int, cache_dir: str, dat
     (run_dir / results.ERROR_FILE).unlink(missing_ok=True)
     try:
         if not rundir.is_run_dir(run_dir):
-            prepare_run(config, Path(cache_dir))
+            prepare_run(config)
         final = launch(config, in_process=params["trial"] in in_trial, concurrent_runs=concurrency,
                        driver_cpus=TRIAL_DRIVER_CPUS, tune_trial=True, data=data)
     except Exception as error:

@@ -32,28 +32,26 @@ def default_run_dir(size_name: str, root: Path = Path("runs")) -> Path:
     return root / f"{time.strftime('%Y%m%d-%H%M%S')}-{size_name}"
 
 
-def prepare_run(config: TrainConfig, cache_dir: Path) -> TrainConfig:
-    """A new run directory holding the resolved config and tokenizer. Without a prepared
-    directory (`config.data`), `config.corpus` is prepared into the run directory first,
-    by `crammit data prepare`'s pipeline. Returns the config the run trains with."""
-    run_dir = Path(config.run_dir)
-    if rundir.is_run_dir(run_dir):
-        raise CrammitError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
-    probe = run_dir / f".write-probe-{os.getpid()}"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise CrammitError(f"cannot write the run directory {run_dir} ({error.strerror}); "
-                           "pass --out on a writable path") from None
-    if not config.data:
-        from crammit.data.pipeline import prepare_corpus
+def prepare_corpus_for_run(config: TrainConfig, cache_dir: Path) -> TrainConfig:
+    """`config`, training on a prepared directory: its `data`, or, without one, its `corpus`
+    prepared into the new run directory's data/ by `crammit data prepare`'s pipeline."""
+    if config.data:
+        return config
+    from crammit.data.pipeline import prepare_corpus
 
-        data = run_dir / rundir.DATA_DIR
-        prepare_corpus(PrepareConfig(corpus=config.corpus, vocab_size=config.model.vocab_size,
-                                     seq_len=config.model.seq_len), data, cache_dir)
-        config = replace(config, data=str(data.resolve()))
+    run_dir = Path(config.run_dir)
+    _check_new_run_dir(run_dir)  # before minutes of preparing
+    data = run_dir / rundir.DATA_DIR
+    prepare_corpus(PrepareConfig(corpus=config.corpus, vocab_size=config.model.vocab_size,
+                                 seq_len=config.model.seq_len), data, cache_dir)
+    return replace(config, data=str(data.resolve()))
+
+
+def prepare_run(config: TrainConfig) -> TrainConfig:
+    """A new run directory holding the resolved config and the tokenizer of the prepared
+    directory it trains on (`config.data`). Returns the config the run trains with."""
+    run_dir = Path(config.run_dir)
+    _check_new_run_dir(run_dir)
     source = Path(config.data)
     manifest = read_manifest(source)
     if manifest["eval_sequences"] == 0:
@@ -68,6 +66,19 @@ def prepare_run(config: TrainConfig, cache_dir: Path) -> TrainConfig:
         shutil.copyfile(source / TOKENIZER, tmp)
     rundir.save_config(run_dir, config)  # last: its presence marks a complete run directory
     return config
+
+
+def _check_new_run_dir(run_dir: Path) -> None:
+    if rundir.is_run_dir(run_dir):
+        raise CrammitError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+    probe = run_dir / f".write-probe-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise CrammitError(f"cannot write the run directory {run_dir} ({error.strerror}); "
+                           "pass --out on a writable path") from None
 
 
 def resume_config(run_dir: Path) -> TrainConfig:

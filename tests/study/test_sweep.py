@@ -187,7 +187,7 @@ def test_a_study_s_one_cpu_worker_trials_train_in_reused_tune_actors(tmp_path, m
     one = tiny_train_config(tmp_path / "one", tmp_path / "corpus.txt")
     two = dataclasses.replace(one, num_workers=2, run_dir=str(tmp_path / "two"))
     sweep._tune(token_study(), tmp_path, tmp_path, {"one": one, "two": two}, ["one", "two"],
-                ClusterResources(cpus=5, gpus=0), tmp_path, params={"one": {}, "two": {}}, callbacks=[])
+                ClusterResources(cpus=5, gpus=0), params={"one": {}, "two": {}}, callbacks=[])
     assert tuners[0]["tune_config"].reuse_actors
     assert trials["in_trial"] == {"one"}
     concurrency = sweep.concurrent_trials(token_study(), ClusterResources(cpus=5, gpus=0))

@@ -11,7 +11,7 @@ from tests.helpers import tiny_train_config
 
 
 @pytest.fixture(scope="session")
-def checkpointed_run(tmp_path_factory, corpus_file, cache_dir, toy_data, toy_ingest
+def checkpointed_run(tmp_path_factory, corpus_file, toy_data, toy_ingest
                      ) -> tuple[TrainConfig, rundir.FinalResults]:
     """A finished tiny run under ZeRO stage 2 that evaluates after every step, profiles two
     steady steps, and checkpoints every 3 steps keeping 2: its config and final results.
@@ -19,5 +19,5 @@ def checkpointed_run(tmp_path_factory, corpus_file, cache_dir, toy_data, toy_ing
     run = tmp_path_factory.mktemp("checkpointed") / "run"
     config = tiny_train_config(run, corpus_file, data=str(toy_data), zero_stage=2, checkpoint_every_steps=3,
                                keep_checkpoints=2, eval_every_s=1e-9, profile_steps=2)
-    config = prepare_run(config, cache_dir)
+    config = prepare_run(config)
     return config, launch(config, in_process=True, data=toy_ingest)

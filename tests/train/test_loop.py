@@ -28,12 +28,12 @@ from crammit.versions import versions
 from tests.helpers import tiny_train_config
 
 
-def test_hours_budget_ends_the_run_within_five_percent(tmp_path, corpus_file, cache_dir, toy_data,
+def test_hours_budget_ends_the_run_within_five_percent(tmp_path, corpus_file, toy_data,
                                                        toy_ingest):
     budget_s = 10.0  # long enough that one slow step on a busy machine stays within 5 %
     config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data),
                                budget=Budget.hours(budget_s / 3600))
-    config = prepare_run(config, cache_dir)
+    config = prepare_run(config)
     results = launch(config, in_process=True, data=toy_ingest)
     # It ends at the micro-batch boundary nearest the budget: a little before it, or after.
     assert 0.95 * budget_s <= results.elapsed_s <= 1.05 * budget_s
@@ -66,12 +66,12 @@ def test_run_directory_holds_metrics_final_model_and_results(checkpointed_run):
     assert profile["steps"] == 2 and set(profile["phase_ms"]) == set(PHASES)
 
 
-def test_the_original_bert_arm_trains_and_saves_a_model_hugging_face_loads(tmp_path, corpus_file, cache_dir,
+def test_the_original_bert_arm_trains_and_saves_a_model_hugging_face_loads(tmp_path, corpus_file,
                                                                           toy_data, toy_ingest):
     model = dataclasses.replace(tiny_train_config(tmp_path, corpus_file).model, arch=Arch.BERT, dropout=0.1)
     config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), model=model,
                                recipe=recipe_config("bert", batch_size=16, micro_batch_size=8))
-    config = prepare_run(config, cache_dir)
+    config = prepare_run(config)
     results = launch(config, in_process=True, data=toy_ingest)
     run_dir = Path(config.run_dir)
     assert results.eval_loss < results.initial_eval_loss and results.eval_mask_rate == 0.15
@@ -123,13 +123,13 @@ def test_accumulated_micro_batches_make_the_same_steps_as_whole_batches(tmp_path
         torch.testing.assert_close(split[name], whole[name], atol=1e-5, rtol=0, msg=name)
 
 
-def test_a_token_budget_stops_exactly_by_cutting_the_last_step_short(tmp_path, corpus_file, cache_dir,
+def test_a_token_budget_stops_exactly_by_cutting_the_last_step_short(tmp_path, corpus_file,
                                                                       toy_data, toy_ingest):
     micro = 8
     recipe = RecipeConfig(batch_size=4 * micro, micro_batch_size=micro, ramp_end=0.0)
     config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), recipe=recipe,
                                budget=Budget.tokens(10 * micro * 128))  # ten micro-batches
-    results = launch(prepare_run(config, cache_dir), in_process=True, data=toy_ingest)
+    results = launch(prepare_run(config), in_process=True, data=toy_ingest)
     assert rundir.read_metrics(tmp_path / "run")["batch_size"].tolist() == [32, 32, 16]
     assert results.tokens == 10 * micro * 128
 
@@ -157,10 +157,10 @@ def test_a_truncated_newest_checkpoint_is_reported_and_the_one_before_it_resumed
     assert rundir.read_metrics(tmp_path / "run")["step"].tolist() == list(range(1, second.steps + 1))
 
 
-def test_a_run_directory_that_cannot_be_written_is_one_clear_error(corpus_file, cache_dir, toy_data):
+def test_a_run_directory_that_cannot_be_written_is_one_clear_error(corpus_file, toy_data):
     unwritable = Path("/proc/crammit-run")  # read-only even for root
     with pytest.raises(CrammitError, match="cannot write the run directory /proc/crammit-run .*writable"):
-        prepare_run(tiny_train_config(unwritable, corpus_file, data=str(toy_data)), cache_dir)
+        prepare_run(tiny_train_config(unwritable, corpus_file, data=str(toy_data)))
 
 
 def final_results(**changes) -> rundir.FinalResults:

@@ -197,13 +197,13 @@ def _train_worker_pids() -> list[int]:
 
 @pytest.mark.slow
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint_within_the_budget(
-    tmp_path, corpus_file, cache_dir, toy_data, toy_ingest, ray_session,
+    tmp_path, corpus_file, toy_data, toy_ingest, ray_session,
 ):
     budget_s = 30.0
     config = tiny_train_config(tmp_path / "run", corpus_file, data=str(toy_data), num_workers=2,
                                budget=Budget.hours(budget_s / 3600), checkpoint_every_steps=20,
                                max_failures=2)
-    config = prepare_run(config, cache_dir)
+    config = prepare_run(config)
     run_dir = Path(config.run_dir)
     killed: list[int] = []
 
@@ -232,7 +232,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint_within_the_budget
 
 @pytest.mark.slow
 def test_two_workers_follow_one_workers_curve_on_the_path_users_run(
-    tmp_path, corpus_file, cache_dir, toy_data, toy_ingest, ray_session,
+    tmp_path, corpus_file, toy_data, toy_ingest, ray_session,
 ):
     """`train_loop` through Ray Train on streamed shards, with the ramp and the schedule:
     1 worker × micro-batch 16 and 2 workers × 8 take the same global steps (batch sizes,
@@ -244,7 +244,7 @@ def test_two_workers_follow_one_workers_curve_on_the_path_users_run(
         config = tiny_train_config(tmp_path / f"workers{workers}", corpus_file, data=str(toy_data),
                                    num_workers=workers, recipe=recipe, budget=Budget.tokens(30 * 32 * 128),
                                    deterministic=True)
-        runs[workers] = (launch(prepare_run(config, cache_dir), data=toy_ingest),
+        runs[workers] = (launch(prepare_run(config), data=toy_ingest),
                          rundir.read_metrics(Path(config.run_dir)))
     (one, one_steps), (two, two_steps) = runs[1], runs[2]
     assert (tmp_path / "workers2" / TOKENIZER).read_bytes() == (toy_data / TOKENIZER).read_bytes()
@@ -292,7 +292,7 @@ def test_a_killed_driver_resumes_from_its_checkpoint_to_the_same_parameters(tmp_
 
     # The same run without the interruption (in this process: same code, same thread count).
     same = dataclasses.replace(rundir.load_config(interrupted), run_dir=str(straight))
-    launch(prepare_run(same, tmp_path / "cache"), in_process=True, data=toy_ingest)
+    launch(prepare_run(same), in_process=True, data=toy_ingest)
     assert rundir.read_final(interrupted).tokens == rundir.read_final(straight).tokens
     a, b = (load_file(run / rundir.MODEL_FILE) for run in (straight, interrupted))
     assert all((a[name] == b[name]).all() for name in a)
