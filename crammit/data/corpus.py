@@ -80,8 +80,9 @@ def embedded_corpus(cache_dir: Path) -> EmbeddedCorpus:
     text_path, record_path = Path(cache_dir) / f"embedded-{key}.txt", Path(cache_dir) / f"embedded-{key}.json"
     if record_path.exists():
         text = text_path.read_bytes()
-        if hashlib.sha256(text).hexdigest() == json.loads(record_path.read_text())["sha256"]:
-            return EmbeddedCorpus(_documents(text), sources, hashlib.sha256(text).hexdigest())
+        digest = hashlib.sha256(text).hexdigest()
+        if digest == json.loads(record_path.read_text())["sha256"]:
+            return EmbeddedCorpus(_documents(text), sources, digest)
     documents = _build_embedded()
     size = sum(len(doc.encode()) for doc in documents)
     if size < MIN_EMBEDDED_BYTES:

@@ -128,8 +128,8 @@ def _prepare(config: PrepareConfig, out: Path, cache_dir: Path) -> dict:
                            "choose another --out")
     write_json(record, _settings(config))
     embedded = embedded_corpus(cache_dir) if parse_spec(config.corpus).kind == EMBEDDED else None
-    if embedded and embedded.reference_note():
-        print(embedded.reference_note(), file=sys.stderr)
+    if embedded and (note := embedded.reference_note()):
+        print(note, file=sys.stderr)
     if not tokenizer_path.exists():
         with atomic_path(tokenizer_path) as tmp:
             if config.tokenizer:
