@@ -142,7 +142,7 @@ def test_the_printed_commands_are_accepted_by_the_cli(gpu_study, monkeypatch, tm
     monkeypatch.setattr("crammit.cluster.start_ray", lambda address=None: None)
     monkeypatch.setattr("crammit.data.pipeline.prepare_corpus", prepare_corpus)
     monkeypatch.setattr("crammit.train.run.connect", lambda config, address=None: None)
-    monkeypatch.setattr("crammit.train.run.prepare_run", lambda config, cache_dir: config)
+    monkeypatch.setattr("crammit.train.run.prepare_run", lambda config: config)
     monkeypatch.setattr("crammit.train.run.launch", launch)
     prepare, train = recommendation.commands
     for command in (prepare, train):
