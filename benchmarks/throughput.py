@@ -1,18 +1,30 @@
-"""Training throughput of crammit's model against HF `BertForMaskedLM` of the same shape.
+"""Training throughput of crammit's model against HF `BertForMaskedLM` of the same shape,
+or (`--end-to-end`) of `crammit train` against its bare model.
 
 Both models train through the same DeepSpeed engine (fp32 on CPU; bf16 and
 torch.compile on GPU), on the same MLM batches, in one process; the table gives tokens/s
 and the ratio crammit / HF (the baseline). MFU uses crammit's analytic FLOPs per token.
 
+`--end-to-end` runs `crammit train --gpus 0 --size S --micro-batch B --batch-size B` (the
+path users run: Ray Train, DeepSpeed, the data loader, masking, metrics; one AdamW step per
+micro-batch) and compares its steady tokens/s (metrics.parquet, past the first steps) with
+the bare model's forward + backward + AdamW step at the same micro-batch in this process
+(the baseline), for each micro-batch given.
+
     python benchmarks/throughput.py --size tiny --device cpu
     python benchmarks/throughput.py --size crammed --device cuda --batch 128
+    python benchmarks/throughput.py --end-to-end --size mini --batch 32,128
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertForMaskedLM
@@ -20,7 +32,9 @@ from transformers import BertConfig, BertForMaskedLM
 from crammit.config import Device, RecipeConfig, TrainConfig, model_config
 from crammit.model.bert import IGNORE_INDEX, CrammedBert
 from crammit.model.flops import model_flops_utilization, peak_flops, training_flops_per_token
+from crammit.train import rundir
 from crammit.train.engine import create_engine, process_group
+from crammit.train.recipe import optimizer
 
 MASK_RATE = 0.25
 
@@ -71,15 +85,74 @@ def tokens_per_second(engine, loss_fn, batches, warmup: int, device: torch.devic
     return sum(ids.numel() for ids, _ in timed) / (time.perf_counter() - start)
 
 
+def bare_tokens_per_second(shape, batch: int, steps: int, warmup: int) -> float:
+    """The model alone on CPU: forward, backward and the trainer's AdamW step, one per micro-batch."""
+    torch.manual_seed(0)
+    model = CrammedBert(shape)
+    adamw = optimizer(model, RecipeConfig(), fused=False)
+
+    class Bare:  # the engine's backward/step, without DeepSpeed
+        def __call__(self, input_ids, labels):
+            return model(input_ids, labels)
+
+        def backward(self, loss):
+            loss.backward()
+
+        def step(self):
+            adamw.step()
+            adamw.zero_grad(set_to_none=True)
+
+    cpu = torch.device("cpu")
+    batches = mlm_batches(shape, batch, warmup + steps, cpu)
+    return tokens_per_second(Bare(), crammit_loss, batches, warmup, cpu)
+
+
+def trainer_tokens_per_second(size: str, batch: int, steps: int, warmup: int) -> float:
+    """`crammit train` on CPU at this micro-batch, one optimizer step per micro-batch: tokens/s
+    over its steps after `warmup`, from its metrics.parquet (training time, evaluation excluded)."""
+    with tempfile.TemporaryDirectory() as out:
+        run_dir = Path(out) / "run"
+        subprocess.run([sys.executable, "-m", "crammit", "train", "--gpus", "0", "--size", size,
+                        "--micro-batch", str(batch), "--batch-size", str(batch),
+                        "--tokens", str((warmup + steps) * batch * model_config(size).seq_len),
+                        "--max-eval-sequences", "32", "--out", str(run_dir)], check=True)
+        metrics = rundir.read_metrics(run_dir)
+    first, last = metrics.iloc[warmup - 1], metrics.iloc[-1]
+    return (last["tokens"] - first["tokens"]) / (last["elapsed_s"] - first["elapsed_s"])
+
+
+def end_to_end(args) -> None:
+    shape = model_config(args.size)
+    rows = []
+    for batch in args.batch:
+        bare = bare_tokens_per_second(shape, batch, args.steps, args.warmup)
+        trainer = trainer_tokens_per_second(args.size, batch, args.steps, args.warmup)
+        rows.append((batch, bare, trainer))
+    print(f"\nsize {args.size}, CPU ({torch.get_num_threads()} torch threads in the bare loop), "
+          f"{args.steps} timed steps after {args.warmup}")
+    print(f"{'micro-batch':>11}{'bare model tok/s (base.)':>26}{'crammit train tok/s':>21}{'ratio':>8}")
+    for batch, bare, trainer in rows:
+        print(f"{batch:>11}{bare:>26,.0f}{trainer:>21,.0f}{trainer / bare:>8.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--device", choices=[d.value for d in Device], default="cpu")
-    parser.add_argument("--batch", type=int, default=32, help="sequences per step (both models)")
+    parser.add_argument("--batch", type=lambda text: [int(b) for b in text.split(",")], default=[32],
+                        help="sequences per step (both models); --end-to-end takes a comma-separated list")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="crammit train against its bare model (CPU)")
     args = parser.parse_args()
+    if args.end_to_end:
+        end_to_end(args)
+        return
+    if len(args.batch) != 1:
+        parser.error("--batch takes one size unless --end-to-end")
+    args.batch = args.batch[0]
 
     device_kind = Device(args.device)
     shape = model_config(args.size)

@@ -22,6 +22,7 @@ from crammit.config import (
     Budget,
     Device,
     GlueRecipe,
+    LaunchOptions,
     SequenceOrder,
     Tracker,
     Tracking,
@@ -168,14 +169,33 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "crammit"
 
 
+# What `train --resume` may change: how this launch runs the run, not what the run is.
+RESUME_FLAGS = ("resume", "address", "cache_dir", "checkpoint_minutes", "max_failures", "profile_steps",
+                "tracker")
+
+
 def _refuse_settings_with_resume(ctx: typer.Context) -> None:
-    """A resumed run keeps its config.json; a flag that would change it is a mistake."""
-    allowed = {"resume", "address"}
-    given = [name for name in ctx.params if name not in allowed and _given(ctx, name)]
+    """A resumed run keeps its config.json; a flag that would change the run is a mistake."""
+    given = [name for name in ctx.params if name not in RESUME_FLAGS and _given(ctx, name)]
     if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise CrammitError(f"--resume continues a run with its saved config; drop {flags} "
-                           "(only --address may be given)")
+        allowed = ", ".join(_flag(ctx, name) for name in RESUME_FLAGS[1:])
+        raise CrammitError(f"--resume continues a run with its saved config; drop "
+                           f"{', '.join(_flag(ctx, name) for name in given)} (only {allowed} may be given)")
+
+
+def _launch_options(ctx: typer.Context, base: LaunchOptions, checkpoint_minutes: float, max_failures: int,
+                    profile_steps: int, tracker: list[Tracker] | None) -> LaunchOptions:
+    """A resumed run's saved launch options, with the launch flags the user typed."""
+    typed = {field: value for field, (param, value) in {
+        "checkpoint_every_s": ("checkpoint_minutes", checkpoint_minutes * 60),
+        "max_failures": ("max_failures", max_failures),
+        "profile_steps": ("profile_steps", profile_steps),
+        "tracking": ("tracker", None),
+    }.items() if _given(ctx, param)}
+    if "tracking" in typed:
+        typed["tracking"] = _tracking(tracker)
+    with _flags_for(ctx, checkpoint_every_s="checkpoint_minutes"):
+        return dataclasses.replace(base, **typed)
 
 
 def _refuse_flags_the_deepspeed_file_sets(ctx: typer.Context, overrides: dict) -> None:
@@ -264,6 +284,8 @@ def train(
         if resume is not None:
             _refuse_settings_with_resume(ctx)
             config = resume_config(resume)
+            config = dataclasses.replace(config, launch=_launch_options(
+                ctx, config.launch, checkpoint_minutes, max_failures, profile_steps, tracker))
             connect(config, address)
         else:
             if gpus > 0 and workers is not None and workers != gpus:
@@ -292,11 +314,10 @@ def train(
                     deepspeed_overrides=overrides,
                     max_eval_sequences=max_eval_sequences,
                     eval_every_s=eval_minutes * 60,
-                    checkpoint_every_s=checkpoint_minutes * 60,
-                    max_failures=max_failures,
                     deterministic=deterministic,
-                    profile_steps=profile_steps,
-                    tracking=_tracking(tracker),
+                    launch=LaunchOptions(checkpoint_every_s=checkpoint_minutes * 60,
+                                         max_failures=max_failures, profile_steps=profile_steps,
+                                         tracking=_tracking(tracker)),
                 )
             accumulation_target(config.recipe, config.num_workers)  # fail before any work
             if not data:

@@ -241,6 +241,34 @@ class Tracking:
 
 
 @dataclass(frozen=True)
+class LaunchOptions:
+    """How one launch of a run runs it, not what the run is: `crammit train --resume` may
+    change these, and a study's resumed trial takes the study's current ones."""
+
+    cpu_threads: int = 0  # torch threads of each CPU worker; 0: as many as its Ray CPUs
+    checkpoint_every_s: float = 1800.0  # wall-clock seconds between checkpoints
+    checkpoint_every_steps: int = 0  # 0: by time only; tests checkpoint by step
+    keep_checkpoints: int = 2
+    report_every_s: float = 10.0  # wall-clock seconds between reports to Ray Train (and Tune)
+    max_failures: int = 3  # worker failures Ray Train recovers from (restarting at the last checkpoint)
+    progress_bar: bool = True
+    profile_steps: int = 0  # steady steps traced by torch.profiler into the run's profile/; 0: none
+    tracking: Tracking = field(default_factory=Tracking)  # rank 0 logs to these trackers too
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.checkpoint_every_s < math.inf:
+            raise ConfigError("checkpoint_every_s", "must be a finite number >= 0", self.checkpoint_every_s)
+        if self.profile_steps < 0:
+            raise ConfigError("profile_steps", "must be >= 0", self.profile_steps)
+        if self.max_failures < -1:
+            raise ConfigError("max_failures", "must be >= 0 (or -1: no limit)", self.max_failures)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LaunchOptions:
+        return cls(**{**data, "tracking": Tracking(**data.get("tracking", {}))})
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; saved as the run directory's config.json."""
 
@@ -253,7 +281,6 @@ class TrainConfig:
     size_name: str = "crammed"
     device: Device = Device.CUDA
     num_workers: int = 1
-    cpu_threads: int = 0  # torch threads of each CPU worker; 0: as many as its Ray CPUs
     zero_stage: int = 0
     compile: bool = True
     deepspeed_overrides: dict[str, Any] = field(default_factory=dict)
@@ -261,15 +288,8 @@ class TrainConfig:
     # Held-out loss depends on how much is masked: one rate for every recipe keeps runs comparable.
     eval_mask_rate: float = 0.15
     eval_every_s: float = 0.0  # seconds of training between held-out evaluations; 0: first and last only
-    checkpoint_every_s: float = 1800.0  # wall-clock seconds between checkpoints
-    checkpoint_every_steps: int = 0  # 0: by time only; tests checkpoint by step
-    report_every_s: float = 10.0  # wall-clock seconds between reports to Ray Train (and Tune)
-    keep_checkpoints: int = 2
-    max_failures: int = 3  # worker failures Ray Train recovers from (restarting at the last checkpoint)
     deterministic: bool = False
-    progress_bar: bool = True
-    profile_steps: int = 0  # steady steps traced by torch.profiler into the run's profile/; 0: none
-    tracking: Tracking = field(default_factory=Tracking)  # rank 0 logs to these trackers too
+    launch: LaunchOptions = field(default_factory=LaunchOptions)
 
     def __post_init__(self) -> None:
         if self.zero_stage not in ZERO_STAGES:
@@ -279,13 +299,13 @@ class TrainConfig:
             raise ConfigError("num_workers", f"must be from 1 to {MAX_WORKERS}", self.num_workers)
         if self.max_eval_sequences < 1:
             raise ConfigError("max_eval_sequences", "must be at least 1", self.max_eval_sequences)
-        for name in ("eval_every_s", "checkpoint_every_s"):
-            if not 0 <= getattr(self, name) < math.inf:
-                raise ConfigError(name, "must be a finite number >= 0", getattr(self, name))
-        if self.profile_steps < 0:
-            raise ConfigError("profile_steps", "must be >= 0", self.profile_steps)
-        if self.max_failures < -1:
-            raise ConfigError("max_failures", "must be >= 0 (or -1: no limit)", self.max_failures)
+        if not 0 <= self.eval_every_s < math.inf:
+            raise ConfigError("eval_every_s", "must be a finite number >= 0", self.eval_every_s)
+
+    def run_defining(self) -> dict[str, Any]:
+        """What makes this run the run it is: all but its directory and how it is launched.
+        A run resumed with other values here would be two runs in one directory."""
+        return {key: value for key, value in self.to_dict().items() if key not in ("run_dir", "launch")}
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
@@ -294,13 +314,16 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         recipe = dict(data["recipe"], betas=tuple(data["recipe"]["betas"]))
         budget = data["budget"]
+        # Runs made before the split kept the launch options beside the run's own fields.
+        launch_keys = {f.name for f in dataclasses.fields(LaunchOptions)}
+        flat = {key: data[key] for key in launch_keys if key in data}
         return cls(**{
-            **data,
+            **{key: value for key, value in data.items() if key not in launch_keys},
             "model": ModelConfig(**data["model"]),
             "recipe": RecipeConfig(**recipe),
             "budget": Budget(budget["amount"], BudgetUnit(budget["unit"])),
             "device": Device(data["device"]),
-            "tracking": Tracking(**data.get("tracking", {})),  # absent from runs made before it
+            "launch": LaunchOptions.from_dict(data.get("launch", flat)),
         })
 
 

@@ -246,8 +246,8 @@ def run_tracker(config: TrainConfig, rank: int) -> Iterator[RunTracker]:
     """The run's tracker on rank 0, a silent one on the other ranks; closed as failed when
     training raises."""
     params = run_params(config)
-    loggers = [] if rank else [_RUN_LOGGERS[tracker](Path(config.run_dir), config.tracking, params)
-                               for tracker in config.tracking.trackers]
+    loggers = [] if rank else [_RUN_LOGGERS[tracker](Path(config.run_dir), config.launch.tracking, params)
+                               for tracker in config.launch.tracking.trackers]
     tracker = RunTracker(loggers)
     try:
         yield tracker

@@ -16,6 +16,7 @@ from crammit.config import (
     Budget,
     Device,
     GlueRecipe,
+    LaunchOptions,
     PrepareConfig,
     RecipeConfig,
     TrainConfig,
@@ -43,15 +44,20 @@ TINY_VOCAB = 256
 
 
 def tiny_train_config(run_dir: Path, corpus: Path, **changes) -> TrainConfig:
-    """A tiny CPU run: small vocabulary and batches, a token budget, no compile."""
+    """A tiny CPU run: small vocabulary and batches, a token budget, no compile, no progress
+    bar. `changes` may name fields of the run and of its LaunchOptions alike."""
     model = dataclasses.replace(model_config("tiny"), vocab_size=TINY_VOCAB, num_layers=2)
+    launch_fields = {field.name for field in dataclasses.fields(LaunchOptions)}
+    launch = LaunchOptions(**{"progress_bar": False,
+                              **{key: value for key, value in changes.items() if key in launch_fields}})
     defaults = dict(
         run_dir=str(run_dir), model=model, corpus=str(corpus), size_name="tiny",
         recipe=RecipeConfig(batch_size=16, micro_batch_size=8),
         budget=Budget.tokens(10 * 16 * 128), device=Device.CPU, compile=False,
-        max_eval_sequences=32, progress_bar=False,
+        max_eval_sequences=32, launch=launch,
     )
-    return TrainConfig(**{**defaults, **changes})
+    run_changes = {key: value for key, value in changes.items() if key not in launch_fields}
+    return TrainConfig(**{**defaults, **run_changes})
 
 
 PROSE, DUPLICATES, EMPTY, NOISE = 3000, 40, 5, 30

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from crammit.cli import app
 from crammit.errors import Interrupted
-from tests.helpers import tiny_train_config
+from tests.helpers import GLUE_WORDS, tiny_train_config, write_finished_run, write_glue_dir
 
 
 def crammit(*args: str) -> subprocess.CompletedProcess:
@@ -148,7 +148,26 @@ def test_resume_of_a_run_whose_config_this_version_does_not_know(tmp_path):
 
 def test_resume_refuses_flags_that_would_change_the_run(tmp_path):
     result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path), "--hours", "48", "--size", "tiny"])
-    assert result.exit_code == 2 and "drop --hours, --size" in result.output
+    assert result.exit_code == 2 and "drop --hours, --size (only --address" in result.output
+
+
+def test_resume_takes_new_launch_options_and_keeps_the_run(tmp_path, monkeypatch):
+    from crammit.train import run, rundir
+
+    saved = tiny_train_config(tmp_path, tmp_path / "corpus.txt")
+    rundir.save_config(tmp_path, saved)
+    launched = []
+    monkeypatch.setattr(run, "connect", lambda *args: None)
+    monkeypatch.setattr(run, "launch", lambda config, **_: launched.append(config) or rundir.FinalResults(
+        **{field: 0 for field in rundir.FinalResults.__dataclass_fields__}))
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path), "--max-failures", "7",
+                                      "--checkpoint-minutes", "5"])
+    assert result.exit_code == 0, result.output
+    [config] = launched
+    assert (config.launch.max_failures, config.launch.checkpoint_every_s) == (7, 300)
+    assert config.run_defining() == saved.run_defining() and config.launch.progress_bar is False
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path), "--checkpoint-minutes", "-1"])
+    assert one_error_line(result) == "error: --checkpoint-minutes must be a finite number >= 0, got -1"
 
 
 def test_more_gpus_than_the_cluster_has(tmp_path, ray_session):
@@ -433,6 +452,19 @@ def test_an_interrupted_glue_evaluation_says_how_to_continue(tmp_path, monkeypat
         "run the same command to continue")
 
 
+def interrupt_when(process: subprocess.Popen, ready, deadline_s: float = 240) -> str:
+    """SIGINT to `process` once `ready()` holds (it has done some work), then its last line of
+    stderr: what the command itself says last, whatever Ray's threads print as it stops."""
+    deadline = time.monotonic() + deadline_s
+    while process.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    return stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_training_in_a_real_process(tmp_path, toy_data, ray_session):
     """Ray Train's own Ctrl-C handler aborts the run mid-fit; the command still says where
@@ -442,14 +474,41 @@ def test_ctrl_c_during_training_in_a_real_process(tmp_path, toy_data, ray_sessio
         [sys.executable, "-m", "crammit", "train", "--gpus", "0", "--size", "micro", "--tokens", "1e9",
          "--data", str(toy_data), "--out", str(run_dir), "--address", ray.get_runtime_context().gcs_address],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while process.poll() is None and not (run_dir / "attempts.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)  # until the training loop runs, inside Ray Train's fit()
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    # Ray's own threads may print tracebacks of theirs as the run is torn down: what the
-    # command itself says is its last line.
-    last = stderr.strip().splitlines()[-1]
-    assert process.returncode == 130 and last.startswith(f"interrupted: the run in {run_dir} stopped"), stderr
+    # Once the training loop runs, inside Ray Train's fit().
+    last = interrupt_when(process, (run_dir / "attempts.json").exists)
+    assert last.startswith(f"interrupted: the run in {run_dir} stopped")
     assert last.endswith(f"continue with `crammit train --resume {run_dir} --address "
                          f"{ray.get_runtime_context().gcs_address}`")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_study_in_a_real_process(tmp_path, toy_data, ray_session):
+    """Tune stops its trials on Ctrl-C and returns: the command says so, fits nothing and
+    exits with code 130 (the first trial is mid-run, with a checkpoint to resume from)."""
+    study = tmp_path / "study.toml"
+    study.write_text('name = "stopped"\nunit = "tokens"\ncheckpoint_minutes = 0.01\nmax_eval_sequences = 32\n'
+                     '[[settings]]\nname = "tiny"\nsizes = ["tiny"]\nbudgets = [1e9]\ngpus = 0\n'
+                     '[settings.overrides]\nbatch_size = 16\nmicro_batch_size = 8\n')
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crammit", "study", "run", str(study), "--out", str(out),
+         "--data", str(toy_data), "--allow-ordered-data", "--address", ray.get_runtime_context().gcs_address],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = interrupt_when(process, lambda: any((out / "trials").glob("*/checkpoints/*")))
+    assert last == "interrupted: 0 of 1 trials finished; run the same command to continue"
+    assert not (out / "fit.json").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_glue_fine_tunes_in_a_real_process(tmp_path, ray_session):
+    run_dir = write_finished_run(tmp_path / "run", [" ".join(GLUE_WORDS)] * 20)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crammit", "eval", "glue", str(run_dir), "--tasks", "rte", "--seeds", "20",
+         "--epochs", "20", "--gpus", "0", "--glue-dir", str(write_glue_dir(tmp_path / "glue")),
+         "--address", ray.get_runtime_context().gcs_address],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seeds = run_dir / "glue" / "seeds"
+    last = interrupt_when(process, lambda: any(seeds.glob("rte-seed*.json")))
+    finished = len(list(seeds.glob("rte-seed*.json")))
+    assert 1 <= finished < 20
+    assert last == f"interrupted: {finished} of 20 GLUE fine-tunes finished; run the same command to continue"

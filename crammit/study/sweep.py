@@ -1,9 +1,10 @@
 """Run a study on Ray Tune: one trial per (setting, size, budget), each a full crammit
 training run in its own run directory under `DIR/trials/`.
 
-Each Tune trial is a function that starts the ordinary trainer (`launch`: a TorchTrainer
-with the trial's workers, `fit()` inside the trial, the Ray Train V2 way);
-`TuneReportCallback` carries the trainer's live reports into Tune's table. The trial's run
+Each Tune trial is a function that places its run on the cluster (its own `ScalingConfig`)
+and trains it with the ordinary trainer (`run.fit`: a TorchTrainer, `fit()` inside the trial,
+the Ray Train V2 way); `TuneReportCallback` carries the trainer's live reports into Tune's
+table. The trial's run
 directory is the record of its progress, so a study run again re-uses finished trials,
 resumes interrupted ones from their checkpoints and runs the rest.
 """
@@ -22,6 +23,7 @@ from crammit.cluster import ClusterResources, start_ray, worker_cpus, worker_thr
 from crammit.config import (
     Device,
     GlueRecipe,
+    LaunchOptions,
     PrepareConfig,
     SequenceOrder,
     Tracking,
@@ -55,9 +57,6 @@ from crammit.track import StudyTracker
 from crammit.train import rundir
 from crammit.train.recipe import accumulation_target
 
-# What a resumed trial must share with the study's current spec: anything else would mix
-# two different runs in one directory.
-RUN_DEFINING_FIELDS = ("model", "recipe", "budget", "data", "device", "num_workers")
 # A trial's function only starts the trainer, whose workers hold the real resources; Tune
 # needs a non-empty reservation for it.
 TRIAL_DRIVER_CPUS = 0.01
@@ -275,9 +274,9 @@ def trial_config(spec: StudySpec, trial: Trial, study_dir: Path, data: Path,
         num_workers=setting.workers_per_trial,
         compile=bool(setting.gpus),
         max_eval_sequences=spec.max_eval_sequences,
-        checkpoint_every_s=spec.checkpoint_minutes * 60,
-        progress_bar=False,  # Tune's table shows every trial's progress
-        tracking=tracking,
+        launch=LaunchOptions(checkpoint_every_s=spec.checkpoint_minutes * 60,
+                             progress_bar=False,  # Tune's table shows every trial's progress
+                             tracking=tracking),
     )
     accumulation_target(config.recipe, config.num_workers)  # fail before any work
     return config
@@ -301,9 +300,8 @@ def _check_compatible(config: TrainConfig, name: str) -> None:
     run_dir = Path(config.run_dir)
     if not rundir.is_run_dir(run_dir):
         return
-    started = rundir.load_config(run_dir).to_dict()
-    wanted = config.to_dict()
-    differ = [key for key in RUN_DEFINING_FIELDS if started[key] != wanted[key]]
+    started, wanted = rundir.load_config(run_dir).run_defining(), config.run_defining()
+    differ = [key for key in wanted if started.get(key) != wanted[key]]
     if differ:
         raise CrammitError(f"trial {name} in {run_dir} was started with another {', '.join(differ)}; "
                            "run the study file it was started with, or use another --out")
@@ -346,16 +344,28 @@ def run_trial(params: dict, configs: dict, concurrency: int, data: dict,
     """One Tune trial: start (or resume) the trial's run and train it to its budget, in this
     process if it is `in_trial`. A failure is written to the run directory, where the study's
     table reads it."""
-    from crammit.train.run import launch, prepare_run
+    import ray
+    from ray.train import ScalingConfig
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from crammit.train.run import fit, prepare_run, with_cpu_threads
 
     config = TrainConfig.from_dict(configs[params["trial"]])
     run_dir = Path(config.run_dir)
     (run_dir / results.ERROR_FILE).unlink(missing_ok=True)
+    # The trial's run placed as Ray's Train-in-Tune guide places one: its share of the
+    # cluster beside the other trials running at once, less what this trial's driver holds.
+    here = params["trial"] in in_trial
+    total_cpus, use_gpu = ray.cluster_resources()["CPU"], config.device == Device.CUDA
+    cpus = worker_cpus(total_cpus, config.num_workers, concurrency, TRIAL_DRIVER_CPUS)
+    scaling = ScalingConfig(num_workers=0 if here else config.num_workers, use_gpu=use_gpu,
+                            resources_per_worker=None if use_gpu else {"CPU": cpus})
+    config = with_cpu_threads(config, worker_threads(total_cpus, config.num_workers * concurrency))
     try:
         if not rundir.is_run_dir(run_dir):
             prepare_run(config)
-        final = launch(config, in_process=params["trial"] in in_trial, concurrent_runs=concurrency,
-                       driver_cpus=TRIAL_DRIVER_CPUS, tune_trial=True, data=data)
+        final = fit(config, scaling, data=data, callbacks=() if here else (TuneReportCallback(),),
+                    report_to_tune=here)
     except Exception as error:
         message = f"{type(error).__name__}: {error}".splitlines()[0]
         with atomic_path(run_dir / results.ERROR_FILE) as tmp:

@@ -63,8 +63,8 @@ def _train(config: TrainConfig, launch: str, tracker: RunTracker,
     # set up: the model and engine, where the run stands, its data and its tables
     run_dir = Path(config.run_dir)
     torch.manual_seed(config.recipe.seed)
-    if config.device == Device.CPU and config.cpu_threads:
-        torch.set_num_threads(config.cpu_threads)
+    if config.device == Device.CPU and config.launch.cpu_threads:
+        torch.set_num_threads(config.launch.cpu_threads)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
     model = build_model(config.model)
@@ -94,8 +94,8 @@ def _train(config: TrainConfig, launch: str, tracker: RunTracker,
         state.initial_eval_loss = record_evaluation()
     micro_batch = config.recipe.micro_batch_size
     meter = StepMeter(config, world_size, attempt)
-    progress = Progress(config.budget, enabled=config.progress_bar and rank == 0)
-    profiler = profile.StepProfiler(run_dir, config.profile_steps if rank == 0 else 0,
+    progress = Progress(config.budget, enabled=config.launch.progress_bar and rank == 0)
+    profiler = profile.StepProfiler(run_dir, config.launch.profile_steps if rank == 0 else 0,
                                     max(profile.START_FRACTION, config.recipe.ramp_end), config.device)
     clock = BudgetClock(config.budget, state.elapsed_s, micro_batch * world_size * config.model.seq_len,
                         meter.flops_per_token)
@@ -152,9 +152,9 @@ def _train(config: TrainConfig, launch: str, tracker: RunTracker,
             if rank == 0:
                 metrics.flush()
                 evals.flush()
-            save_checkpoint(engine, run_dir, state, config.keep_checkpoints)
+            save_checkpoint(engine, run_dir, state, config.launch.keep_checkpoints)
             last_checkpoint_s = state.elapsed_s
-        if state.elapsed_s - last_report_s >= config.report_every_s:
+        if state.elapsed_s - last_report_s >= config.launch.report_every_s:
             report(_live_metrics(row, fraction=spent))
             last_report_s = state.elapsed_s
     progress.close()
@@ -167,7 +167,7 @@ def _train(config: TrainConfig, launch: str, tracker: RunTracker,
         eval_sequences=len(eval_batches), eval_mask_rate=config.eval_mask_rate,
         resumed_at_step=resumed_at_step, worker_nodes=tuple(_worker_nodes()),
     )
-    save_checkpoint(engine, run_dir, state, config.keep_checkpoints)
+    save_checkpoint(engine, run_dir, state, config.launch.keep_checkpoints)
     if rank == 0:
         metrics.flush()
         evals.flush()
@@ -308,6 +308,6 @@ def evaluate(engine, batches: HeldOutBatches, config: TrainConfig, device: torch
 
 def _checkpoint_due(config: TrainConfig, state: TrainState, last_checkpoint_s: float) -> bool:
     """Decided from the step count or the agreed elapsed time, so every rank agrees."""
-    if config.checkpoint_every_steps:
-        return state.step % config.checkpoint_every_steps == 0
-    return state.elapsed_s - last_checkpoint_s >= config.checkpoint_every_s
+    if config.launch.checkpoint_every_steps:
+        return state.step % config.launch.checkpoint_every_steps == 0
+    return state.elapsed_s - last_checkpoint_s >= config.launch.checkpoint_every_s

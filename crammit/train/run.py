@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crammit.cluster import MIN_CPU_PER_WORKER, max_cpu_workers, start_ray, worker_cpus, worker_threads
 from crammit.config import Device, PrepareConfig, TrainConfig
@@ -26,6 +27,9 @@ from crammit.io import atomic_path
 from crammit.train import checkpoint, rundir
 from crammit.train.ingest import ingest
 from crammit.train.loop import REPORT_TO_TUNE, train_loop
+
+if TYPE_CHECKING:
+    from ray.train import ScalingConfig
 
 
 def default_run_dir(size_name: str, root: Path = Path("runs")) -> Path:
@@ -97,43 +101,47 @@ def connect(config: TrainConfig, address: str | None = None) -> None:
     _check_resources(ray.cluster_resources(), config.num_workers, config.device == Device.CUDA)
 
 
-def launch(config: TrainConfig, in_process: bool = False, concurrent_runs: int = 1,
-           driver_cpus: float = 0.0, tune_trial: bool = False, data: dict | None = None) -> dict:
-    """Run `train_loop` on `config.num_workers` Ray Train workers, or with `in_process` in
-    this process (Ray Train's local mode: notebooks, tests, debugging, a study's one-CPU-worker
-    trials); returns final.json.
-
-    `concurrent_runs` is how many runs share the cluster's CPUs at once (a study's trials),
-    `driver_cpus` what the process calling this holds of them (a Tune trial's), `tune_trial`
-    passes the loop's reports on to the Tune trial calling this, and `data` is the `ingest`
-    of `config.data` when the caller made it already (a study's, shared by its trials)."""
+def launch(config: TrainConfig, in_process: bool = False, data: dict | None = None) -> rundir.FinalResults:
+    """Run `train_loop` on `config.num_workers` Ray Train workers placed by the cluster's
+    policy (`crammit.cluster`), or with `in_process` in this process (Ray Train's local mode:
+    notebooks, tests, debugging); returns final.json. `data`: as `fit` takes it. The CLI's
+    way in; a study's trial places its own run and calls `fit`."""
     import ray
-    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import ScalingConfig
+
+    total_cpus = ray.cluster_resources()["CPU"]
+    use_gpu = config.device == Device.CUDA
+    scaling = ScalingConfig(num_workers=0 if in_process else config.num_workers, use_gpu=use_gpu,
+                            resources_per_worker=None if use_gpu else
+                            {"CPU": worker_cpus(total_cpus, config.num_workers)})
+    return fit(with_cpu_threads(config, worker_threads(total_cpus, config.num_workers)), scaling, data)
+
+
+def with_cpu_threads(config: TrainConfig, threads: int) -> TrainConfig:
+    return replace(config, launch=replace(config.launch, cpu_threads=threads))
+
+
+def fit(config: TrainConfig, scaling: ScalingConfig, data: dict | None = None, callbacks: tuple = (),
+        report_to_tune: bool = False) -> rundir.FinalResults:
+    """Train the run in `config.run_dir` to its budget on the workers `scaling` asks for
+    (none: in this process); returns final.json. `data` is the `ingest` of `config.data`
+    when the caller made it already (a study's, shared by its trials), `callbacks` go to
+    Ray Train, and `report_to_tune` has the loop report to the Tune trial that runs it in
+    this process (Ray Train's local mode runs no callbacks)."""
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     run_dir = Path(config.run_dir).resolve()
-    use_gpu = config.device == Device.CUDA
-    total_cpus = ray.cluster_resources()["CPU"]
-    cpus = worker_cpus(total_cpus, config.num_workers, concurrent_runs, driver_cpus)
-    threads = worker_threads(total_cpus, config.num_workers * concurrent_runs)
-    config = TrainConfig.from_dict({**config.to_dict(), "run_dir": str(run_dir), "cpu_threads": threads})
-    workers = 0 if in_process else config.num_workers
+    config = replace(config, run_dir=str(run_dir))
     name = f"attempt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    callbacks = []
-    if tune_trial and not in_process:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        callbacks.append(TuneReportCallback())
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": config.to_dict(), "launch": name,
-                           REPORT_TO_TUNE: tune_trial and in_process},
+        train_loop_config={"config": config.to_dict(), "launch": name, REPORT_TO_TUNE: report_to_tune},
         **(data or ingest(Path(config.data))),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker=None if use_gpu else {"CPU": cpus}),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=name, storage_path=str(run_dir / "ray"), callbacks=callbacks,
-                             failure_config=FailureConfig(max_failures=config.max_failures),
+        scaling_config=scaling,
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        run_config=RunConfig(name=name, storage_path=str(run_dir / "ray"), callbacks=list(callbacks),
+                             failure_config=FailureConfig(max_failures=config.launch.max_failures),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
     with _sigint_handler_restored():

@@ -11,10 +11,13 @@ import importlib
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from safetensors.torch import load_file
 
 from crammit.config import Arch
@@ -32,6 +35,7 @@ NUM_LABELS = 3
 WITHOUT_CRAMMIT = f"""
 import importlib.util
 import sys
+from importlib import metadata
 from pathlib import Path
 
 assert all(importlib.util.find_spec(name) is None for name in ("crammit", "ray", "deepspeed"))
@@ -101,16 +105,35 @@ def run(tmp_path_factory) -> Path:
     return run
 
 
-def torch_and_transformers_venv(directory: Path) -> Path:
-    """A new venv with torch and transformers at this venv's versions; its python."""
-    import transformers
+def _with_requirements(names: list[str]) -> list[metadata.Distribution]:
+    """These installed distributions and every one they require, as pip would install them."""
+    found: dict[str, metadata.Distribution] = {}
+    pending = list(names)
+    while pending:
+        name = canonicalize_name(pending.pop())
+        if name in found:
+            continue
+        found[name] = distribution = metadata.distribution(name)
+        for text in distribution.requires or ():
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return list(found.values())
 
-    subprocess.run([sys.executable, "-m", "venv", str(directory)], check=True, timeout=300)
-    python = directory / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"],
-                   check=True, timeout=1200)
-    return python
+
+def torch_and_transformers_venv(directory: Path) -> Path:
+    """A new venv whose site-packages holds torch, transformers and their dependencies, and
+    nothing else: links to this venv's installed files (its versions, without unpacking
+    torch's wheel again); its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(directory)], check=True, timeout=300)
+    (site_packages,) = (directory / "lib").glob("python*/site-packages")
+    for distribution in _with_requirements(["torch", "transformers"]):
+        tops = {Path(file).parts[0] for file in distribution.files or () if not str(file).startswith("..")}
+        for top in tops:
+            installed = Path(distribution.locate_file(top))
+            if installed.exists() and not (site_packages / top).exists():
+                (site_packages / top).symlink_to(installed)
+    return directory / "bin" / "python"
 
 
 @pytest.mark.slow

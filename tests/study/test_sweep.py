@@ -12,6 +12,7 @@ import pytest
 import ray
 
 from crammit.cluster import ClusterResources, cluster_resources
+from crammit.config import LaunchOptions
 from crammit.data.layout import read_manifest
 from crammit.errors import CrammitError, Interrupted
 from crammit.study import results, sweep
@@ -193,6 +194,15 @@ def test_a_study_s_one_cpu_worker_trials_train_in_reused_tune_actors(tmp_path, m
     concurrency = sweep.concurrent_trials(token_study(), ClusterResources(cpus=5, gpus=0))
     assert trials["resources"]({"trial": "one"}) == {"cpu": (5 - 1) / concurrency}
     assert trials["resources"]({"trial": "two"}) == {"cpu": sweep.TRIAL_DRIVER_CPUS}
+
+
+def test_a_resumed_trial_may_launch_differently_but_not_be_another_run(tmp_path):
+    saved = tiny_train_config(tmp_path, tmp_path / "corpus.txt")
+    rundir.save_config(tmp_path, saved)
+    sweep._check_compatible(dataclasses.replace(saved, launch=LaunchOptions(checkpoint_every_s=60)), "t")
+    other_lr = dataclasses.replace(saved, recipe=dataclasses.replace(saved.recipe, peak_lr=0.1))
+    with pytest.raises(CrammitError, match=r"^trial t in .* was started with another recipe; run the study"):
+        sweep._check_compatible(other_lr, "t")
 
 
 def test_a_study_shuffles_the_corpus_it_prepares(tmp_path, corpus_file, cache_dir, ray_session):

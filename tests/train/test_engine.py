@@ -35,7 +35,8 @@ def test_unsupported_zero_stage_is_refused(tmp_path):
 
 def test_zero_stage_two_trains_and_keeps_only_recent_checkpoints(checkpointed_run):
     config, results = checkpointed_run  # ZeRO stage 2, a checkpoint every 3 steps, 2 kept
-    assert (config.zero_stage, config.checkpoint_every_steps, config.keep_checkpoints) == (2, 3, 2)
+    launch = config.launch
+    assert (config.zero_stage, launch.checkpoint_every_steps, launch.keep_checkpoints) == (2, 3, 2)
     run_dir = Path(config.run_dir)
     assert results.eval_loss < results.initial_eval_loss
     tags = sorted(p.name for p in checkpoint_dir(run_dir).glob("step-*"))
