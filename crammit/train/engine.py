@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,10 +104,27 @@ def torch_device(device: Device) -> torch.device:
     return torch.device("cpu")
 
 
+def import_deepspeed():
+    """`import deepspeed`, late (it probes accelerators and logs on import) and with MLflow
+    hidden from it: DeepSpeed's autotuner, which crammit does not use, imports MLflow where
+    it is installed, a second of every training worker's start-up. MLflow stays importable
+    for crammit's own tracking."""
+    if "deepspeed" in sys.modules or "mlflow" in sys.modules:
+        import deepspeed
+
+        return deepspeed
+    sys.modules["mlflow"] = None  # `import mlflow` raises ImportError while this is set
+    try:
+        import deepspeed
+    finally:
+        del sys.modules["mlflow"]
+    return deepspeed
+
+
 def create_engine(model: nn.Module, config: TrainConfig):
     """Wrap the model in a DeepSpeed engine with the recipe's AdamW (compiling its blocks
     when the config asks), inside a `process_group`."""
-    import deepspeed  # imported late: it probes accelerators and logs on import
+    deepspeed = import_deepspeed()
 
     if config.device == Device.CUDA:
         # Launchers (Ray Train, torchrun) give each process its GPU through LOCAL_RANK.

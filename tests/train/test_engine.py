@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,14 @@ def test_zero_stage_two_trains_and_keeps_only_recent_checkpoints(checkpointed_ru
     tags = sorted(p.name for p in checkpoint_dir(run_dir).glob("step-*"))
     assert len(tags) == 2 and latest_tag(run_dir) == tags[-1] == f"step-{results.steps:08d}"
     assert rundir.read_metrics(run_dir)["step"].iloc[-1] == results.steps
+
+
+def test_deepspeed_is_imported_without_mlflow_which_stays_importable():
+    """DeepSpeed's autotuner would import MLflow (a second of every worker's start-up)."""
+    check = ("import sys\n"
+             "from crammit.train.engine import import_deepspeed\n"
+             "import_deepspeed()\n"
+             "assert 'deepspeed' in sys.modules\n"
+             "assert not [name for name in sys.modules if name.split('.')[0] == 'mlflow']\n"
+             "import mlflow\n")
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=120, capture_output=True)

@@ -156,7 +156,7 @@ def test_eight_cpu_workers_train_and_evaluate_on_the_embedded_corpus(tmp_path, e
     sequence is evaluated once."""
     micro = RecipeConfig().micro_batch_size
     result = CliRunner().invoke(app, [
-        "train", "--gpus", "0", "--workers", "8", "--size", "tiny", "--tokens", str(8 * micro * 128),
+        "train", "--gpus", "0", "--workers", "8", "--size", "micro", "--tokens", str(8 * micro * 128),
         "--out", str(tmp_path / "run"), "--cache-dir", str(embedded_cache[0]),
         "--address", ray.get_runtime_context().gcs_address])
     assert result.exit_code == 0, result.output
