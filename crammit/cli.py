@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -432,12 +434,12 @@ def _with_flags(spec, data: Path | None, glue: str | None, glue_dir: Path | None
     return spec
 
 
-def _run_study(ctx: typer.Context, spec, out: Path | None, address: str | None, dry_run: bool,
-               cache_dir: Path | None, allow_ordered_data: bool, design: DesignOptions,
-               tracking: Tracking) -> None:
-    """Print the plan and its expected precision (and a better design, asked for or where the
-    design leaves a parameter unidentified); unless `dry_run`, run the study and print its
-    fitted laws."""
+def _run_study(ctx: typer.Context, spec, out: Path | None, glue: str | None, data: Path | None,
+               options: StudyOptions) -> None:
+    """The spec with what the command line replaces (`glue`, `data`, the GLUE options); print
+    the plan and its expected precision (and a better design, asked for or where the design
+    leaves a parameter unidentified); unless a dry run, run the study and print its fitted
+    laws."""
     import time
 
     from crammit.cluster import cluster_resources
@@ -445,24 +447,26 @@ def _run_study(ctx: typer.Context, spec, out: Path | None, address: str | None, 
     from crammit.study.spec import write_study_file
     from crammit.study.sweep import plan_study, run_study, study_precision
 
+    spec = _with_flags(spec, data, glue, options.glue_dir, options.glue_seeds)
+    tracking = _tracking(options.tracker)
     out = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}"
     try:
-        law = reference_law(design.reference_law)
-        cluster = cluster_resources(address)
+        law = reference_law(options.reference_law)
+        cluster = cluster_resources(options.address)
         plan = plan_study(spec, out, cluster)
         typer.echo(plan.render())
-        if plan.problem and not dry_run:  # before the precision's simulations: nothing will run
+        if plan.problem and not options.dry_run:  # before the precision's simulations: nothing will run
             raise CrammitError(f"this cluster cannot run the study as asked: {plan.problem}")
-        suggest = design.suggest or design.write is not None
+        suggest = options.suggest or options.write is not None
         lines, suggestion = study_precision(spec, out, cluster, plan, law, suggest=suggest)
         typer.echo("\n".join(lines))
-        if design.write and suggestion is not None:
-            write_study_file(design.write, suggestion.spec)
-            typer.echo(f"wrote the suggested design to {design.write}")
-        if dry_run:
+        if options.write and suggestion is not None:
+            write_study_file(options.write, suggestion.spec)
+            typer.echo(f"wrote the suggested design to {options.write}")
+        if options.dry_run:
             return
-        run_study(spec, out, cluster, cache_dir or default_cache_dir(), address, echo=typer.echo,
-                  allow_ordered_data=allow_ordered_data, tracking=tracking)
+        run_study(spec, out, cluster, options.cache_dir or default_cache_dir(), options.address,
+                  echo=typer.echo, allow_ordered_data=options.allow_ordered_data, tracking=tracking)
     except (Interrupted, KeyboardInterrupt) as error:
         raise _study_interrupted(spec, out, error, out_given=_given(ctx, "out")) from None
     typer.echo(f"study directory: {out}")
@@ -484,22 +488,41 @@ def _study_interrupted(spec, out: Path, error: BaseException, out_given: bool) -
 
 
 @dataclasses.dataclass(frozen=True)
-class DesignOptions:
-    """How a study's plan judges its design: the reference law, and whether to propose a better one."""
+class StudyOptions:
+    """The options every study command takes, declared once: where the study runs, how its
+    plan judges its design (the reference law; whether to propose a better one), GLUE's data
+    and seeds, and tracking."""
 
-    reference_law: str | None = None
-    suggest: bool = False
-    write: Path | None = None
+    address: AddressOption = None
+    dry_run: DryRunOption = False
+    allow_ordered_data: AllowOrderedDataOption = False
+    reference_law: Annotated[str | None, typer.Option(
+        help="The law the plan's precision is simulated from: E,A,B,alpha,beta or a fit.json (default: "
+             "Chinchilla's published law).")] = None
+    suggest: Annotated[bool, typer.Option(
+        help="Propose extra trials that narrow the law most per unit of compute.")] = False
+    write: Annotated[Path | None, typer.Option(
+        help="Write the suggested design as a study file (implies --suggest).")] = None
+    cache_dir: CacheDirOption = None
+    glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None
+    glue_seeds: Annotated[int | None, typer.Option(
+        min=1, help="Fine-tunes per GLUE task and trial (1).")] = None
+    tracker: TrackerOption = None
 
 
-ReferenceLawOption = Annotated[str | None, typer.Option(
-    help="The law the plan's precision is simulated from: E,A,B,alpha,beta or a fit.json (default: "
-         "Chinchilla's published law).")]
-SuggestOption = Annotated[bool, typer.Option(
-    help="Propose extra trials that narrow the law most per unit of compute.")]
-WriteOption = Annotated[Path | None, typer.Option(help="Write the suggested design as a study file (implies "
-                                                       "--suggest).")]
-GlueSeedsOption = Annotated[int | None, typer.Option(min=1, help="Fine-tunes per GLUE task and trial (1).")]
+def _with_study_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`command` with the options of `StudyOptions` after its own, handed to it as one
+    `options` argument: typer reads the combined signature."""
+    shared = inspect.signature(StudyOptions, eval_str=True).parameters
+    own = [parameter for name, parameter in inspect.signature(command, eval_str=True).parameters.items()
+           if name != "options"]
+
+    @functools.wraps(command)
+    def with_options(**params) -> None:
+        command(options=StudyOptions(**{name: params.pop(name) for name in shared}), **params)
+
+    with_options.__signature__ = inspect.Signature([*own, *shared.values()])
+    return with_options
 
 
 def _sizes(text: str) -> tuple[str, ...]:
@@ -514,6 +537,7 @@ def _sizes(text: str) -> tuple[str, ...]:
 
 
 @study_app.command("scaling")
+@_with_study_options
 def study_scaling(
     ctx: typer.Context,
     budgets: Annotated[str, typer.Option(help="Comma-separated budgets, e.g. 6,12,24.")],
@@ -538,17 +562,8 @@ def study_scaling(
                                                       "prevalence (the paper's, for one run).")]
     = SequenceOrder.SHUFFLE,
     out: Annotated[Path | None, typer.Option(help="Study directory (default runs/<time>-scaling).")] = None,
-    address: AddressOption = None,
-    dry_run: DryRunOption = False,
-    allow_ordered_data: AllowOrderedDataOption = False,
-    reference_law: ReferenceLawOption = None,
-    suggest: SuggestOption = False,
-    write: WriteOption = None,
-    cache_dir: CacheDirOption = None,
     glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP)] = None,
-    glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
-    glue_seeds: GlueSeedsOption = None,
-    tracker: TrackerOption = None,
+    options: StudyOptions = StudyOptions(),
 ) -> None:
     """Sweep budgets x model sizes (one arch and recipe; study files compare several), then
     fit and plot scaling laws."""
@@ -565,39 +580,28 @@ def study_scaling(
                               overrides=overrides, seeds=seeds)
         spec = StudySpec(name="scaling", settings=(setting,), unit=unit,
                          data=StudyData(corpus=corpus, order=order.value))
-        _run_study(ctx, _with_flags(spec, data, glue, glue_dir, glue_seeds), out, address, dry_run, cache_dir,
-                   allow_ordered_data, DesignOptions(reference_law, suggest, write), _tracking(tracker))
+        _run_study(ctx, spec, out, glue, data, options)
     except CrammitError as error:
         raise _fail(error) from None
 
 
 @study_app.command("run")
+@_with_study_options
 def study_run(
     ctx: typer.Context,
     study_file: Annotated[Path, typer.Argument(help="A study file, e.g. studies/smoke.toml.")],
     out: Annotated[Path | None, typer.Option(help="Study directory (default runs/<time>-<name>).")] = None,
     data: Annotated[Path | None, typer.Option(help="A prepared directory replacing the file's \\[data].")]
     = None,
-    address: AddressOption = None,
-    dry_run: DryRunOption = False,
-    allow_ordered_data: AllowOrderedDataOption = False,
-    reference_law: ReferenceLawOption = None,
-    suggest: SuggestOption = False,
-    write: WriteOption = None,
-    cache_dir: CacheDirOption = None,
     glue: Annotated[str | None, typer.Option(help=GLUE_TASKS_HELP + " Replaces the file's \\[glue] tasks.")]
     = None,
-    glue_dir: Annotated[Path | None, typer.Option(help=GLUE_DIR_HELP)] = None,
-    glue_seeds: GlueSeedsOption = None,
-    tracker: TrackerOption = None,
+    options: StudyOptions = StudyOptions(),
 ) -> None:
     """Run the settings of a study file (each a size, recipe overrides, GPUs and budgets)."""
     from crammit.study.spec import read_study_file
 
     try:
-        spec = _with_flags(read_study_file(study_file), data, glue, glue_dir, glue_seeds)
-        _run_study(ctx, spec, out, address, dry_run, cache_dir, allow_ordered_data,
-                   DesignOptions(reference_law, suggest, write), _tracking(tracker))
+        _run_study(ctx, read_study_file(study_file), out, glue, data, options)
     except CrammitError as error:
         raise _fail(error) from None
 

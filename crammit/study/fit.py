@@ -299,6 +299,19 @@ def _curve_flops(flops: pd.Series, budgets: dict[str, float], fit: LawFit, valid
     return np.geomspace(flops.min() / 2, max([2 * flops.max(), *supported]), CURVE_POINTS)
 
 
+def _law_or_reason(fit_law: Callable[[pd.DataFrame, FitOptions], LawFit], rows: pd.DataFrame,
+                   options: FitOptions) -> tuple[LawFit | None, str]:
+    """The law `fit_law` fits to the rows, or why there is none (the loss's problem, or the
+    fit's error)."""
+    problem = _loss_problem(rows)
+    if problem:
+        return None, problem
+    try:
+        return fit_law(rows, options), ""
+    except CrammitError as error:
+        return None, str(error)
+
+
 def _loss_problem(rows: pd.DataFrame) -> str | None:
     """Why the rows hold no law of loss against compute: a constant loss, or one that does
     not fall as compute grows."""
@@ -467,13 +480,9 @@ def _compute_section(rows: pd.DataFrame, options: FitOptions) -> tuple[dict[str,
                  "loss": float(row["loss"]), "predicted": _number(value), "frontier": bool(on)}
                 for row, value, on in zip(rows.to_dict("records"), predicted, frontier, strict=True)]
 
-    problem = _loss_problem(rows)
-    try:
-        if problem:
-            raise CrammitError(problem)
-        fit = _frontier_fit(rows, options)
-    except CrammitError as error:
-        return {"skipped": str(error), "points": points([None] * len(rows))}, None
+    fit, skipped = _law_or_reason(_frontier_fit, rows, options)
+    if skipped:
+        return {"skipped": skipped, "points": points([None] * len(rows))}, None
     budgets = named_budgets(rows)
     rollout = _rollout(rows, _budget_steps(rows), _frontier_fit, _lowest_of_budget, ("flops",), options)
     band = _curve_flops(rows["flops"], budgets, fit, rollout["validated_factor"])
@@ -521,13 +530,9 @@ def _params_tokens_section(rows: pd.DataFrame, options: FitOptions
     if sizes < 2:
         return {"settings": settings, "skipped": f"one model size ({rows['params'].iloc[0]:.3g} parameters) "
                                                  "cannot separate N from D: L(C) only"}, None
-    problem = _loss_problem(rows)
-    try:
-        if problem:
-            raise CrammitError(problem)
-        fit = _params_tokens_fit(rows, options)
-    except CrammitError as error:
-        return {"settings": settings, "skipped": str(error)}, None
+    fit, skipped = _law_or_reason(_params_tokens_fit, rows, options)
+    if skipped:
+        return {"settings": settings, "skipped": skipped}, None
     per_token = FlopsPerToken.from_trials(rows["params"], rows["tokens"], rows["flops"])
     budgets = named_budgets(rows)
     largest_size = rows["params"] == rows["params"].max()
