@@ -453,16 +453,17 @@ def test_an_interrupted_glue_evaluation_says_how_to_continue(tmp_path, monkeypat
 
 
 def interrupt_when(process: subprocess.Popen, ready, deadline_s: float = 240) -> str:
-    """SIGINT to `process` once `ready()` holds (it has done some work), then its last line of
-    stderr: what the command itself says last, whatever Ray's threads print as it stops."""
+    """SIGINT to `process` once `ready()` holds (it has done some work), then the one line it
+    says it was interrupted in; Ray's threads may print lines of theirs around it as it stops."""
     deadline = time.monotonic() + deadline_s
     while process.poll() is None and not ready() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert process.poll() is None, process.communicate()[1][-3000:]
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
-    return stderr.strip().splitlines()[-1]
+    said = [line for line in stderr.splitlines() if line.startswith("interrupted:")]
+    assert process.returncode == 130 and len(said) == 1, stderr[-3000:]
+    return said[0]
 
 
 @pytest.mark.slow
