@@ -4,9 +4,8 @@ training run in its own run directory under `DIR/trials/`.
 Each Tune trial is a function that places its run on the cluster (its own `ScalingConfig`)
 and trains it with the ordinary trainer (`run.fit`: a TorchTrainer, `fit()` inside the trial,
 the Ray Train V2 way); `TuneReportCallback` carries the trainer's live reports into Tune's
-table. The trial's run
-directory is the record of its progress, so a study run again re-uses finished trials,
-resumes interrupted ones from their checkpoints and runs the rest.
+table. The trial's run directory is the record of its progress, so a study run again re-uses
+finished trials, resumes interrupted ones from their checkpoints and runs the rest.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Start, resume and launch runs: the driver side, where Ray appears.
 
-`prepare_run` lays out a run directory (config, tokenizer, and the prepared corpus when
-none is given) on the driver, so workers only read; `launch` runs `train_loop` on a Ray
-Train `TorchTrainer`.
+`prepare_corpus_for_run` prepares a corpus into a new run directory when none is given and
+`prepare_run` lays the directory out (config, tokenizer) on the driver, so workers only read;
+`fit` runs `train_loop` on a Ray Train `TorchTrainer` with the workers a `ScalingConfig`
+places, and `launch`, the CLI's way in, places them by the cluster's policy first.
 """
 
 from __future__ import annotations
