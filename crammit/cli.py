@@ -466,7 +466,8 @@ def _run_study(ctx: typer.Context, spec, out: Path | None, glue: str | None, dat
         if options.dry_run:
             return
         run_study(spec, out, cluster, options.cache_dir or default_cache_dir(), options.address,
-                  echo=typer.echo, allow_ordered_data=options.allow_ordered_data, tracking=tracking)
+                  echo=typer.echo, allow_ordered_data=options.allow_ordered_data, tracking=tracking,
+                  calibration=plan.calibration)
     except (Interrupted, KeyboardInterrupt) as error:
         raise _study_interrupted(spec, out, error, out_given=_given(ctx, "out")) from None
     typer.echo(f"study directory: {out}")

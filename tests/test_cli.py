@@ -400,7 +400,8 @@ def fake_plan(monkeypatch, run_study):
 
     from crammit.study import sweep
 
-    monkeypatch.setattr(sweep, "plan_study", lambda *args: SimpleNamespace(render=lambda: "plan", problem=""))
+    plan = SimpleNamespace(render=lambda: "plan", problem="", calibration=None)
+    monkeypatch.setattr(sweep, "plan_study", lambda *args: plan)
     monkeypatch.setattr(sweep, "study_precision", lambda *args, **kwargs: ([], None))
     monkeypatch.setattr(sweep, "run_study", run_study)
 

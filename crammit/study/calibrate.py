@@ -10,6 +10,8 @@ which the plan adds as TRIAL_OVERHEAD_S.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import multiprocessing
 import time
 from collections.abc import Iterator
@@ -24,6 +26,13 @@ MAX_STEPS = 20  # per size: enough for a steady rate
 # Sequences a timed step holds at most: on CPU a token costs about the same from 8 sequences
 # up, and a setting's micro-batch may not fit in memory at all (its trial reports that).
 MAX_MICRO_BATCH = 32
+
+
+def calibration_key(model: ModelConfig, recipe: RecipeConfig, threads: int, concurrent: int) -> str:
+    """What one calibration timed: the model's shape, the micro-batch timed, the threads and
+    the processes at once. A saved rate stands for another plan's only where this is equal."""
+    timed = [dataclasses.asdict(model), min(recipe.micro_batch_size, MAX_MICRO_BATCH), threads, concurrent]
+    return json.dumps(timed, sort_keys=True)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ unknown (CPUs), and the plan says which.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -47,6 +47,7 @@ class Calibration:
     rates: dict[tuple[str, str], float]
     seconds: float
     threads: int
+    by_key: dict[str, float] = field(default_factory=dict)  # the rates by `calibration_key`, to save
 
     def describe(self) -> str:
         return (f"CPU throughput from a {self.seconds:.0f}-s calibration of the sizes on this machine "
@@ -87,6 +88,7 @@ class StudyPlan:
     ordered_data: str = ""  # why the corpus's order would bend the law; empty when it does not
     design: pd.DataFrame | None = None  # per trial: setting, size, budget, seed, params, tokens, flops, hours
     precision: tuple[str, ...] = ()  # what the study is expected to conclude, and a better design
+    calibration: Calibration | None = None  # the CPU speeds it is planned at, where it calibrated
 
     def render(self) -> str:
         width = max(len(trial.name) for trial in self.trials)
@@ -163,6 +165,7 @@ def make_plan(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources,
         problem=cluster_problem(spec, cluster),
         glue=_glue_line(spec),
         design=design,
+        calibration=calibrated,
         **_corpus_lines(corpus, [None if pd.isna(tokens) else tokens for tokens in design["tokens"]]),
     )
 

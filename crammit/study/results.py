@@ -16,7 +16,7 @@ from crammit.config import Device
 from crammit.data.layout import MANIFEST, read_manifest
 from crammit.errors import CrammitError
 from crammit.eval.glue_results import trial_columns
-from crammit.io import atomic_path
+from crammit.io import atomic_path, read_json, write_json
 from crammit.model.flops import non_embedding_parameter_count, parameter_count
 from crammit.study.spec import StudySpec, Trial, TrialStatus, write_study_file
 from crammit.train import rundir
@@ -30,6 +30,16 @@ PLOTS_DIR = "plots"
 TRIALS_DIR = "trials"
 DATA_DIR = "data"
 ERROR_FILE = "error.txt"  # in a trial's run directory: why its last attempt failed
+CALIBRATION_FILE = "calibration.json"  # CPU speeds a plan timed, by `calibration_key`: reruns reuse them
+
+
+def read_calibration(study_dir: Path) -> dict[str, float]:
+    path = study_dir / CALIBRATION_FILE
+    return read_json(path) if path.is_file() else {}
+
+
+def save_calibration(study_dir: Path, rates: dict[str, float]) -> None:
+    write_json(study_dir / CALIBRATION_FILE, {**read_calibration(study_dir), **rates})
 
 
 def trial_dir(study_dir: Path, trial: Trial) -> Path:

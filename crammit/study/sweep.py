@@ -33,7 +33,7 @@ from crammit.errors import CrammitError, Interrupted
 from crammit.io import atomic_path
 from crammit.model.flops import parameter_count, training_flops_per_token
 from crammit.study import results
-from crammit.study.calibrate import CALIBRATION_SECONDS, calibrate
+from crammit.study.calibrate import CALIBRATION_SECONDS, calibrate, calibration_key
 from crammit.study.design import Suggestion, suggest_design
 from crammit.study.fit import seed_scatter
 from crammit.study.laws import FitOptions
@@ -68,12 +68,14 @@ def plan_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cali
     sizes no finished trial has timed are timed by a short calibration on this machine."""
     trials = results.trials_table(spec, study_dir)
     return make_plan(spec, trials, cluster, trial_models(spec), _study_corpus(spec, study_dir),
-                     _calibration(spec, trials, cluster) if calibrate_cpus else None)
+                     _calibration(spec, trials, cluster, study_dir) if calibrate_cpus else None)
 
 
-def _calibration(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources) -> Calibration | None:
+def _calibration(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResources,
+                 study_dir: Path) -> Calibration | None:
     """This machine's speed of the CPU settings' sizes that no finished trial has timed, with
-    the torch threads each trial's worker will get."""
+    the torch threads each trial's worker will get: saved by an earlier run of the study
+    where it timed the same, else timed now."""
     measured = measured_flops_per_s(trials)
     models = {(setting.name, size): (trial_model(spec, size, setting.arch), setting.recipe_config())
               for setting in spec.settings if not setting.gpus for size in setting.sizes
@@ -82,7 +84,12 @@ def _calibration(spec: StudySpec, trials: pd.DataFrame, cluster: ClusterResource
         return None
     concurrency = concurrent_trials(spec, cluster)
     threads = worker_threads(cluster.cpus, concurrency * max(s.workers for s in spec.settings if not s.gpus))
-    return Calibration(calibrate(models, threads, concurrent=concurrency), CALIBRATION_SECONDS, threads)
+    keys = {name: calibration_key(*models[name], threads, concurrency) for name in models}
+    saved = results.read_calibration(study_dir)
+    untimed = {name: model for name, model in models.items() if keys[name] not in saved}
+    timed = calibrate(untimed, threads, concurrent=concurrency) if untimed else {}
+    rates = {name: timed[name] if name in timed else saved[keys[name]] for name in models}
+    return Calibration(rates, CALIBRATION_SECONDS, threads, {keys[name]: rates[name] for name in models})
 
 
 def study_precision(spec: StudySpec, study_dir: Path, cluster: ClusterResources, plan: StudyPlan,
@@ -141,16 +148,20 @@ def _study_corpus(spec: StudySpec, study_dir: Path) -> StudyCorpus:
 
 def run_study(spec: StudySpec, study_dir: Path, cluster: ClusterResources, cache_dir: Path,
               address: str | None = None, echo: Callable[[str], None] = print,
-              allow_ordered_data: bool = False, tracking: Tracking = Tracking()) -> pd.DataFrame:
+              allow_ordered_data: bool = False, tracking: Tracking = Tracking(),
+              calibration: Calibration | None = None) -> pd.DataFrame:
     """Prepare the study's corpus once, run every unfinished trial on Ray Tune, then write
     the tables, the fits and the plots. Returns the trials table. A corpus in prevalence
     order that the budgets read more than a little of is refused unless `allow_ordered_data`.
-    `tracking` logs the trials, their GLUE scores and the fit to experiment trackers."""
+    `tracking` logs the trials, their GLUE scores and the fit to experiment trackers; the
+    `calibration` the study was planned at is saved for its reruns' plans."""
     problem = cluster_problem(spec, cluster)
     if problem:
         raise CrammitError(f"this cluster cannot run the study as asked: {problem}")
     study_dir.mkdir(parents=True, exist_ok=True)
     results.save_spec(study_dir, spec)
+    if calibration is not None:
+        results.save_calibration(study_dir, calibration.by_key)
     start_ray(address)
     data = _study_data(spec, study_dir, cache_dir)
     plan = plan_study(spec, study_dir, cluster, calibrate_cpus=False)

@@ -205,6 +205,29 @@ def test_a_resumed_trial_may_launch_differently_but_not_be_another_run(tmp_path)
         sweep._check_compatible(other_lr, "t")
 
 
+def test_a_rerun_plans_at_the_calibration_its_first_run_saved(tmp_path, monkeypatch):
+    """The plan of a study run again (to resume it) reuses the CPU speeds its first run
+    timed, and times only a setting whose timed model differs."""
+    timed = []
+
+    def calibrate(models, threads, concurrent=1):
+        timed.append(sorted(models))
+        return {name: 1e9 * (index + 1) for index, name in enumerate(sorted(models))}
+
+    monkeypatch.setattr(sweep, "calibrate", calibrate)
+    spec, study_dir, cluster = token_study(), tmp_path / "study", ClusterResources(cpus=2, gpus=0)
+    first = plan_study(spec, study_dir, cluster)
+    assert timed == [[("tiny", "tiny")]] and first.calibration.rates == {("tiny", "tiny"): 1e9}
+    study_dir.mkdir()
+    results.save_calibration(study_dir, first.calibration.by_key)
+    again = plan_study(spec, study_dir, cluster)
+    assert len(timed) == 1 and again.calibration.rates == first.calibration.rates
+    faster = dataclasses.replace(spec, settings=(dataclasses.replace(
+        spec.settings[0], overrides={"micro_batch_size": 8}),))
+    plan_study(faster, study_dir, cluster)
+    assert timed[1:] == [[("tiny", "tiny")]]  # another micro-batch: timed anew
+
+
 def test_a_study_shuffles_the_corpus_it_prepares(tmp_path, corpus_file, cache_dir, ray_session):
     spec = token_study(corpus=str(corpus_file))
     assert spec.data.order == "shuffle"
