@@ -188,16 +188,17 @@ def _refuse_settings_with_resume(ctx: typer.Context) -> None:
 def _launch_options(ctx: typer.Context, base: LaunchOptions, checkpoint_minutes: float, max_failures: int,
                     profile_steps: int, tracker: list[Tracker] | None) -> LaunchOptions:
     """A resumed run's saved launch options, with the launch flags the user typed."""
-    typed = {field: value for field, (param, value) in {
-        "checkpoint_every_s": ("checkpoint_minutes", checkpoint_minutes * 60),
-        "max_failures": ("max_failures", max_failures),
-        "profile_steps": ("profile_steps", profile_steps),
-        "tracking": ("tracker", None),
-    }.items() if _given(ctx, param)}
-    if "tracking" in typed:
-        typed["tracking"] = _tracking(tracker)
+    changes = {}
+    if _given(ctx, "checkpoint_minutes"):
+        changes["checkpoint_every_s"] = checkpoint_minutes * 60
+    if _given(ctx, "max_failures"):
+        changes["max_failures"] = max_failures
+    if _given(ctx, "profile_steps"):
+        changes["profile_steps"] = profile_steps
+    if _given(ctx, "tracker"):
+        changes["tracking"] = _tracking(tracker)
     with _flags_for(ctx, checkpoint_every_s="checkpoint_minutes"):
-        return dataclasses.replace(base, **typed)
+        return dataclasses.replace(base, **changes)
 
 
 def _refuse_flags_the_deepspeed_file_sets(ctx: typer.Context, overrides: dict) -> None:

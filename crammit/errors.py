@@ -22,6 +22,14 @@ class ConfigError(CrammitError):
         return ConfigError(self.field, self.problem, self.value, self.subject, where)
 
 
+def one_line(error: BaseException) -> str:
+    """Why some work failed, in the one line its record keeps: the exception's type and the
+    first line of its message. An error raised in a Ray task or Tune trial arrives wrapped in
+    Ray's report of it: the original, its cause, is the one said."""
+    cause = getattr(error, "cause", None) or error
+    return f"{type(cause).__name__}: {cause}".splitlines()[0]
+
+
 class Interrupted(Exception):
     """Work the user stopped (Ctrl-C): its message says what finished; the CLI adds how to
     continue and exits with code 130, as a shell does for an interrupted command."""

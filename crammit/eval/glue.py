@@ -22,7 +22,7 @@ from ray.tune import Result
 
 from crammit.cluster import cluster_resources, start_ray, worker_threads
 from crammit.config import GlueRecipe, Tracking
-from crammit.errors import CrammitError, Interrupted
+from crammit.errors import CrammitError, Interrupted, one_line
 from crammit.eval.glue_data import TASKS, TRAIN, GlueSplit, GlueTask, load_task
 from crammit.eval.glue_results import FinetuneJob, Init, glue_dir, save_failure, save_scores, write_summary
 from crammit.io import read_json
@@ -178,15 +178,9 @@ def record_failures(grid: Iterable[Result], jobs: dict[str, FinetuneJob]) -> dic
     for result in grid:
         if result.error:
             job = jobs[Path(result.path).name]  # a trial's directory is named by its job (_trial_name)
-            failures[job.name] = _reason(result.error)
+            failures[job.name] = one_line(result.error)
             save_failure(job, failures[job.name])
     return failures
-
-
-def _reason(error: BaseException) -> str:
-    # An error raised in the trial arrives wrapped in Ray's report of the task: the original is its cause.
-    cause = getattr(error, "cause", None) or error
-    return f"{type(cause).__name__}: {cause}".splitlines()[0]
 
 
 def _trial_name(trial) -> str:

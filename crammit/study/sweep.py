@@ -29,7 +29,7 @@ from crammit.config import (
     TrainConfig,
 )
 from crammit.data.layout import MANIFEST, read_manifest
-from crammit.errors import CrammitError, Interrupted
+from crammit.errors import CrammitError, Interrupted, one_line
 from crammit.io import atomic_path
 from crammit.model.flops import parameter_count, training_flops_per_token
 from crammit.study import results
@@ -377,9 +377,8 @@ def run_trial(params: dict, configs: dict, concurrency: int, data: dict,
         final = fit(config, scaling, data=data, callbacks=() if here else (TuneReportCallback(),),
                     report_to_tune=here)
     except Exception as error:
-        message = f"{type(error).__name__}: {error}".splitlines()[0]
         with atomic_path(run_dir / results.ERROR_FILE) as tmp:
-            tmp.write_text(message + "\n")
+            tmp.write_text(one_line(error) + "\n")
         raise
     # The trial's last result: its final metrics in Tune and in its logger callbacks' trackers.
     return {"eval_loss": final.eval_loss, "initial_eval_loss": final.initial_eval_loss,
