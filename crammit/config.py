@@ -90,6 +90,11 @@ class BudgetUnit(str, Enum):
     TOKENS = "tokens"
     FLOPS = "flops"
 
+    @property
+    def is_time(self) -> bool:
+        """A wall-clock budget: what a micro-batch costs of it is measured, not known ahead."""
+        return self is BudgetUnit.HOURS
+
 
 @dataclass(frozen=True)
 class Budget:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,11 @@ from tests.helpers import TINY_VOCAB, prepare_config, write_corpus, write_jsonl_
 
 if TYPE_CHECKING:
     from crammit.data.corpus import EmbeddedCorpus
+
+# Ray Train's controller polls its workers every 2 s, so a run ends up to 4 s after its loop
+# returns: long beside a test's seconds of training, nothing beside a user's hours. The Ray
+# clusters the tests start (here and in their subprocesses) inherit this.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -81,8 +82,7 @@ class Request:
         return f"{self.devices} {kind}{'s' if self.devices > 1 else ''} × {self.hours:g} h"
 
 
-@dataclass(frozen=True)
-class Throughput:
+class Throughput(NamedTuple):
     """One device's training FLOP/s the budget is converted at, and where it comes from."""
 
     flops_per_s: float

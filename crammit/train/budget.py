@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from crammit.config import Budget, BudgetUnit, RecipeConfig
+from crammit.config import Budget, RecipeConfig
 from crammit.train.recipe import accumulation_steps
 
 FEW_STEPS = 100  # fewer optimizer steps than this leave the schedule only a coarse staircase
@@ -26,7 +26,7 @@ def micro_batches_left(budget: Budget, progress: float, micro_batch_cost: float 
     if micro_batch_cost is None:
         return None
     left = (1.0 - progress) / micro_batch_cost
-    return round(left) if budget.unit is BudgetUnit.HOURS else math.ceil(left - 1e-9)
+    return round(left) if budget.unit.is_time else math.ceil(left - 1e-9)
 
 
 def optimizer_steps_left(recipe: RecipeConfig, world_size: int, progress: float, cost: float,

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from crammit.config import Budget, BudgetUnit
+from crammit.config import Budget
 from crammit.train.budget import micro_batches_left
 from crammit.train.rundir import StepMetrics
 from crammit.train.state import TrainState
@@ -29,7 +29,7 @@ class BudgetClock:
         self._started = time.perf_counter() - elapsed_s
         self._step_started = self._started
         self.micro_batch_cost: float | None = (
-            None if budget.unit is BudgetUnit.HOURS else
+            None if budget.unit.is_time else
             budget.fraction(0.0, micro_step_tokens, micro_step_tokens * flops_per_token))
 
     def progress(self, state: TrainState) -> float:
@@ -54,7 +54,7 @@ class BudgetClock:
 
     def measured(self, micro_batch_s: float) -> None:
         """A micro-batch's time, agreed by every rank: a time budget's cost per micro-batch."""
-        if self.budget.unit is BudgetUnit.HOURS:
+        if self.budget.unit.is_time:
             self.micro_batch_cost = self.budget.fraction(micro_batch_s, 0, 0.0)
 
     @contextmanager
@@ -96,7 +96,7 @@ class Progress:
             print(message, file=sys.stderr, flush=True)
 
     def _left(self, fraction: float) -> str:
-        if self.budget.unit == BudgetUnit.HOURS:
+        if self.budget.unit.is_time:
             seconds = (1 - fraction) * self.budget.amount * 3600
         else:  # extrapolate from this session's pace
             done = fraction - (self.start_fraction or 0.0)
