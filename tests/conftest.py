@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,11 +11,6 @@ from tests.helpers import TINY_VOCAB, prepare_config, write_corpus, write_jsonl_
 
 if TYPE_CHECKING:
     from crammit.data.corpus import EmbeddedCorpus
-
-# Ray Train's controller polls its workers every 2 s, so a run ends up to 4 s after its loop
-# returns: long beside a test's seconds of training, nothing beside a user's hours. The Ray
-# clusters the tests start (here and in their subprocesses) inherit this.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +35,13 @@ def embedded_cache(tmp_path_factory) -> tuple[Path, EmbeddedCorpus]:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray cluster (2 CPUs) shared by every test that needs Ray."""
+    """One local Ray cluster (2 CPUs) shared by every test that needs Ray, with the Ray Train
+    settings `crammit.cluster.start_ray` gives the clusters it starts."""
     ray = pytest.importorskip("ray")
+    from crammit.cluster import RAY_TRAIN_ENV
+
     ray.shutdown()  # a CLI test may have started a default cluster in this process
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", runtime_env={"env_vars": RAY_TRAIN_ENV})
     yield
     ray.shutdown()
 
