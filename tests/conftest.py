@@ -41,7 +41,8 @@ def ray_session():
     from crammit.cluster import RAY_TRAIN_ENV
 
     ray.shutdown()  # a CLI test may have started a default cluster in this process
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", runtime_env={"env_vars": RAY_TRAIN_ENV})
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": RAY_TRAIN_ENV})
     yield
     ray.shutdown()
 
