@@ -354,23 +354,17 @@ def run_trial(params: dict, configs: dict, concurrency: int, data: dict,
     """One Tune trial: start (or resume) the trial's run and train it to its budget, in this
     process if it is `in_trial`. A failure is written to the run directory, where the study's
     table reads it."""
-    import ray
-    from ray.train import ScalingConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from crammit.train.run import fit, prepare_run, with_cpu_threads
+    from crammit.train.run import fit, place, prepare_run
 
     config = TrainConfig.from_dict(configs[params["trial"]])
     run_dir = Path(config.run_dir)
     (run_dir / results.ERROR_FILE).unlink(missing_ok=True)
-    # The trial's run placed as Ray's Train-in-Tune guide places one: its share of the
+    # The trial places its own run, as Ray's Train-in-Tune guide does: its share of the
     # cluster beside the other trials running at once, less what this trial's driver holds.
     here = params["trial"] in in_trial
-    total_cpus, use_gpu = ray.cluster_resources()["CPU"], config.device == Device.CUDA
-    cpus = worker_cpus(total_cpus, config.num_workers, concurrency, TRIAL_DRIVER_CPUS)
-    scaling = ScalingConfig(num_workers=0 if here else config.num_workers, use_gpu=use_gpu,
-                            resources_per_worker=None if use_gpu else {"CPU": cpus})
-    config = with_cpu_threads(config, worker_threads(total_cpus, config.num_workers * concurrency))
+    config, scaling = place(config, here, concurrency, TRIAL_DRIVER_CPUS)
     try:
         if not rundir.is_run_dir(run_dir):
             prepare_run(config)

@@ -104,22 +104,27 @@ def connect(config: TrainConfig, address: str | None = None) -> None:
 
 def launch(config: TrainConfig, in_process: bool = False, data: dict | None = None) -> rundir.FinalResults:
     """Run `train_loop` on `config.num_workers` Ray Train workers placed by the cluster's
-    policy (`crammit.cluster`), or with `in_process` in this process (Ray Train's local mode:
+    policy (`place`), or with `in_process` in this process (Ray Train's local mode:
     notebooks, tests, debugging); returns final.json. `data`: as `fit` takes it. The CLI's
     way in; a study's trial places its own run and calls `fit`."""
+    return fit(*place(config, in_process), data)
+
+
+def place(config: TrainConfig, in_process: bool = False, concurrent_runs: int = 1,
+          driver_cpus: float = 0.0) -> tuple[TrainConfig, ScalingConfig]:
+    """The run's workers on this Ray cluster by `crammit.cluster`'s policy: each CPU worker's
+    share of the CPUs beside `concurrent_runs` runs at once whose drivers hold `driver_cpus`
+    each, and its torch threads; none with `in_process`. The config carries the threads."""
     import ray
     from ray.train import ScalingConfig
 
     total_cpus = ray.cluster_resources()["CPU"]
     use_gpu = config.device == Device.CUDA
+    cpus = worker_cpus(total_cpus, config.num_workers, concurrent_runs, driver_cpus)
     scaling = ScalingConfig(num_workers=0 if in_process else config.num_workers, use_gpu=use_gpu,
-                            resources_per_worker=None if use_gpu else
-                            {"CPU": worker_cpus(total_cpus, config.num_workers)})
-    return fit(with_cpu_threads(config, worker_threads(total_cpus, config.num_workers)), scaling, data)
-
-
-def with_cpu_threads(config: TrainConfig, threads: int) -> TrainConfig:
-    return replace(config, launch=replace(config.launch, cpu_threads=threads))
+                            resources_per_worker=None if use_gpu else {"CPU": cpus})
+    threads = worker_threads(total_cpus, config.num_workers * concurrent_runs)
+    return replace(config, launch=replace(config.launch, cpu_threads=threads)), scaling
 
 
 def fit(config: TrainConfig, scaling: ScalingConfig, data: dict | None = None, callbacks: tuple = (),
