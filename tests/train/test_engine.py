@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,12 +47,22 @@ def test_zero_stage_two_trains_and_keeps_only_recent_checkpoints(checkpointed_ru
     assert rundir.read_metrics(run_dir)["step"].iloc[-1] == results.steps
 
 
-def test_deepspeed_is_imported_without_mlflow_which_stays_importable():
-    """DeepSpeed's autotuner would import MLflow (a second of every worker's start-up)."""
-    check = ("import sys\n"
-             "from crammit.train.engine import import_deepspeed\n"
-             "import_deepspeed()\n"
-             "assert 'deepspeed' in sys.modules\n"
+def test_deepspeed_starts_without_mlflow_or_compiling_its_inference_all_reduce(tmp_path):
+    """DeepSpeed's autotuner would import MLflow (a second of every worker's start-up), and its
+    CPU backend would compile a shared-memory all-reduce that training never calls (half a
+    minute on a fresh install): an engine starts with neither, and MLflow stays importable."""
+    check = ("import sys, torch\n"
+             "from crammit.config import Device, RecipeConfig, TrainConfig\n"
+             "from crammit.train.engine import create_engine, process_group\n"
+             "config = TrainConfig(run_dir='', device=Device.CPU, compile=False,\n"
+             "                     recipe=RecipeConfig(batch_size=2, micro_batch_size=2))\n"
+             "with process_group(Device.CPU):\n"
+             "    engine = create_engine(torch.nn.Linear(4, 4), config)\n"
+             "    engine.backward(engine(torch.ones(2, 4)).sum())\n"
+             "    engine.step()\n"
              "assert not [name for name in sys.modules if name.split('.')[0] == 'mlflow']\n"
              "import mlflow\n")
-    subprocess.run([sys.executable, "-c", check], check=True, timeout=120, capture_output=True)
+    extensions = tmp_path / "torch_extensions"  # fresh: DeepSpeed would build its op here
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=120, capture_output=True,
+                   env={**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions)})
+    assert not list(extensions.glob("**/*.so"))
