@@ -15,6 +15,8 @@ import platform
 import re
 import sysconfig
 import tempfile
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,13 +151,27 @@ def _file_docstring_paragraphs(path: Path) -> list[list[str]]:
     except (SyntaxError, ValueError, UnicodeDecodeError, OSError):
         return []
     docstrings = []
-    for node in ast.walk(tree):
+    for node in _blocks(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             docstring = ast.get_docstring(node, clean=True)
             if docstring:
                 paragraphs = re.split(r"\n\s*\n", docstring)
                 docstrings.append([p for p in map(_clean_paragraph, paragraphs) if _is_prose(p)])
     return docstrings
+
+
+def _blocks(tree: ast.Module) -> Iterator[ast.AST]:
+    """The nodes of `ast.walk(tree)` that can hold a docstring or contain a node that does
+    (statements, `except` and `case` clauses), in its order: the walk skips expressions,
+    which are most of a module's nodes and hold no docstrings."""
+    todo = deque([tree])
+    while todo:
+        node = todo.popleft()
+        todo.extend(child for child in ast.iter_child_nodes(node) if isinstance(child, _BLOCK_NODES))
+        yield node
+
+
+_BLOCK_NODES = (ast.stmt, ast.excepthandler, ast.match_case)
 
 
 # Doctests, shell sessions, RST directives, assignments and comments.

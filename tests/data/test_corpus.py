@@ -1,3 +1,4 @@
+import ast
 import hashlib
 import re
 from collections import Counter
@@ -113,3 +114,46 @@ def test_embedded_reads_like_english_prose_not_code(embedded):
     common = sum(words[w] for w in COMMON_WORDS) / sum(words.values())
     assert common > 0.35  # between prose's share and code's, with a margin on each side
     assert sum(">>>" in doc or "def " in doc for doc in documents) < 0.001 * len(documents)
+
+
+NESTED_DEFINITIONS = '''
+"""Module."""
+if True:
+    def in_if():
+        """In an if."""
+try:
+    class InTry:
+        """In a try."""
+        async def method(self):
+            """An async method."""
+            return [lambda: None for _ in ()]
+except ValueError:
+    def in_except():
+        """In an except clause."""
+finally:
+    def in_finally():
+        """In a finally clause."""
+match 1:
+    case 1:
+        def in_case():
+            """In a case clause."""
+with open("x") as handle:
+    for _ in ():
+        while False:
+            def deep():
+                """Deep in blocks."""
+                def inner():
+                    """Inner."""
+'''
+
+
+def test_docstrings_are_found_in_every_block_in_the_order_of_a_full_walk(tmp_path):
+    path = tmp_path / "nested.py"
+    path.write_text(NESTED_DEFINITIONS)
+    definitions = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    walked = [ast.get_docstring(node) for node in ast.walk(ast.parse(NESTED_DEFINITIONS))
+              if isinstance(node, definitions)]
+    assert len(walked) == 9
+    assert [ast.get_docstring(node) for node in corpus._blocks(ast.parse(NESTED_DEFINITIONS))
+            if isinstance(node, definitions)] == walked
+    assert len(corpus._file_docstring_paragraphs(path)) == len(walked)
