@@ -1,6 +1,7 @@
 """Scale-out on one machine: a Ray head and a second Ray node on loopback, and a 2-worker
 `crammit train --address` whose workers land one on each node."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -34,10 +35,8 @@ def ray_node(*args: str, temp_dir: Path) -> subprocess.Popen:
 def stop(node: subprocess.Popen) -> None:
     """The node's processes and only them (`ray stop` would stop every Ray on the machine),
     killed: a head stopped gracefully takes half a minute, and the test is done with it."""
-    try:
+    with contextlib.suppress(ProcessLookupError):  # it has ended by itself
         os.killpg(node.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     node.wait()
 
 

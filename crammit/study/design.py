@@ -13,8 +13,10 @@ are then simulated as every plan's precision is, with their bootstraps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +26,7 @@ from threadpoolctl import threadpool_limits
 from crammit.config import MODEL_SIZES
 from crammit.errors import CrammitError
 from crammit.study.laws import FitOptions, fit_params_tokens_law
-from crammit.study.precision import Precision, ReferenceLaw, width_text
+from crammit.study.precision import Precision, ReferenceLaw, simulation_pool, width_text
 from crammit.study.spec import Setting, StudySpec
 
 EXTRA_COMPUTE = 0.25  # the most a suggestion adds, as a share of the study's compute
@@ -67,19 +69,19 @@ def _imprecision(design: pd.DataFrame, law: ReferenceLaw, noise: float) -> float
     groups). Each trial's noise depends only on the simulated study and the trial's name, so
     two candidate designs are compared on the same draws for the trials they share."""
     error = 0.0
-    for _, group in design.groupby("law_group"):
-        params, tokens = group["params"].to_numpy(float), group["tokens"].to_numpy(float)
-        truth = np.array([law.E, law.alpha, law.beta])
-        for study in range(SEARCH_STUDIES):
-            draws = np.array([np.random.default_rng([study, zlib.crc32(name.encode())]).standard_normal()
-                              for name in group["trial"]])
-            loss = law.loss(params, tokens) * np.exp(noise * draws)
-            try:
-                fitted = fit_params_tokens_law(params, tokens, loss, SEARCH_FIT)
-            except CrammitError:
-                return np.inf
-            estimate = fitted.estimate[[0, 3, 4]]
-            error += float(np.abs(estimate / truth - 1).sum()) / SEARCH_STUDIES
+    truth = np.array([law.E, law.alpha, law.beta])
+    with threadpool_limits(1, user_api="blas"):  # the fits' vectors are tiny: threads only contend
+        for _, group in design.groupby("law_group"):
+            params, tokens = group["params"].to_numpy(float), group["tokens"].to_numpy(float)
+            for study in range(SEARCH_STUDIES):
+                draws = np.array([np.random.default_rng([study, zlib.crc32(name.encode())]).standard_normal()
+                                  for name in group["trial"]])
+                loss = law.loss(params, tokens) * np.exp(noise * draws)
+                try:
+                    fitted = fit_params_tokens_law(params, tokens, loss, SEARCH_FIT)
+                except CrammitError:
+                    return np.inf
+                error += float(np.abs(fitted.estimate[[0, 3, 4]] / truth - 1).sum()) / SEARCH_STUDIES
     return error
 
 
@@ -150,16 +152,19 @@ def _with(spec: StudySpec, index: int, **changes) -> StudySpec:
 
 def suggest_design(spec: StudySpec, design_of: Callable[[StudySpec], pd.DataFrame], law: ReferenceLaw,
                    noise: float, simulate: Callable[[pd.DataFrame], Precision],
-                   before: Precision | None = None) -> Suggestion:
+                   before: Precision | None = None, pool: Executor | None = None) -> Suggestion:
     """Greedy: the move that cuts the expected error of alpha, beta and E most (relative to the
     reference law) per added FLOP, while the added compute stays within EXTRA_COMPUTE of the
-    study's; then the before and after simulated with their bootstraps."""
+    study's; then the before and after simulated with their bootstraps. Each step's
+    candidates are judged at once on `pool` (default: a `simulation_pool` of its own)."""
     design = design_of(spec)
     if design["tokens"].isna().any():
         raise CrammitError("a suggestion needs every trial's tokens: give token or FLOP budgets, or run on a "
                            "cluster whose throughput is known")
-    with threadpool_limits(1, user_api="blas"):  # the fits' vectors are tiny: threads only contend
-        current, moves = _greedy(spec, design_of, law, noise)
+    if pool is None:
+        with simulation_pool() as own:
+            return suggest_design(spec, design_of, law, noise, simulate, before, own)
+    current, moves = _greedy(spec, design_of, law, noise, pool)
     if not moves:
         raise CrammitError("no extra trials within +25 % compute narrow the law")
     after_design = design_of(current)
@@ -169,19 +174,23 @@ def suggest_design(spec: StudySpec, design_of: Callable[[StudySpec], pd.DataFram
 
 
 def _greedy(spec: StudySpec, design_of: Callable[[StudySpec], pd.DataFrame], law: ReferenceLaw,
-            noise: float) -> tuple[StudySpec, list[str]]:
+            noise: float, pool: Executor) -> tuple[StudySpec, list[str]]:
     """The study after each best move in turn, and the moves' descriptions."""
     design = design_of(spec)
     base = spent = float(design["flops"].sum())
-    current, width, moves = spec, _imprecision(design, law, noise), []
+    imprecision = functools.partial(_imprecision, law=law, noise=noise)
+    current, width, moves = spec, imprecision(design), []
     while len(moves) < MAX_MOVES:
-        best = None
+        candidates = []
         for description, candidate in _moves(current, spec):
             candidate_design = design_of(candidate)
             cost = float(candidate_design["flops"].sum())
-            if cost > (1 + EXTRA_COMPUTE) * base:
-                continue
-            gain = (width - _imprecision(candidate_design, law, noise)) / max(cost - spent, 1e-300)
+            if cost <= (1 + EXTRA_COMPUTE) * base:
+                candidates.append((description, candidate, cost, candidate_design))
+        widths = pool.map(imprecision, [candidate_design for *_, candidate_design in candidates])
+        best = None
+        for (description, candidate, cost, _), candidate_width in zip(candidates, widths, strict=True):
+            gain = (width - candidate_width) / max(cost - spent, 1e-300)
             if gain > 0 and (best is None or gain > best[0]):
                 best = (gain, description, candidate, cost, width - gain * (cost - spent))
         if best is None:

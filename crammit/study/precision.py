@@ -14,7 +14,8 @@ import contextlib
 import math
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,27 +126,47 @@ def width_text(value: float | None) -> str:
     return "unbounded" if not np.isfinite(value) else f"±{value:.2g}"
 
 
+@contextlib.contextmanager
+def simulation_pool() -> Iterator[Executor]:
+    """Processes, one a core, for simulated studies and the other independent fits of a plan:
+    one pool serves a whole plan, since each process pays its imports once. Spawned, not
+    forked: the planning process may hold Ray's or torch's threads. On one core, this process."""
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        yield _InProcess()
+        return
+    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+class _InProcess(Executor):
+    """Runs each call here, when it is submitted: the pool of a single core."""
+
+    def submit(self, function, /, *args, **kwargs) -> Future:
+        future = Future()
+        future.set_result(function(*args, **kwargs))
+        return future
+
+
 def expected_precision(design: pd.DataFrame, law: ReferenceLaw, noise: float, noise_source: str,
                        named: dict[str, float], studies: int = SIMULATED_STUDIES,
-                       resamples: int = SIMULATED_RESAMPLES, seed: int = 0) -> Precision:
+                       resamples: int = SIMULATED_RESAMPLES, seed: int = 0,
+                       pool: Executor | None = None) -> Precision:
     """Simulate `studies` studies of `design` (rows: params, tokens, flops; one per trial,
     seeds included) from `law` with `noise`, fit each as a study is fitted (L(N, D) where the
     design has two sizes or more, L(C) on the frontier; bootstrap intervals and the
     identification rule), and return the mean 95 % half-widths of alpha, beta, E, L(C)'s
     alpha and the predicted loss at each `named` budget (FLOPs; L(N, D)'s compute-optimal
     loss, else L(C)'s), with what most simulated studies do not identify. The studies are
-    independent: they run on this machine's cores at once."""
+    independent: they run on `pool` (default: a `simulation_pool` of their own)."""
+    if pool is None:
+        with simulation_pool() as own:
+            return expected_precision(design, law, noise, noise_source, named, studies, resamples, seed, own)
     columns = tuple(design[column].to_numpy(float) for column in ("params", "tokens", "flops"))
     draws = np.random.default_rng(seed).standard_normal((studies, len(design)))
     jobs = [(columns, law.loss(columns[0], columns[1]) * np.exp(noise * draw), named,
              FitOptions(resamples=resamples, seed=seed + study)) for study, draw in enumerate(draws)]
-    workers = min(studies, os.cpu_count() or 1)
-    if workers > 1:
-        # Spawned, not forked: the planning process may hold Ray's or torch's threads.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_simulated_study, jobs))
-    else:
-        results = [_simulated_study(job) for job in jobs]
+    results = list(pool.map(_simulated_study, jobs))
     widths: dict[str, list[float]] = {}
     flagged: dict[str, list[str]] = {}
     for study_widths, study_flags in results:
@@ -211,12 +232,17 @@ def _mean_width(widths: list[float]) -> float | None:
 
 
 def design_precision(design: pd.DataFrame, law: ReferenceLaw, noise: float, noise_source: str,
-                     seed: int = 0) -> Precision:
+                     seed: int = 0, pool: Executor | None = None) -> Precision:
     """`expected_precision` of each law group of a planned design (`plan.trial_design`: its
     `law_group` column), at one and eight device-days of its planned throughput, in one
-    Precision whose names carry the group where there are several."""
+    Precision whose names carry the group where there are several; on `pool` (default: a
+    `simulation_pool` for all the groups)."""
+    if pool is None:
+        with simulation_pool() as own:
+            return design_precision(design, law, noise, noise_source, seed, own)
     groups = list(design.groupby("law_group", sort=False))
-    parts = [(name, expected_precision(group, law, noise, noise_source, named_budgets(group), seed=seed))
+    parts = [(name, expected_precision(group, law, noise, noise_source, named_budgets(group), seed=seed,
+                                       pool=pool))
              for name, group in groups]
     if len(parts) == 1:
         return parts[0][1]

@@ -48,7 +48,13 @@ from crammit.study.plan import (
     measured_flops_per_s,
     trial_design,
 )
-from crammit.study.precision import DEFAULT_NOISE, Precision, ReferenceLaw, design_precision
+from crammit.study.precision import (
+    DEFAULT_NOISE,
+    Precision,
+    ReferenceLaw,
+    design_precision,
+    simulation_pool,
+)
 from crammit.study.report import write_report
 from crammit.study.spec import StudySpec, Trial, trial_model
 from crammit.study.table import fit_rows, study_rows
@@ -111,17 +117,18 @@ def study_precision(spec: StudySpec, study_dir: Path, cluster: ClusterResources,
     def design_of(candidate: StudySpec) -> pd.DataFrame:
         return trial_design(candidate, trial_models(candidate), measured, cluster)
 
-    def simulate(design: pd.DataFrame) -> Precision:
-        return design_precision(design, law, noise, source)
+    with simulation_pool() as pool:  # one for the whole plan: each process imports once
+        def simulate(design: pd.DataFrame) -> Precision:
+            return design_precision(design, law, noise, source, pool=pool)
 
-    before = simulate(plan.design)
-    lines = before.lines()
-    if not (suggest or before.unidentified):
-        return lines, None
-    try:
-        suggestion = suggest_design(spec, design_of, law, noise, simulate, before)
-    except CrammitError as error:
-        return [*lines, f"suggestion: none ({error})"], None
+        before = simulate(plan.design)
+        lines = before.lines()
+        if not (suggest or before.unidentified):
+            return lines, None
+        try:
+            suggestion = suggest_design(spec, design_of, law, noise, simulate, before, pool)
+        except CrammitError as error:
+            return [*lines, f"suggestion: none ({error})"], None
     return [*lines, *suggestion.lines()], suggestion
 
 

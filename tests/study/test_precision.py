@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import pytest
 
 from crammit.cluster import ClusterResources
 from crammit.errors import CrammitError
+from crammit.study import precision as precision_module
 from crammit.study.design import suggest_design
 from crammit.study.laws import FitOptions, fit_params_tokens_law
 from crammit.study.plan import trial_design
@@ -22,6 +24,7 @@ from crammit.study.precision import (
     design_precision,
     expected_precision,
     reference_law,
+    simulation_pool,
 )
 from crammit.study.spec import Setting, StudySpec, read_study_file, write_study_file
 from crammit.study.sweep import trial_models
@@ -59,14 +62,22 @@ def test_the_reference_law_is_chinchillas_numbers_or_a_fit(tmp_path):
 
 
 def test_a_narrow_design_is_told_what_it_will_not_identify():
-    precision = expected_precision(design(*NARROW), LAW, 0.02, "the test", {"1 GPU-day": 1e19})
+    with simulation_pool() as pool:  # one for both plans, as a study's plan shares one
+        precision = expected_precision(design(*NARROW), LAW, 0.02, "the test", {"1 GPU-day": 1e19}, pool=pool)
+        wide = expected_precision(design(*WIDE), LAW, 0.02, "the test", {}, pool=pool)
     assert {"alpha", "beta", "E"} <= set(precision.unidentified)
     lines = precision.lines()
     assert lines[0].startswith("expected precision (5 simulated studies of this design from the test law")
     assert "loss at 1 GPU-day ±" in lines[0] and lines[1].startswith("this design will likely not identify: ")
-    wide = expected_precision(design(*WIDE), LAW, 0.02, "the test", {})
     assert not {"alpha", "beta", "E"} & set(wide.unidentified)
     assert wide.half_widths["alpha"] < precision.half_widths["alpha"] / 5
+
+
+def test_on_one_core_the_simulations_run_in_this_process(monkeypatch):
+    monkeypatch.setattr(precision_module.os, "cpu_count", lambda: 1)
+    with simulation_pool() as pool:
+        assert pool.submit(os.getpid).result() == os.getpid()
+        assert list(pool.map(abs, [-1, 2])) == [1, 2]
 
 
 PARAMETERS = ("alpha", "beta", "E")
