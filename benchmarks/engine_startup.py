@@ -5,7 +5,7 @@ machine, CI clone or virtual environment starts from) and times the process from
 to a first optimizer step of a small model under a one-member gloo group:
 - baseline, DeepSpeed's default: its CPU backend compiles the shared-memory all-reduce it
   uses for tensor-parallel inference when it starts;
-- crammit: `engine.import_deepspeed` marks that op unavailable, so nothing is compiled.
+- crammit: `engine.create_engine` marks that op unavailable on CPU, so nothing is compiled.
 
     python benchmarks/engine_startup.py
     python benchmarks/engine_startup.py --repeats 3
@@ -28,7 +28,7 @@ FIRST_STEP = """
 import sys, torch
 from crammit.config import Device, RecipeConfig, TrainConfig
 from crammit.train import engine
-if sys.argv[1] == "baseline":  # import_deepspeed then leaves DeepSpeed's op table as it is
+if sys.argv[1] == "baseline":  # create_engine then leaves DeepSpeed's op table as it is
     engine.INFERENCE_ALL_REDUCE_OP = "no op"
 config = TrainConfig(run_dir="", device=Device.CPU, compile=False,
                      recipe=RecipeConfig(batch_size=2, micro_batch_size=2))

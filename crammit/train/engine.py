@@ -104,35 +104,39 @@ def torch_device(device: Device) -> torch.device:
     return torch.device("cpu")
 
 
+def import_deepspeed():
+    """`import deepspeed`, late (it probes accelerators and logs on import) and with MLflow
+    hidden from it: DeepSpeed's autotuner, which crammit does not use, imports MLflow where
+    it is installed, a second of every training worker's start-up. MLflow stays importable
+    for crammit's own tracking."""
+    if "deepspeed" in sys.modules or "mlflow" in sys.modules:
+        import deepspeed
+
+        return deepspeed
+    sys.modules["mlflow"] = None  # `import mlflow` raises ImportError while this is set
+    try:
+        import deepspeed
+    finally:
+        del sys.modules["mlflow"]
+    return deepspeed
+
+
 # DeepSpeed's CPU backend compiles this op (a shared-memory all-reduce) when it starts, for
 # `inference_all_reduce`, which only tensor-parallel inference calls; training reduces through
 # the process group. The compile is half a minute of the first run on every fresh install.
 INFERENCE_ALL_REDUCE_OP = "deepspeed_shm_comm"
 
 
-def import_deepspeed():
-    """`import deepspeed`, late (it probes accelerators and logs on import), with MLflow
-    hidden from it and without its inference all-reduce op. DeepSpeed's autotuner, which
-    crammit does not use, imports MLflow where it is installed, a second of every training
-    worker's start-up; MLflow stays importable for crammit's own tracking."""
-    if "deepspeed" in sys.modules or "mlflow" in sys.modules:
-        import deepspeed
-    else:
-        sys.modules["mlflow"] = None  # `import mlflow` raises ImportError while this is set
-        try:
-            import deepspeed
-        finally:
-            del sys.modules["mlflow"]
-    # DeepSpeed builds and loads only the ops this table (probed once a process) calls compatible.
-    deepspeed.ops.__compatible_ops__[INFERENCE_ALL_REDUCE_OP] = False
-    return deepspeed
-
-
 def create_engine(model: nn.Module, config: TrainConfig):
     """Wrap the model in a DeepSpeed engine with the recipe's AdamW (compiling its blocks
-    when the config asks), inside a `process_group`."""
+    when the config asks), inside a `process_group`; on CPU, without DeepSpeed's inference
+    all-reduce op."""
     deepspeed = import_deepspeed()
 
+    if config.device == Device.CPU:
+        # DeepSpeed builds and loads only the ops this table (probed once a process, on first
+        # use) calls compatible. The GPU backend has no such op, and is left unprobed.
+        deepspeed.ops.__compatible_ops__[INFERENCE_ALL_REDUCE_OP] = False
     if config.device == Device.CUDA:
         # Launchers (Ray Train, torchrun) give each process its GPU through LOCAL_RANK.
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
